@@ -1,0 +1,1 @@
+"""The local certificate authority and the server certificate it signs."""

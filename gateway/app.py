@@ -1,0 +1,69 @@
+"""The aiohttp application: what hangs off it (typed keys) and how it is built and torn down.
+
+Everything with a lifetime — the ASR engine and its worker thread, the VAD model, the
+session registry — is made in ``cleanup_ctx`` and closed in reverse on shutdown, which also
+closes every peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.middleware import error_middleware
+from gateway.routes import add_routes
+from media.asr.base import ASREngine
+from media.asr.engines import load_engine
+from media.asr.service import ASRService
+from media.vad import SileroModel
+from signalling.registry import SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", Config)
+ASR = web.AppKey("asr", ASRService)
+VAD = web.AppKey("vad", SileroModel)
+SESSIONS = web.AppKey("sessions", SessionRegistry)
+
+# The offer is the largest body we accept; 64 KiB of SDP plus its JSON envelope.
+MAX_BODY_BYTES = 80 * 1024
+
+
+def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Application:
+    """``engine`` lets tests share one loaded model across many apps."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_models(engine))
+    app.cleanup_ctx.append(_sessions)
+    add_routes(app)
+    return app
+
+
+def _models(
+    engine: ASREngine | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        loaded = engine
+        if loaded is None:
+            # Seconds of disk and CPU: keep the loop free (signals, other start-up work).
+            loaded = await asyncio.to_thread(
+                load_engine, config.asr_engine, config.asr_model, config.asr_device
+            )
+        logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
+        app[VAD] = await asyncio.to_thread(SileroModel)
+        app[ASR] = service = ASRService(loaded)
+        yield
+        await service.close()
+
+    return ctx
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    app[SESSIONS] = registry = SessionRegistry(app[CONFIG].max_sessions)
+    yield
+    await registry.close_all("shutdown")

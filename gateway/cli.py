@@ -1,0 +1,106 @@
+"""``local-ai-gateway serve`` (also ``python -m gateway``): the process around the app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from certs.authority import certificate_warnings, ensure_certificates
+from certs.trust import trust_instructions
+from gateway import __version__
+from gateway.app import build_app
+from gateway.config import Config, load_config
+from gateway.errors import CertificateError, ConfigError, GatewayError
+
+logger = logging.getLogger("gateway")
+
+USAGE = """\
+usage: local-ai-gateway serve [flags]    run the gateway (flags: serve --help)
+       local-ai-gateway --version
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-V", "--version"):
+        print(f"local-ai-gateway {__version__}")
+        return 0
+    if args and args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    # `serve` is the default command, so `python -m gateway --port 9000` works too.
+    if args and args[0] == "serve":
+        args = args[1:]
+    elif args and not args[0].startswith("-"):
+        print(f"local-ai-gateway: error: unknown command {args[0]!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args, os.environ)
+    except ConfigError as exc:
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def serve(config: Config) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        ssl_context = _tls_context(config) if config.tls else None
+    except CertificateError as exc:
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    app = build_app(config)
+
+    async def announce(_app: web.Application) -> None:
+        logger.info("Local AI Gateway %s ready: open %s", __version__, config.url)
+
+    app.on_startup.append(announce)
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_context=ssl_context,
+            print=None,
+            access_log_format='%a "%r" %s %b %Tf',
+        )
+    except GatewayError as exc:  # e.g. the ASR model cannot be loaded
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(f"local-ai-gateway: error: cannot listen on {config.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tls_context(config: Config) -> ssl.SSLContext:
+    hosts = ["localhost", "127.0.0.1", "::1"]
+    if config.host not in hosts and config.host not in ("0.0.0.0", "::"):
+        hosts.append(config.host)
+    paths = ensure_certificates(config.cert_dir, hosts)
+    if paths.created and paths.ca_cert is not None:
+        logger.info(
+            "made a local certificate authority: %s\n%s",
+            paths.ca_cert,
+            trust_instructions(paths.ca_cert),
+        )
+    for warning in certificate_warnings(
+        paths.server_cert, config.host, now=datetime.now(timezone.utc)
+    ):
+        logger.warning("certificate: %s", warning)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(paths.server_cert, paths.server_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(f"cannot load {paths.server_cert}: {exc}") from exc
+    return context

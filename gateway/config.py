@@ -1,0 +1,256 @@
+"""Configuration: command-line flags, ``GATEWAY_*`` environment variables and a TOML file.
+
+Every option exists in all three forms: ``--asr-model`` is ``GATEWAY_ASR_MODEL`` and the TOML
+key ``asr_model``. A flag beats the environment, which beats the file, which beats the
+default. Parsing is pure (argv, env and file text in, :class:`Config` out) so that tests
+are exact; a bad value raises :class:`ConfigError` naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+from gateway.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+AsrEngineName = Literal["openai-whisper", "faster-whisper"]
+AsrDevice = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+ASR_ENGINES: tuple[AsrEngineName, ...] = ("openai-whisper", "faster-whisper")
+ASR_DEVICES: tuple[AsrDevice, ...] = ("auto", "cpu", "cuda")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8001
+    cert_dir: Path = Path("certs")
+    no_tls: bool = False
+    asr_engine: AsrEngineName = "openai-whisper"
+    asr_model: str = "tiny.en"
+    asr_device: AsrDevice = "auto"
+    vad_silence_ms: int = 500
+    max_sessions: int = 8
+    ice_servers: tuple[str, ...] = field(default_factory=tuple)
+    log_level: LogLevel = "info"
+
+    @property
+    def tls(self) -> bool:
+        return not self.no_tls
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}/"
+
+
+# --- value parsers: each takes the raw text and raises ValueError with a short reason ---
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}; got {text!r}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _host(text: str) -> str:
+    value = text.strip()
+    if not value or any(c.isspace() for c in value):
+        raise ValueError(f"expected an IP address or host name, got {text!r}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def _ice_server(text: str) -> str:
+    value = text.strip()
+    if not value.startswith(("stun:", "turn:", "turns:")) or len(value) < 6:
+        raise ValueError(f"expected a stun:, turn: or turns: URL, got {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Option:
+    name: str  # the Config field; the flag is --name-with-dashes
+    parse: Callable[[str], Any]
+    help: str
+    repeatable: bool = False
+    is_flag: bool = False  # a switch that takes no value on the command line
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "GATEWAY_" + self.name.upper()
+
+
+def _options() -> tuple[_Option, ...]:
+    return (
+        _Option("host", _host, "address to listen on (default 127.0.0.1)"),
+        _Option("port", _int_range(1, 65535), "TCP port for HTTPS (default 8001)"),
+        _Option("cert_dir", lambda t: Path(_nonempty(t)), "certificate folder (default ./certs)"),
+        _Option("no_tls", _bool, "serve plain HTTP (loopback only)", is_flag=True),
+        _Option("asr_engine", _choice(ASR_ENGINES), "openai-whisper (default) or faster-whisper"),
+        _Option("asr_model", _nonempty, "Whisper model name or path (default tiny.en)"),
+        _Option("asr_device", _choice(ASR_DEVICES), "auto (default), cpu or cuda"),
+        _Option(
+            "vad_silence_ms",
+            _int_range(100, 5000),
+            "silence that ends an utterance, ms (default 500)",
+        ),
+        _Option("max_sessions", _int_range(1, 1000), "concurrent sessions (default 8)"),
+        _Option(
+            "ice_servers",
+            _ice_server,
+            "STUN/TURN URL for ICE, repeatable (default: none, for LAN/VPN)",
+            repeatable=True,
+        ),
+        _Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(self.prog, message)
+
+
+def build_parser(prog: str = "local-ai-gateway serve") -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog,
+        description="Run the gateway. Each flag is also GATEWAY_<NAME> and a TOML key.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with any of these keys")
+    for opt in _options():
+        if opt.is_flag:
+            parser.add_argument(opt.flag, dest=opt.name, action="store_true", default=None)
+        elif opt.repeatable:
+            flag = opt.flag.removesuffix("s")  # --ice-server, repeatable
+            parser.add_argument(flag, dest=opt.name, action="append", help=opt.help)
+        else:
+            parser.add_argument(opt.flag, dest=opt.name, help=opt.help)
+    return parser
+
+
+def _convert(opt: _Option, raw: object, source: str) -> Any:
+    """Turn one raw value (text, or a TOML value) into the field's type."""
+    flag = opt.flag.removesuffix("s") if opt.repeatable else opt.flag
+    try:
+        if opt.repeatable:
+            items: list[object]
+            if isinstance(raw, str) and source == "env":
+                items = [part for part in raw.split(",") if part.strip()]
+            elif isinstance(raw, list):
+                items = list(raw)
+            else:
+                items = [raw]
+            return tuple(opt.parse(str(item)) for item in items)
+        if isinstance(raw, bool):
+            raw = "true" if raw else "false"
+        return opt.parse(str(raw))
+    except ValueError as exc:
+        raise ConfigError(flag, f"{exc} (from {source})") from exc
+
+
+def load_config(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    read_file: Callable[[Path], str] = lambda p: p.read_text(encoding="utf-8"),
+) -> Config:
+    """Parse ``serve`` arguments; raises :class:`ConfigError` for any bad value."""
+    args = vars(build_parser().parse_args(list(argv)))
+    values: dict[str, Any] = {}
+
+    config_path = args.pop("config", None) or env.get("GATEWAY_CONFIG")
+    if config_path:
+        try:
+            table = tomllib.loads(read_file(Path(config_path)))
+        except OSError as exc:
+            raise ConfigError("--config", f"cannot read {config_path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", f"{config_path} is not valid TOML: {exc}") from exc
+        known = {opt.name: opt for opt in _options()}
+        for key, raw in table.items():
+            opt = known.get(key.replace("-", "_"))
+            if opt is None:
+                raise ConfigError("--config", f"unknown key {key!r} in {config_path}")
+            values[opt.name] = _convert(opt, raw, config_path)
+
+    for opt in _options():
+        if opt.env in env:
+            values[opt.name] = _convert(opt, env[opt.env], "env")
+        raw = args.get(opt.name)
+        if raw is not None:
+            values[opt.name] = True if opt.is_flag else _convert(opt, raw, "command line")
+
+    config = replace(Config(), **values)
+    _check(config)
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check(config: Config) -> None:
+    """Rules that involve more than one option."""
+    if config.no_tls and not is_loopback(config.host):
+        raise ConfigError(
+            "--no-tls",
+            f"refused on non-loopback host {config.host}: browsers need HTTPS for the "
+            "microphone and the audio would cross the network unencrypted",
+        )
+

@@ -1,0 +1,60 @@
+"""The gateway's one error tree.
+
+Lower layers (``signalling``, ``media``, ``certs``) raise these; ``gateway.routes`` maps
+them to HTTP statuses and the session loop maps them to ``error`` events. Third-party
+exceptions are converted at the boundary with ``raise ... from exc``::
+
+    GatewayError
+    ├── ConfigError          a bad flag, variable or TOML key (names the flag)
+    ├── CertificateError     the local CA or server certificate cannot be made or read
+    ├── OfferError           an SDP offer or its JSON envelope is unacceptable (400)
+    ├── SessionLimitError    --max-sessions reached (503 + Retry-After)
+    ├── SessionNotFound      no session with that id (404)
+    ├── ProtocolError        a client message that is not JSON, too big or unknown
+    └── ASRError             the speech recogniser failed
+        └── ModelLoadError   the model cannot be found, downloaded or converted
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    code = "internal"
+
+
+class ConfigError(GatewayError):
+    code = "bad_config"
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+class CertificateError(GatewayError):
+    code = "certificate"
+
+
+class OfferError(GatewayError):
+    code = "bad_offer"
+
+
+class SessionLimitError(GatewayError):
+    code = "session_limit"
+
+
+class SessionNotFound(GatewayError):
+    code = "not_found"
+
+
+class ProtocolError(GatewayError):
+    code = "bad_message"
+
+
+class ASRError(GatewayError):
+    code = "asr_failed"
+
+
+class ModelLoadError(ASRError):
+    code = "asr_model"

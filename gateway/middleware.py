@@ -1,0 +1,75 @@
+"""Turns every failure into the JSON error shape of the contract; never a traceback.
+
+``{"error": {"code": "...", "message": "..."}}`` with the status that fits. HTTP statuses
+live here and in ``gateway.routes`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    OfferError,
+    ProtocolError,
+    SessionLimitError,
+    SessionNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS: dict[type[GatewayError], int] = {
+    OfferError: 400,
+    ProtocolError: 400,
+    SessionNotFound: 404,
+    SessionLimitError: 503,
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+SESSION_RETRY_AFTER_S = 5
+
+
+def json_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 500)
+        headers = (
+            {"Retry-After": str(SESSION_RETRY_AFTER_S)}
+            if isinstance(exc, SessionLimitError)
+            else None
+        )
+        if status >= 500 and status != 503:
+            logger.error("%s %s failed: %s", request.method, request.path, exc)
+        return json_error(status, exc.code, str(exc), headers)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise  # redirects, and errors that already have our shape
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        return json_error(exc.status, code, exc.reason, dict(exc.headers) or None)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal", "internal error; the gateway log has details")

@@ -1,0 +1,1 @@
+"""Audio in: track frames → 16 kHz mono → VAD endpointing → utterances → ASR."""

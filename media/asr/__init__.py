@@ -1,0 +1,1 @@
+"""Speech recognisers behind one interface (``media.asr.base.ASREngine``)."""

@@ -1,0 +1,57 @@
+"""The interface every speech recogniser implements, and what it returns.
+
+Engines are synchronous and blocking (Whisper holds the CPU or GPU for the whole call);
+:class:`media.asr.service.ASRService` runs them off the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Float32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Transcription:
+    segments: tuple[Segment, ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+
+
+class ASREngine(Protocol):
+    name: str  # "openai-whisper" | "faster-whisper"
+    model: str  # what the user asked for: a model name or a path
+    device: str  # "cpu" | "cuda"
+
+    def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio of at most 30 s. Blocking."""
+        ...
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` means CUDA when torch can see a GPU."""
+    if requested != "auto":
+        return requested
+    import torch  # deferred: importing torch costs about a second
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_language(model: str, language: str | None) -> str | None:
+    # English-only checkpoints (*.en) accept nothing else; skipping detection saves a pass.
+    if language:
+        return language
+    return "en" if model.endswith(".en") else None

@@ -1,0 +1,64 @@
+"""Runs one shared ASR engine off the event loop, with bounded concurrency and backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.errors import ASRError
+from media.asr.base import ASREngine, Float32Array, Transcription
+
+logger = logging.getLogger(__name__)
+
+
+class ASRBusyError(ASRError):
+    code = "asr_busy"
+
+
+class ASRService:
+    """``workers`` calls run at once (one is right for a CPU: Whisper already uses every
+    core); at most ``max_pending`` wait behind them, beyond which a call fails at once
+    rather than queueing speech nobody will wait for."""
+
+    def __init__(
+        self,
+        engine: ASREngine,
+        *,
+        workers: int = 1,
+        max_pending: int = 16,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asr")
+        self._max_pending = max_pending
+        self._timeout_s = timeout_s
+        self._pending = 0
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
+        if self._pending >= self._max_pending:
+            raise ASRBusyError(f"speech recogniser busy: {self._pending} utterances waiting")
+        self._pending += 1
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(
+                self._executor, self.engine.transcribe, audio, language
+            )
+            return await asyncio.wait_for(future, self._timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise ASRError(f"transcription took longer than {self._timeout_s:.0f} s") from exc
+        except ASRError:
+            raise
+        except Exception as exc:
+            logger.exception("ASR engine %s failed", self.engine.name)
+            raise ASRError(f"transcription failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._pending -= 1
+
+    async def close(self) -> None:
+        # A running Whisper call cannot be interrupted; waiting for it happens off the loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)

@@ -1,0 +1,42 @@
+"""Audio in: aiortc frames (48 kHz stereo s16) → 16 kHz mono float32 → fixed-size chunks."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
+
+Float32Array = npt.NDArray[np.float32]
+
+
+class MonoResampler:
+    """Wraps ``av.AudioResampler``; one per stream, since it keeps filter state."""
+
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+
+    def resample(self, frame: av.AudioFrame) -> Float32Array:
+        # aiortc's pts count RTP time; a jump (packet loss, a new track) makes libswresample
+        # try to compensate. Resampling by content alone keeps the stream continuous.
+        frame.pts = None
+        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        if not out:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class Chunker:
+    """Re-cuts a stream of arbitrary-length arrays into ``size``-sample chunks, in order."""
+
+    def __init__(self, size: int = CHUNK_SAMPLES) -> None:
+        self._size = size
+        self._pending: Float32Array = np.zeros(0, dtype=np.float32)
+
+    def push(self, samples: Float32Array) -> list[Float32Array]:
+        data = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        whole = len(data) // self._size * self._size
+        chunks = [data[i : i + self._size] for i in range(0, whole, self._size)]
+        self._pending = data[whole:].copy()
+        return chunks

@@ -1,0 +1,192 @@
+"""VAD endpointing: speech probabilities per chunk in, utterances out. Pure: no I/O, no clock.
+
+Time is counted in samples, so a test that feeds N chunks knows exactly what comes out::
+
+    SILENCE ──p ≥ threshold──▶ CANDIDATE ──speech ≥ min_speech──▶ SPEECH (SpeechStarted)
+       ▲                          │                                   │
+       └──── silence ≥ hangover ──┘      silence ≥ hangover, or max length (SpeechEnded)
+
+Silence starts at the first chunk under ``neg_threshold`` and only a chunk at or above
+``threshold`` interrupts it (Silero's own hysteresis), so a murmur between the two
+thresholds does not keep an utterance open forever. ``pre_roll_ms`` of audio before the
+first speech chunk is kept, since Silero fires a little after the onset of a word.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+Float32Array = npt.NDArray[np.float32]
+EndReason = Literal["silence", "max_length", "flush"]
+
+
+@dataclass(frozen=True)
+class EndpointerSettings:
+    sample_rate: int = 16_000
+    threshold: float = 0.5
+    neg_threshold: float = 0.35
+    min_speech_ms: int = 160
+    silence_ms: int = 500
+    pre_roll_ms: int = 300
+    # Whisper sees 30 s at a time; split a little before so nothing is cut off.
+    max_utterance_ms: int = 28_000
+
+    def samples(self, ms: int) -> int:
+        return ms * self.sample_rate // 1000
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
+            raise ValueError("need 0 < neg_threshold <= threshold < 1")
+        if self.max_utterance_ms <= self.min_speech_ms:
+            raise ValueError("max_utterance_ms must exceed min_speech_ms")
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    start_sample: int  # stream position of the first speech chunk
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    audio: Float32Array  # pre-roll + speech + the silence that ended it
+    start_sample: int
+    end_sample: int  # stream position where the speech itself ended
+    reason: EndReason
+
+    @property
+    def speech_samples(self) -> int:
+        return self.end_sample - self.start_sample
+
+
+EndpointerEvent = SpeechStarted | SpeechEnded
+
+
+class _State(enum.Enum):
+    SILENCE = "silence"
+    CANDIDATE = "candidate"
+    SPEECH = "speech"
+
+
+class Endpointer:
+    def __init__(self, settings: EndpointerSettings | None = None) -> None:
+        self.settings = s = settings or EndpointerSettings()
+        self._min_speech = s.samples(s.min_speech_ms)
+        self._hangover = s.samples(s.silence_ms)
+        self._pre_roll = s.samples(s.pre_roll_ms)
+        self._max_len = s.samples(s.max_utterance_ms)
+        self._state = _State.SILENCE
+        self._position = 0  # samples consumed so far
+        self._history: deque[Float32Array] = deque()  # pre-roll while silent
+        self._history_len = 0
+        self._buffer: list[Float32Array] = []  # the utterance being collected
+        self._buffer_len = 0
+        self._start = 0
+        self._speech_run = 0
+        self._silence_start: int | None = None
+
+    @property
+    def in_speech(self) -> bool:
+        return self._state is _State.SPEECH
+
+    def process(self, chunk: Float32Array, probability: float) -> list[EndpointerEvent]:
+        """Feed the next chunk and Silero's probability for it."""
+        s = self.settings
+        begin = self._position
+        self._position += len(chunk)
+        is_speech = probability >= s.threshold
+        is_silence = probability < s.neg_threshold
+
+        if self._state is _State.SILENCE:
+            if not is_speech:
+                self._remember(chunk)
+                return []
+            self._state = _State.CANDIDATE
+            self._start = begin
+            self._speech_run = 0
+            self._silence_start = None
+            self._buffer = list(self._history)
+            self._buffer_len = self._history_len
+            self._history.clear()
+            self._history_len = 0
+
+        self._append(chunk)
+        if is_speech:
+            self._silence_start = None
+            if self._state is _State.CANDIDATE:
+                self._speech_run += len(chunk)
+        elif is_silence and self._silence_start is None:
+            self._silence_start = begin
+
+        events: list[EndpointerEvent] = []
+        if self._state is _State.CANDIDATE:
+            if self._speech_run >= self._min_speech:
+                self._state = _State.SPEECH
+                events.append(SpeechStarted(self._start))
+            elif self._silence_long_enough():
+                self._abandon()
+                return []
+
+        if self._state is _State.SPEECH:
+            if self._silence_long_enough():
+                assert self._silence_start is not None
+                events.append(self._finish(self._silence_start, "silence"))
+            elif self._buffer_len >= self._max_len:
+                events.append(self._finish(self._position, "max_length"))
+                # The person is still talking: the next utterance starts right here.
+                self._state = _State.SPEECH
+                self._start = self._position
+                events.append(SpeechStarted(self._start))
+        return events
+
+    def flush(self) -> list[EndpointerEvent]:
+        """The stream ended: an utterance in progress ends here; a candidate is dropped."""
+        if self._state is _State.SPEECH:
+            end = self._silence_start if self._silence_start is not None else self._position
+            return [self._finish(end, "flush")]
+        if self._state is _State.CANDIDATE:
+            self._abandon()
+        return []
+
+    # --- internals ---
+
+    def _silence_long_enough(self) -> bool:
+        return (
+            self._silence_start is not None
+            and self._position - self._silence_start >= self._hangover
+        )
+
+    def _append(self, chunk: Float32Array) -> None:
+        self._buffer.append(chunk)
+        self._buffer_len += len(chunk)
+
+    def _remember(self, chunk: Float32Array) -> None:
+        self._history.append(chunk)
+        self._history_len += len(chunk)
+        while self._history and self._history_len - len(self._history[0]) >= self._pre_roll:
+            self._history_len -= len(self._history.popleft())
+
+    def _finish(self, end: int, reason: EndReason) -> SpeechEnded:
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.float32)
+        event = SpeechEnded(audio=audio, start_sample=self._start, end_sample=end, reason=reason)
+        self._reset()
+        return event
+
+    def _abandon(self) -> None:
+        # Not speech after all: its audio becomes pre-roll for whatever comes next.
+        buffered = self._buffer
+        self._reset()
+        for chunk in buffered:
+            self._remember(chunk)
+
+    def _reset(self) -> None:
+        self._state = _State.SILENCE
+        self._buffer = []
+        self._buffer_len = 0
+        self._speech_run = 0
+        self._silence_start = None

@@ -1,0 +1,158 @@
+"""The data-channel protocol (DESIGN.md): events the gateway sends, and parsing what clients
+send. Pure: JSON text in, typed messages out; dicts out for events.
+
+Every client message is a JSON object with a ``type``. Anything else — not JSON, too large,
+an unknown type, a field of the wrong type — raises :class:`ProtocolError`, which the
+session turns into an ``error`` event before carrying on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024
+MAX_TEXT_CHARS = 4000
+MAX_SYSTEM_PROMPT_CHARS = 4000
+MAX_LANGUAGE_CHARS = 16
+
+Event = dict[str, Any]
+
+
+# --- server → client ---
+
+
+def session_ready(
+    session_id: str, asr: Mapping[str, str], llm: Mapping[str, Any], tts_enabled: bool
+) -> Event:
+    return {
+        "type": "session.ready",
+        "session_id": session_id,
+        "protocol": PROTOCOL_VERSION,
+        "asr": dict(asr),
+        "llm": dict(llm),
+        "tts": {"enabled": tts_enabled},
+    }
+
+
+def speech_started(utterance_id: str) -> Event:
+    return {"type": "speech.started", "utterance_id": utterance_id}
+
+
+def speech_stopped(utterance_id: str) -> Event:
+    return {"type": "speech.stopped", "utterance_id": utterance_id}
+
+
+def transcript_final(utterance_id: str, text: str, timings: Mapping[str, float]) -> Event:
+    return {
+        "type": "transcript.final",
+        "utterance_id": utterance_id,
+        "text": text,
+        "timings": dict(timings),
+    }
+
+
+def error(code: str, message: str, *, retryable: bool = False) -> Event:
+    return {"type": "error", "code": code, "message": message, "retryable": retryable}
+
+
+def pong(message_id: object) -> Event:
+    return {"type": "pong", "id": message_id}
+
+
+def encode(event: Event) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+# --- client → server ---
+
+
+@dataclass(frozen=True)
+class TextMessage:
+    text: str
+
+
+@dataclass(frozen=True)
+class Cancel:
+    pass
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    system_prompt: str | None = None
+    language: str | None = None
+    tts: bool | None = None
+
+
+@dataclass(frozen=True)
+class HistoryClear:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: str | int | None = None
+
+
+ClientMessage = TextMessage | Cancel | SessionUpdate | HistoryClear | Ping
+
+
+def parse_client_message(data: str | bytes) -> ClientMessage:
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ProtocolError(f"message is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    if kind == "text":
+        return TextMessage(_text(obj, "text", MAX_TEXT_CHARS, required=True) or "")
+    if kind == "cancel":
+        return Cancel()
+    if kind == "history.clear":
+        return HistoryClear()
+    if kind == "ping":
+        ident = obj.get("id")
+        if ident is not None and (not isinstance(ident, str | int) or isinstance(ident, bool)):
+            raise ProtocolError('"id" of ping must be a string or an integer')
+        if isinstance(ident, str) and len(ident) > 128:
+            raise ProtocolError('"id" of ping is longer than 128 characters')
+        return Ping(ident)
+    if kind == "session.update":
+        unknown = set(obj) - {"type", "system_prompt", "language", "tts"}
+        if unknown:
+            raise ProtocolError(f"session.update has unknown fields: {', '.join(sorted(unknown))}")
+        tts = obj.get("tts")
+        if tts is not None and not isinstance(tts, bool):
+            raise ProtocolError('"tts" must be true or false')
+        return SessionUpdate(
+            system_prompt=_text(obj, "system_prompt", MAX_SYSTEM_PROMPT_CHARS),
+            language=_text(obj, "language", MAX_LANGUAGE_CHARS),
+            tts=tts,
+        )
+    if not isinstance(kind, str):
+        raise ProtocolError('message has no "type" string')
+    raise ProtocolError(f"unknown message type {kind[:40]!r}")
+
+
+def _text(obj: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str | None:
+    value = obj.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ProtocolError(f'"{key}" must be a non-empty string')
+    if len(value) > limit:
+        raise ProtocolError(f'"{key}" is longer than {limit} characters')
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")

@@ -1,0 +1,61 @@
+"""The live sessions of one gateway, with the limit on how many may exist at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from gateway.errors import SessionLimitError, SessionNotFound
+from signalling.session import Session
+
+logger = logging.getLogger(__name__)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)  # 128 bits from the OS CSPRNG: unguessable in a URL
+
+
+class SessionRegistry:
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
+        self._reserved = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @contextmanager
+    def reserve(self) -> Iterator[None]:
+        """Hold a slot while an offer is negotiated (which awaits), so concurrent offers
+        cannot overshoot the limit. Raises :class:`SessionLimitError` when full."""
+        if len(self._sessions) + self._reserved >= self.max_sessions:
+            raise SessionLimitError(
+                f"all {self.max_sessions} sessions are in use; try again shortly"
+            )
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
+
+    def add(self, session: Session) -> None:
+        self._sessions[session.id] = session
+
+    def discard(self, session: Session) -> None:
+        if self._sessions.get(session.id) is session:
+            del self._sessions[session.id]
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFound(f"no session {session_id[:64]!r}") from None
+
+    async def close_all(self, reason: str) -> None:
+        sessions = list(self._sessions.values())
+        if sessions:
+            logger.info("closing %d sessions: %s", len(sessions), reason)
+        await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)

@@ -1,0 +1,61 @@
+"""Shared fixtures: one loaded Whisper model per engine for the whole run, and a gateway
+app served on 127.0.0.1 by pytest-aiohttp for loopback tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import build_app
+from gateway.config import Config
+from media.asr.base import ASREngine
+from media.asr.engines import load_engine
+from tests.loopback import LoopbackClient
+
+AiohttpClient = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+GatewayFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+
+
+class EngineCache:
+    """Loads each engine once per test run, on first use (seconds each)."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self._cache_dir = cache_dir
+        self._engines: dict[str, ASREngine] = {}
+
+    def get(self, name: str) -> ASREngine:
+        if name not in self._engines:
+            self._engines[name] = load_engine(name, "tiny.en", "cpu", self._cache_dir)
+        return self._engines[name]
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> EngineCache:
+    return EngineCache(tmp_path_factory.mktemp("model-cache"))
+
+
+@pytest.fixture
+def gateway(aiohttp_client: AiohttpClient, engines: EngineCache) -> GatewayFactory:
+    """``await gateway(engine="faster-whisper", max_sessions=2)`` → a TestClient."""
+
+    async def make(engine: str = "openai-whisper", **overrides: object) -> TestClient:  # type: ignore[type-arg]
+        config = Config(asr_engine=engine, no_tls=True, **overrides)  # type: ignore[arg-type]
+        return await aiohttp_client(build_app(config, engine=engines.get(engine)))
+
+    return make
+
+
+async def connect(client: TestClient) -> tuple[LoopbackClient, str]:  # type: ignore[type-arg]
+    """A connected loopback peer and its session id, after ``session.ready``."""
+    peer = LoopbackClient()
+    response = await client.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    assert response.headers["Location"] == f"/sessions/{answer['session_id']}"
+    await peer.accept(answer)
+    ready = await peer.next_event("session.ready", timeout=10)
+    assert ready["session_id"] == answer["session_id"]
+    return peer, answer["session_id"]

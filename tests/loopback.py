@@ -1,0 +1,170 @@
+"""A real aiortc client for loopback tests and benchmarks: it plays audio as a browser plays
+a microphone (Opus over DTLS-SRTP, paced in real time) and collects the data-channel events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+import wave
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+Float32Array = npt.NDArray[np.float32]
+DATA = Path(__file__).parent / "data"
+RATE = 48_000
+FRAME = 960  # 20 ms, what browsers send
+
+
+def read_wav(path: Path) -> Float32Array:
+    """16-bit mono WAV → float32 at its own rate (the committed clips are 16 kHz)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16-bit mono")
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return (pcm.astype(np.float32) / 32768.0).astype(np.float32)
+
+
+def load_clips() -> list[tuple[str, Float32Array]]:
+    """(reference text, 16 kHz audio) for the committed speech clips."""
+    meta = json.loads((DATA / "speech.json").read_text())
+    return [(c["text"], read_wav(DATA / c["file"])) for c in meta["clips"]]
+
+
+def upsample(audio_16k: Float32Array) -> Float32Array:
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    frame = av.AudioFrame.from_ndarray(audio_16k.reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = 16_000
+    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def speech_end_offset(audio: Float32Array, rate: int, floor: float = 0.01) -> float:
+    """Seconds from the start of ``audio`` to the end of its last audible sample."""
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return (int(loud[-1]) + 1) / rate if loud.size else 0.0
+
+
+class MicrophoneTrack(MediaStreamTrack):
+    """Plays queued clips, then silence, in real time, like a microphone that never stops.
+
+    ``speech_ends`` records, for each clip, the wall time (``time.monotonic``) at which its
+    last audible sample left the client: "end of speech" as a client measures it.
+    """
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[tuple[Float32Array, int]] = deque()
+        self._current: Float32Array | None = None
+        self._end_sample = 0
+        self._pos = 0
+        self._start: float | None = None
+        self._timestamp = 0
+        self.speech_ends: list[float] = []
+
+    def play(self, audio_16k: Float32Array) -> None:
+        samples = upsample(audio_16k)
+        self._queue.append((samples, int(speech_end_offset(samples, RATE) * RATE)))
+
+    @property
+    def idle(self) -> bool:
+        return self._current is None and not self._queue
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            self._timestamp += FRAME
+            wait = self._start + self._timestamp / RATE - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        out = np.zeros(FRAME, dtype=np.float32)
+        filled = 0
+        while filled < FRAME:
+            if self._current is None:
+                if not self._queue:
+                    break
+                self._current, self._end_sample = self._queue.popleft()
+                self._pos = 0
+            take = min(FRAME - filled, len(self._current) - self._pos)
+            out[filled : filled + take] = self._current[self._pos : self._pos + take]
+            if self._pos < self._end_sample <= self._pos + take:
+                # This frame carries the end of speech; it leaves now, ~``filled`` in.
+                late = (filled + self._end_sample - self._pos) / RATE
+                self.speech_ends.append(time.monotonic() + late)
+            filled += take
+            self._pos += take
+            if self._pos >= len(self._current):
+                self._current = None
+        pcm = (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = self._timestamp
+        frame.time_base = fractions.Fraction(1, RATE)
+        return frame
+
+
+class LoopbackClient:
+    """One WebRTC client session: microphone track + the ``events`` data channel."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.mic = MicrophoneTrack()
+        self.pc.addTrack(self.mic)
+        self.channel = self.pc.createDataChannel("events")
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.received: list[tuple[float, dict[str, Any]]] = []
+        self.opened = asyncio.Event()
+        self.channel.on("open", self.opened.set)
+        self.channel.on("message", self._on_message)
+
+    def _on_message(self, data: str | bytes) -> None:
+        event = json.loads(data)
+        self.received.append((time.monotonic(), event))
+        self.events.put_nowait(event)
+
+    async def offer(self) -> str:
+        """The offer SDP, with every candidate gathered (aiortc does not trickle)."""
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def accept(self, answer: dict[str, Any]) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+
+    async def next_event(self, *types: str, timeout: float = 20.0) -> dict[str, Any]:
+        """The next event of one of ``types`` (others are skipped), or TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            event = await asyncio.wait_for(self.events.get(), max(left, 0.0))
+            if not types or event["type"] in types:
+                return event
+
+    async def collect(self, seconds: float) -> list[dict[str, Any]]:
+        """Every event that arrives within ``seconds``."""
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                out.append(await asyncio.wait_for(self.events.get(), left))
+            except asyncio.TimeoutError:
+                break
+        return out
+
+    async def close(self) -> None:
+        self.mic.stop()
+        await self.pc.close()

@@ -1,0 +1,129 @@
+"""Loopback: a real aiortc peer sends speech over WebRTC into the app on 127.0.0.1 and gets
+``transcript.final`` back on the data channel, with the offline tiny.en on both engines."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import numpy as np
+import pytest
+
+from gateway.app import SESSIONS
+from tests.conftest import GatewayFactory, connect
+from tests.loopback import DATA, load_clips, read_wav
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^\w' ]+", " ", text.lower()).split()
+
+
+def overlap(reference: str, hypothesis: str) -> float:
+    ref, hyp = words(reference), set(words(hypothesis))
+    return sum(w in hyp for w in ref) / len(ref)
+
+
+@pytest.mark.parametrize("engine", ["openai-whisper", "faster-whisper"])
+async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> None:
+    client = await gateway(engine=engine)
+    peer, _ = await connect(client)
+    text, audio = load_clips()[0]
+    peer.mic.play(audio)
+
+    started = await peer.next_event("speech.started")
+    stopped = await peer.next_event("speech.stopped")
+    final = await peer.next_event("transcript.final")
+
+    assert started["utterance_id"] == stopped["utterance_id"] == final["utterance_id"]
+    assert overlap(text, final["text"]) >= 0.85, final["text"]
+    timings = final["timings"]
+    assert 1000 <= timings["speech_ms"] <= 3000
+    assert 0 < timings["asr_ms"] <= timings["endpoint_to_final_ms"]
+    await peer.close()
+
+
+async def test_two_utterances_with_a_pause(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    peer, _ = await connect(client)
+    (text1, audio1), (text2, audio2) = load_clips()[1:3]
+    pause = np.zeros(16_000, dtype=np.float32)  # 1 s, well over the 500 ms hangover
+    peer.mic.play(np.concatenate([audio1, pause, audio2]))
+
+    first = await peer.next_event("transcript.final")
+    second = await peer.next_event("transcript.final")
+
+    assert first["utterance_id"] != second["utterance_id"]
+    assert overlap(text1, first["text"]) >= 0.8, first["text"]
+    assert overlap(text2, second["text"]) >= 0.8, second["text"]
+    await peer.close()
+
+
+async def test_silence_and_noise_give_no_transcript(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    peer, _ = await connect(client)
+    noise = read_wav(DATA / "noise.wav")
+    peer.mic.play(np.concatenate([np.zeros(16_000, dtype=np.float32), noise]))
+
+    events = await peer.collect(4.5)
+
+    assert [e for e in events if e["type"] == "transcript.final"] == []
+    await peer.close()
+
+
+async def test_delete_ends_the_session(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    registry = client.app[SESSIONS]
+    peer, session_id = await connect(client)
+    session = registry.get(session_id)
+
+    response = await client.delete(f"/sessions/{session_id}")
+
+    assert response.status == 204
+    assert len(registry) == 0
+    assert session.pc.connectionState == "closed"
+    assert not session._tasks
+    again = await client.delete(f"/sessions/{session_id}")
+    assert again.status == 404
+    assert (await again.json())["error"]["code"] == "not_found"
+    await peer.close()
+
+
+async def test_peer_disconnect_ends_the_session(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    registry = client.app[SESSIONS]
+    peer, session_id = await connect(client)
+    session = registry.get(session_id)
+
+    await peer.close()
+    for _ in range(100):
+        if len(registry) == 0:
+            break
+        await asyncio.sleep(0.1)
+
+    assert len(registry) == 0
+    assert session.pc.connectionState == "closed"
+    assert not session._tasks
+
+
+async def test_session_limit_gives_503(gateway: GatewayFactory) -> None:
+    client = await gateway(max_sessions=1)
+    peer, _ = await connect(client)
+    other = await connect_raw(client)
+
+    assert other.status == 503
+    assert other.headers["Retry-After"].isdigit()
+    assert (await other.json())["error"]["code"] == "session_limit"
+    assert len(client.app[SESSIONS]) == 1
+    await peer.close()
+
+
+async def connect_raw(client: object) -> object:
+    from tests.loopback import LoopbackClient
+
+    peer = LoopbackClient()
+    try:
+        return await client.post(  # type: ignore[attr-defined]
+            "/offer", json={"sdp": await peer.offer(), "type": "offer"}
+        )
+    finally:
+        await peer.close()
