@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.llm import LLMSettings, OllamaChat
 from gateway.middleware import error_middleware
 from gateway.routes import add_routes
+from gateway.state import ASR, CONFIG, LLM, SESSIONS, VAD
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
@@ -24,10 +26,6 @@ from signalling.registry import SessionRegistry
 
 logger = logging.getLogger(__name__)
 
-CONFIG = web.AppKey("config", Config)
-ASR = web.AppKey("asr", ASRService)
-VAD = web.AppKey("vad", SileroModel)
-SESSIONS = web.AppKey("sessions", SessionRegistry)
 
 # The offer is the largest body we accept; 64 KiB of SDP plus its JSON envelope.
 MAX_BODY_BYTES = 80 * 1024
@@ -38,6 +36,7 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
     app.cleanup_ctx.append(_models(engine))
+    app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
     add_routes(app)
     return app
@@ -61,6 +60,34 @@ def _models(
         await service.close()
 
     return ctx
+
+
+def llm_settings(config: Config) -> LLMSettings:
+    options: dict[str, float | int] = {}
+    if config.ollama_temperature is not None:
+        options["temperature"] = config.ollama_temperature
+    if config.ollama_num_ctx is not None:
+        options["num_ctx"] = config.ollama_num_ctx
+    return LLMSettings(
+        host=config.ollama_host,
+        model=config.ollama_model,
+        options=options,
+        keep_alive=config.ollama_keep_alive,
+        first_token_timeout_s=config.llm_first_token_timeout,
+        total_timeout_s=config.llm_timeout,
+    )
+
+
+async def _llm(app: web.Application) -> AsyncIterator[None]:
+    app[LLM] = llm = OllamaChat(llm_settings(app[CONFIG]))
+    # Transcripts work without a language model, so a missing Ollama is a warning.
+    status = await llm.check()
+    if status.ok:
+        logger.info("LLM ready: %s", status.message)
+    else:
+        logger.warning("LLM not ready (transcripts still work): %s", status.message)
+    yield
+    await llm.close()
 
 
 async def _sessions(app: web.Application) -> AsyncIterator[None]:

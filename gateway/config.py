@@ -32,6 +32,14 @@ ASR_DEVICES: tuple[AsrDevice, ...] = ("auto", "cpu", "cuda")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. The user speaks to you and hears or reads your "
+    "answer at once, so answer briefly, in plain spoken sentences: no markdown, no lists, "
+    "no code blocks, no emoji. If you are not sure what the user said, ask."
+)
+
+
 @dataclass(frozen=True)
 class Config:
     host: str = "127.0.0.1"
@@ -45,6 +53,15 @@ class Config:
     max_sessions: int = 8
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     log_level: LogLevel = "info"
+    ollama_host: str = DEFAULT_OLLAMA_HOST
+    ollama_model: str = "llama3.2"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    history_turns: int = 10
+    ollama_temperature: float | None = None
+    ollama_num_ctx: int | None = None
+    ollama_keep_alive: str = "30m"
+    llm_first_token_timeout: float = 30.0
+    llm_timeout: float = 120.0
 
     @property
     def tls(self) -> bool:
@@ -107,6 +124,19 @@ def _nonempty(text: str) -> str:
     return text.strip()
 
 
+def _float_range(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:g} and {hi:g}, got {value:g}")
+        return value
+
+    return parse
+
+
 def _ice_server(text: str) -> str:
     value = text.strip()
     if not value.startswith(("stun:", "turn:", "turns:")) or len(value) < 6:
@@ -153,7 +183,27 @@ def _options() -> tuple[_Option, ...]:
             repeatable=True,
         ),
         _Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
+        _Option("ollama_host", _nonempty, "Ollama URL (default $OLLAMA_HOST or 127.0.0.1:11434)"),
+        _Option("ollama_model", _nonempty, "Ollama model (default llama3.2)"),
+        _Option("system_prompt", _nonempty, "system prompt (default: short spoken answers)"),
+        _Option("system_prompt_file", lambda t: Path(_nonempty(t)), "read the system prompt"),
+        _Option("history_turns", _int_range(0, 200), "exchanges kept per session (default 10)"),
+        _Option("ollama_temperature", _float_range(0.0, 2.0), "sampling temperature"),
+        _Option("ollama_num_ctx", _int_range(256, 1_048_576), "context window in tokens"),
+        _Option("ollama_keep_alive", _nonempty, "keep the model loaded this long (default 30m)"),
+        _Option(
+            "llm_first_token_timeout",
+            _float_range(1.0, 600.0),
+            "seconds to wait for the first word of an answer (default 30)",
+        ),
+        _Option(
+            "llm_timeout", _float_range(1.0, 3600.0), "seconds for a whole answer (default 120)"
+        ),
     )
+
+
+def _option(name: str) -> _Option:
+    return next(opt for opt in _options() if opt.name == name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,6 +281,17 @@ def load_config(
         if raw is not None:
             values[opt.name] = True if opt.is_flag else _convert(opt, raw, "command line")
 
+    prompt_file = values.pop("system_prompt_file", None)
+    if prompt_file is not None:
+        try:
+            values["system_prompt"] = read_file(prompt_file).strip()
+        except OSError as exc:
+            raise ConfigError(
+                "--system-prompt-file", f"cannot read {prompt_file}: {exc.strerror}"
+            ) from exc
+    if "ollama_host" not in values and env.get("OLLAMA_HOST"):
+        # Ollama's own variable, as its CLI and client read it.
+        values["ollama_host"] = _convert(_option("ollama_host"), env["OLLAMA_HOST"], "env")
     config = replace(Config(), **values)
     _check(config)
     return config
@@ -253,4 +314,3 @@ def _check(config: Config) -> None:
             f"refused on non-loopback host {config.host}: browsers need HTTPS for the "
             "microphone and the audio would cross the network unencrypted",
         )
-

@@ -1,183 +1,198 @@
-"""The conversation loop of one session: audio → utterances → ASR → ``transcript.final``.
+"""The conversation of one session: turns (transcripts and typed text) → Ollama → replies.
 
-Stages, each owned by the session and bounded::
+Transport-agnostic: it speaks to an :class:`EventSink` (a WebRTC session's data channel, or
+a WebSocket) and is fed transcripts by :class:`gateway.voice.VoicePipeline`.
 
-    track ──AudioListener──▶ endpointer events ──▶ utterance queue (4, drop oldest)
-        ──▶ transcriber task ──ASRService (shared, off-loop)──▶ transcript.final
+Rules, one reply at a time:
+- A new turn while a reply streams cancels that reply first (``reply.cancelled``, reason
+  ``barge-in`` for speech, ``client`` for typed text): the newest thing the person said
+  is what they want answered.
+- The person starting to speak cancels the reply at once (``barge-in``), before any
+  transcript exists; ``cancel`` does the same with reason ``client``.
+- The part of an answer already sent stays in history, marked as interrupted.
+- Every ``reply.started`` ends in exactly one ``reply.done`` or ``reply.cancelled``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from aiortc import RTCDataChannel
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-from gateway.errors import ASRError, ProtocolError
-from media.asr.base import Float32Array
-from media.asr.filters import clean_transcript
-from media.asr.service import ASRBusyError, ASRService
-from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechEnded, SpeechStarted
-from media.listener import AudioListener
-from media.vad import SileroModel
+from gateway.errors import LLMError, ProtocolError
+from gateway.history import History
+from gateway.llm import OllamaChat
 from signalling import protocol
-from signalling.session import Session
 
 logger = logging.getLogger(__name__)
 
-UTTERANCE_QUEUE_LIMIT = 4
 
-
-@dataclass(frozen=True)
-class Utterance:
+class EventSink(Protocol):
     id: str
-    audio: Float32Array
-    speech_ms: float
-    ended_at: float  # time.monotonic() when the endpointer decided speech had ended
+
+    def send(self, event: protocol.Event) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
 
 @dataclass(frozen=True)
 class ConversationSettings:
-    endpointer: EndpointerSettings
+    system_prompt: str
+    history_turns: int = 10
     language: str | None = None
+    asr: dict[str, str] = field(default_factory=dict)  # engine and model, for session.ready
+
+
+@dataclass
+class _Reply:
+    id: str
+    utterance_id: str | None
+    origin: float  # when the turn was complete: end of speech, or the typed message
+    task: asyncio.Task[None] | None = None
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 class Conversation:
     def __init__(
         self,
-        session: Session,
-        asr: ASRService,
-        vad: SileroModel,
+        sink: EventSink,
+        llm: OllamaChat,
         settings: ConversationSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.session = session
-        self._asr = asr
-        self._vad = vad
+        self.sink = sink
+        self.llm = llm
+        self.system_prompt = settings.system_prompt
+        self.language = settings.language
+        self.history = History(settings.history_turns)
         self._settings = settings
         self._clock = clock
-        self._ids = itertools.count(1)
-        self._current_utterance: str | None = None
-        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
-        self._listening = False
-        self.dropped_utterances = 0
-        session.on_message = self.on_message
-        session.on_channel_open = self._send_ready
-        session.pc.on("track", self.on_track)
-        session.pc.on("datachannel", self.on_datachannel)
+        self._reply_ids = itertools.count(1)
+        self._reply: _Reply | None = None
 
-    def start(self) -> None:
-        self.session.spawn(self._transcribe_loop(), "transcriber")
+    # --- what the client sends ---
 
-    # --- inputs ---
-
-    def on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind != "audio":
-            return
-        if self._listening:
-            # Only the first audio track is heard; others are still drained, since an
-            # unread aiortc track buffers without bound.
-            self.session.spawn(_drain(track), "drain")
-            return
-        self._listening = True
-        listener = AudioListener(self._vad, self._settings.endpointer, self._on_vad_event)
-        self.session.spawn(listener.run(track), "listener")
-
-    def on_datachannel(self, channel: RTCDataChannel) -> None:
-        if not self.session.attach_channel(channel):
-            logger.info("[%s] ignoring extra data channel %r", self.session.id, channel.label)
+    def send_ready(self) -> None:
+        self.sink.send(
+            protocol.session_ready(
+                self.sink.id,
+                asr=self._settings.asr,
+                llm={"model": self.llm.model, "available": self.llm.available},
+                tts_enabled=False,
+            )
+        )
 
     def on_message(self, data: str | bytes) -> None:
         try:
             message = protocol.parse_client_message(data)
         except ProtocolError as exc:
-            self.session.send(protocol.error(exc.code, str(exc)))
+            self.sink.send(protocol.error(exc.code, str(exc)))
             return
+        self.handle(message)
+
+    def handle(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, protocol.Ping):
-            self.session.send(protocol.pong(message.id))
-        else:
-            self.session.send(
-                protocol.error("not_supported", f"{type(message).__name__} is not supported yet")
-            )
+            self.sink.send(protocol.pong(message.id))
+        elif isinstance(message, protocol.TextMessage):
+            self.start_reply(message.text, utterance_id=None, origin=self._clock())
+        elif isinstance(message, protocol.Cancel):
+            self.cancel_reply("client")
+        elif isinstance(message, protocol.HistoryClear):
+            self.history.clear()
+        elif isinstance(message, protocol.SessionUpdate):
+            if message.tts:
+                self.sink.send(
+                    protocol.error("not_supported", "spoken replies (tts) are not available yet")
+                )
+            if message.system_prompt is not None:
+                self.system_prompt = message.system_prompt
+            if message.language is not None:
+                self.language = message.language or None
 
-    # --- audio events ---
+    # --- what the voice pipeline reports ---
 
-    def _send_ready(self) -> None:
-        engine = self._asr.engine
-        self.session.send(
-            protocol.session_ready(
-                self.session.id,
-                asr={"engine": engine.name, "model": engine.model},
-                llm={"model": None, "available": False},
-                tts_enabled=False,
-            )
-        )
+    def on_speech_started(self) -> None:
+        self.cancel_reply("barge-in")
 
-    def _on_vad_event(self, event: EndpointerEvent) -> None:
-        if isinstance(event, SpeechStarted):
-            self._current_utterance = f"u{next(self._ids)}"
-            self.session.send(protocol.speech_started(self._current_utterance))
+    def on_transcript(self, utterance_id: str, text: str, ended_at: float) -> None:
+        self.start_reply(text, utterance_id=utterance_id, origin=ended_at)
+
+    # --- replies ---
+
+    @property
+    def replying(self) -> bool:
+        return self._reply is not None
+
+    def start_reply(self, text: str, *, utterance_id: str | None, origin: float) -> None:
+        self.cancel_reply("barge-in" if utterance_id else "client")
+        self.history.add_user(text)
+        reply = _Reply(f"r{next(self._reply_ids)}", utterance_id, origin)
+        self._reply = reply
+        self.sink.send(protocol.reply_started(reply.id, utterance_id))
+        reply.task = self.sink.spawn(self._run(reply), f"reply-{reply.id}")
+
+    def cancel_reply(self, reason: protocol.CancelReason) -> None:
+        reply = self._reply
+        if reply is None:
             return
-        assert isinstance(event, SpeechEnded)
-        utterance_id = self._current_utterance or f"u{next(self._ids)}"
-        self._current_utterance = None
-        self.session.send(protocol.speech_stopped(utterance_id))
-        utterance = Utterance(
-            id=utterance_id,
-            audio=event.audio,
-            speech_ms=1000 * event.speech_samples / self._settings.endpointer.sample_rate,
-            ended_at=self._clock(),
-        )
-        if self._utterances.full():
-            # ASR is behind real time: the oldest speech is the least useful now.
-            dropped = self._utterances.get_nowait()
-            self.dropped_utterances += 1
-            logger.warning("[%s] ASR backlog: dropped utterance %s", self.session.id, dropped.id)
-        self._utterances.put_nowait(utterance)
+        self._reply = None
+        if reply.task is not None:
+            reply.task.cancel()
+        self._end_cancelled(reply, reason)
 
-    async def _transcribe_loop(self) -> None:
-        while True:
-            utterance = await self._utterances.get()
-            await self._transcribe(utterance)
+    def _end_cancelled(self, reply: _Reply, reason: protocol.CancelReason) -> None:
+        if reply.parts:
+            self.history.add_assistant(reply.text, interrupted=True)
+        self.sink.send(protocol.reply_cancelled(reply.id, reason))
 
-    async def _transcribe(self, utterance: Utterance) -> None:
+    async def _run(self, reply: _Reply) -> None:
+        messages = self.history.messages(self.system_prompt)
         started = self._clock()
+        first: float | None = None
         try:
-            result = await self._asr.transcribe(utterance.audio, self._settings.language)
-        except ASRError as exc:
-            retryable = isinstance(exc, ASRBusyError)
-            self.session.send(protocol.error(exc.code, str(exc), retryable=retryable))
+            async with contextlib.aclosing(self.llm.stream(messages)) as pieces:
+                async for piece in pieces:
+                    if first is None:
+                        first = self._clock()
+                    reply.parts.append(piece)
+                    self.sink.send(protocol.reply_delta(reply.id, piece))
+        except LLMError as exc:
+            if self._reply is reply:
+                self._reply = None
+                self._end_cancelled(reply, "error")
+                self.sink.send(protocol.error(exc.code, str(exc), retryable=exc.retryable))
+            logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
             return
-        finished = self._clock()
-        text = clean_transcript(result)
+        if self._reply is not reply:
+            return  # cancelled while the last piece was being handled
+        self._reply = None
+        done = self._clock()
         timings = {
-            "speech_ms": round(utterance.speech_ms, 1),
-            "asr_ms": round(1000 * (finished - started), 1),
-            "endpoint_to_final_ms": round(1000 * (finished - utterance.ended_at), 1),
+            "llm_first_token_ms": _ms(started, first or done),
+            "llm_total_ms": _ms(started, done),
+            "endpoint_to_first_token_ms": _ms(reply.origin, first or done),
         }
-        if not text:
-            logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, result.text)
-            return
+        self.history.add_assistant(reply.text)
+        self.sink.send(protocol.reply_done(reply.id, reply.text, timings))
         logger.info(
-            "[%s] %s: %r speech=%.0fms asr=%.0fms",
-            self.session.id,
-            utterance.id,
-            text,
-            timings["speech_ms"],
-            timings["asr_ms"],
+            "[%s] reply %s: %d chars, first token %.0f ms, total %.0f ms",
+            self.sink.id,
+            reply.id,
+            len(reply.text),
+            timings["llm_first_token_ms"],
+            timings["llm_total_ms"],
         )
-        self.session.send(protocol.transcript_final(utterance.id, text, timings))
 
 
-async def _drain(track: MediaStreamTrack) -> None:
-    while True:
-        try:
-            await track.recv()
-        except MediaStreamError:
-            return
+def _ms(start: float, end: float) -> float:
+    return round(1000 * (end - start), 1)

@@ -11,8 +11,13 @@ exceptions are converted at the boundary with ``raise ... from exc``::
     ├── SessionLimitError    --max-sessions reached (503 + Retry-After)
     ├── SessionNotFound      no session with that id (404)
     ├── ProtocolError        a client message that is not JSON, too big or unknown
-    └── ASRError             the speech recogniser failed
-        └── ModelLoadError   the model cannot be found, downloaded or converted
+    ├── ASRError             the speech recogniser failed
+    │   └── ModelLoadError   the model cannot be found, downloaded or converted
+    └── LLMError             the language model (Ollama) failed
+        ├── LLMUnavailable   Ollama cannot be reached (retryable)
+        ├── LLMModelMissing  the model is not pulled
+        ├── LLMTimeout       no first token, or no end, in time (retryable)
+        └── LLMStreamBroken  the answer stopped mid-stream (retryable)
 """
 
 from __future__ import annotations
@@ -58,3 +63,27 @@ class ASRError(GatewayError):
 
 class ModelLoadError(ASRError):
     code = "asr_model"
+
+
+class LLMError(GatewayError):
+    code = "llm_error"
+    retryable = False
+
+
+class LLMUnavailable(LLMError):
+    code = "llm_unavailable"
+    retryable = True
+
+
+class LLMModelMissing(LLMError):
+    code = "llm_model_missing"
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+    retryable = True
+
+
+class LLMStreamBroken(LLMError):
+    code = "llm_stream_broken"
+    retryable = True

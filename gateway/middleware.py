@@ -41,6 +41,7 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 SESSION_RETRY_AFTER_S = 5
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 
 def json_error(
@@ -69,7 +70,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400 or exc.content_type == "application/json":
             raise  # redirects, and errors that already have our shape
         code = _HTTP_CODES.get(exc.status, "http_error")
-        return json_error(exc.status, code, exc.reason, dict(exc.headers) or None)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        return json_error(exc.status, code, exc.reason, kept or None)
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal", "internal error; the gateway log has details")

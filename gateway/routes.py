@@ -9,8 +9,10 @@ import time
 
 from aiohttp import web
 
-from gateway import app as keys
-from gateway.conversation import Conversation, ConversationSettings
+from gateway import state as keys
+from gateway.state import new_conversation
+from gateway.voice import VoicePipeline
+from gateway.ws import websocket
 from media.endpointer import EndpointerSettings
 from signalling import protocol
 from signalling.offer import parse_offer
@@ -31,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/config", client_config)
     app.router.add_post("/offer", offer)
     app.router.add_delete("/sessions/{session_id}", end_session)
+    app.router.add_get("/ws", websocket)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -40,12 +43,14 @@ async def health(request: web.Request) -> web.Response:
 async def client_config(request: web.Request) -> web.Response:
     config = request.app[keys.CONFIG]
     engine = request.app[keys.ASR].engine
+    llm = request.app[keys.LLM]
     return web.json_response(
         {
             "protocol": protocol.PROTOCOL_VERSION,
             "ice_servers": [{"urls": url} for url in config.ice_servers],
             "asr": {"engine": engine.name, "model": engine.model},
-            "features": {"transcript_partial": False, "llm": False, "tts": False, "ws": False},
+            "llm": {"model": llm.model, "available": llm.available},
+            "features": {"transcript_partial": False, "llm": True, "tts": False, "ws": True},
         }
     )
 
@@ -64,15 +69,13 @@ async def offer(request: web.Request) -> web.Response:
             new_peer_connection(config.ice_servers),
             on_closed=registry.discard,
         )
-        language = parsed.session.get("language")
-        conversation = Conversation(
+        conversation = new_conversation(app, session, parsed.session)
+        voice = VoicePipeline(
             session,
+            conversation,
             app[keys.ASR],
             app[keys.VAD],
-            ConversationSettings(
-                endpointer=EndpointerSettings(silence_ms=config.vad_silence_ms),
-                language=language if isinstance(language, str) else None,
-            ),
+            EndpointerSettings(silence_ms=config.vad_silence_ms),
         )
         _watch_connection(session)
         try:
@@ -81,7 +84,7 @@ async def offer(request: web.Request) -> web.Response:
             await asyncio.shield(session.close("negotiation failed"))
             raise
         registry.add(session)
-    conversation.start()
+    voice.start()
     session.set_state(SessionState.CONNECTING)
     session.spawn(_connect_deadline(session), "connect-deadline")
     logger.info(
@@ -129,6 +132,4 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def script(request: web.Request) -> web.Response:
-    return web.Response(
-        body=_web_file("app.js"), content_type="text/javascript", charset="utf-8"
-    )
+    return web.Response(body=_web_file("app.js"), content_type="text/javascript", charset="utf-8")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from gateway.errors import ProtocolError
 
@@ -55,6 +55,25 @@ def transcript_final(utterance_id: str, text: str, timings: Mapping[str, float])
         "text": text,
         "timings": dict(timings),
     }
+
+
+CancelReason = Literal["barge-in", "client", "error"]
+
+
+def reply_started(reply_id: str, utterance_id: str | None) -> Event:
+    return {"type": "reply.started", "reply_id": reply_id, "utterance_id": utterance_id}
+
+
+def reply_delta(reply_id: str, text: str) -> Event:
+    return {"type": "reply.delta", "reply_id": reply_id, "text": text}
+
+
+def reply_done(reply_id: str, text: str, timings: Mapping[str, float]) -> Event:
+    return {"type": "reply.done", "reply_id": reply_id, "text": text, "timings": dict(timings)}
+
+
+def reply_cancelled(reply_id: str, reason: CancelReason) -> Event:
+    return {"type": "reply.cancelled", "reply_id": reply_id, "reason": reason}
 
 
 def error(code: str, message: str, *, retryable: bool = False) -> Event:
@@ -102,13 +121,19 @@ class Ping:
 ClientMessage = TextMessage | Cancel | SessionUpdate | HistoryClear | Ping
 
 
-def parse_client_message(data: str | bytes) -> ClientMessage:
+def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> ClientMessage:
+    """``plain_text``: text that is not JSON is a user message (``/ws``, so that wscat
+    works); on the data channel it is an error."""
     size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         obj = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        if plain_text and isinstance(data, str):
+            return TextMessage(
+                _text({"text": data.strip()}, "text", MAX_TEXT_CHARS, required=True) or ""
+            )
         raise ProtocolError(f"message is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise ProtocolError(f"message must be a JSON object, got {type(obj).__name__}")

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from gateway.app import SESSIONS
+from gateway.state import SESSIONS
 from tests.conftest import GatewayFactory, connect
 from tests.loopback import DATA, load_clips, read_wav
 

@@ -1,0 +1,49 @@
+"""A session's conversation history, bounded. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+INTERRUPTED_MARK = " [interrupted by the user]"
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Literal["user", "assistant"]
+    content: str
+    interrupted: bool = False
+
+
+class History:
+    """The last ``max_turns`` exchanges (a user message and the answer to it)."""
+
+    def __init__(self, max_turns: int) -> None:
+        self.max_turns = max_turns
+        self._turns: deque[Turn] = deque(maxlen=2 * max_turns)
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+    def add_user(self, text: str) -> None:
+        self._turns.append(Turn("user", text))
+
+    def add_assistant(self, text: str, *, interrupted: bool = False) -> None:
+        self._turns.append(Turn("assistant", text, interrupted))
+
+    def clear(self) -> None:
+        self._turns.clear()
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return tuple(self._turns)
+
+    def messages(self, system_prompt: str) -> list[dict[str, str]]:
+        """Ollama chat messages; an interrupted answer says so, so the model knows the
+        person stopped listening there."""
+        out = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        for turn in self._turns:
+            content = turn.content + INTERRUPTED_MARK if turn.interrupted else turn.content
+            out.append({"role": turn.role, "content": content})
+        return out

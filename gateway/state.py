@@ -1,0 +1,41 @@
+"""What hangs off the application (typed keys), and building a session's conversation
+from it. Separate from ``gateway.app`` so that route modules can import it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.conversation import Conversation, ConversationSettings, EventSink
+from gateway.llm import OllamaChat
+from media.asr.service import ASRService
+from media.vad import SileroModel
+from signalling.registry import SessionRegistry
+
+CONFIG = web.AppKey("config", Config)
+ASR = web.AppKey("asr", ASRService)
+VAD = web.AppKey("vad", SileroModel)
+SESSIONS = web.AppKey("sessions", SessionRegistry)
+LLM = web.AppKey("llm", OllamaChat)
+
+
+def new_conversation(
+    app: web.Application, sink: EventSink, overrides: Mapping[str, object]
+) -> Conversation:
+    """A conversation with the gateway's settings and a client's ``session`` overrides."""
+    config = app[CONFIG]
+    engine = app[ASR].engine
+    language = overrides.get("language")
+    prompt = overrides.get("system_prompt")
+    return Conversation(
+        sink,
+        app[LLM],
+        ConversationSettings(
+            system_prompt=prompt if isinstance(prompt, str) else config.system_prompt,
+            history_turns=config.history_turns,
+            language=language if isinstance(language, str) else None,
+            asr={"engine": engine.name, "model": engine.model},
+        ),
+    )

@@ -1,0 +1,159 @@
+"""The voice half of a session: audio → utterances → ASR → ``transcript.final``.
+
+Stages, each owned by the session and bounded::
+
+    track ──AudioListener──▶ endpointer events ──▶ utterance queue (4, drop oldest)
+        ──▶ transcriber task ──ASRService (shared, off-loop)──▶ transcript.final
+                                                                  └──▶ Conversation
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCDataChannel
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from gateway.conversation import Conversation
+from gateway.errors import ASRError
+from media.asr.base import Float32Array
+from media.asr.filters import clean_transcript
+from media.asr.service import ASRBusyError, ASRService
+from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechEnded, SpeechStarted
+from media.listener import AudioListener
+from media.vad import SileroModel
+from signalling import protocol
+from signalling.session import Session
+
+logger = logging.getLogger(__name__)
+
+UTTERANCE_QUEUE_LIMIT = 4
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    audio: Float32Array
+    speech_ms: float
+    ended_at: float  # time.monotonic() when the endpointer decided speech had ended
+
+
+class VoicePipeline:
+    """Owned by a WebRTC session; hands speech starts and transcripts to the conversation."""
+
+    def __init__(
+        self,
+        session: Session,
+        conversation: Conversation,
+        asr: ASRService,
+        vad: SileroModel,
+        endpointer: EndpointerSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.conversation = conversation
+        self._asr = asr
+        self._vad = vad
+        self._endpointer = endpointer
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._current_utterance: str | None = None
+        self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
+        self._listening = False
+        self.dropped_utterances = 0
+        session.on_message = conversation.on_message
+        session.on_channel_open = conversation.send_ready
+        session.pc.on("track", self.on_track)
+        session.pc.on("datachannel", self.on_datachannel)
+
+    def start(self) -> None:
+        self.session.spawn(self._transcribe_loop(), "transcriber")
+
+    # --- inputs ---
+
+    def on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return
+        if self._listening:
+            # Only the first audio track is heard; others are still drained, since an
+            # unread aiortc track buffers without bound.
+            self.session.spawn(_drain(track), "drain")
+            return
+        self._listening = True
+        listener = AudioListener(self._vad, self._endpointer, self._on_vad_event)
+        self.session.spawn(listener.run(track), "listener")
+
+    def on_datachannel(self, channel: RTCDataChannel) -> None:
+        if not self.session.attach_channel(channel):
+            logger.info("[%s] ignoring extra data channel %r", self.session.id, channel.label)
+
+    def _on_vad_event(self, event: EndpointerEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            self._current_utterance = f"u{next(self._ids)}"
+            self.session.send(protocol.speech_started(self._current_utterance))
+            self.conversation.on_speech_started()
+            return
+        assert isinstance(event, SpeechEnded)
+        utterance_id = self._current_utterance or f"u{next(self._ids)}"
+        self._current_utterance = None
+        self.session.send(protocol.speech_stopped(utterance_id))
+        utterance = Utterance(
+            id=utterance_id,
+            audio=event.audio,
+            speech_ms=1000 * event.speech_samples / self._endpointer.sample_rate,
+            ended_at=self._clock(),
+        )
+        if self._utterances.full():
+            # ASR is behind real time: the oldest speech is the least useful now.
+            dropped = self._utterances.get_nowait()
+            self.dropped_utterances += 1
+            logger.warning("[%s] ASR backlog: dropped utterance %s", self.session.id, dropped.id)
+        self._utterances.put_nowait(utterance)
+
+    async def _transcribe_loop(self) -> None:
+        while True:
+            utterance = await self._utterances.get()
+            await self._transcribe(utterance)
+
+    async def _transcribe(self, utterance: Utterance) -> None:
+        started = self._clock()
+        try:
+            result = await self._asr.transcribe(utterance.audio, self.conversation.language)
+        except ASRError as exc:
+            retryable = isinstance(exc, ASRBusyError)
+            self.session.send(protocol.error(exc.code, str(exc), retryable=retryable))
+            return
+        finished = self._clock()
+        text = clean_transcript(result)
+        timings = {
+            "speech_ms": round(utterance.speech_ms, 1),
+            "asr_ms": round(1000 * (finished - started), 1),
+            "endpoint_to_final_ms": round(1000 * (finished - utterance.ended_at), 1),
+        }
+        if not text:
+            logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, result.text)
+            return
+        logger.info(
+            "[%s] %s: %r speech=%.0fms asr=%.0fms",
+            self.session.id,
+            utterance.id,
+            text,
+            timings["speech_ms"],
+            timings["asr_ms"],
+        )
+        self.session.send(protocol.transcript_final(utterance.id, text, timings))
+        self.conversation.on_transcript(utterance.id, text, utterance.ended_at)
+
+
+async def _drain(track: MediaStreamTrack) -> None:
+    while True:
+        try:
+            await track.recv()
+        except MediaStreamError:
+            return

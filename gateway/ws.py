@@ -1,0 +1,94 @@
+"""``GET /ws``: the data-channel protocol over a WebSocket, for text-only clients.
+
+A text frame that is not JSON is a user message, so ``wscat -c wss://HOST:8001/ws`` and
+typing a question streams the answer back. Events go through a bounded outbox drained by
+one writer task, so a client that stops reading cannot make the gateway queue forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gateway.errors import ProtocolError
+from gateway.state import new_conversation
+from signalling import protocol
+from signalling.registry import new_session_id
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 20.0
+OUTBOX_LIMIT = 256
+CLOSE_TIMEOUT_S = 5.0
+
+
+class WebSocketSink:
+    """What a :class:`gateway.conversation.Conversation` needs from its transport."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.id = "ws-" + new_session_id()
+        self.dropped_events = 0
+        self._ws = ws
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def send(self, event: protocol.Event) -> None:
+        try:
+            self._outbox.put_nowait(protocol.encode(event))
+        except asyncio.QueueFull:
+            self.dropped_events += 1
+            logger.warning("[%s] client not reading: dropped a %s event", self.id, event["type"])
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def write(self) -> None:
+        while True:
+            text = await self._outbox.get()
+            await self._ws.send_str(text)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(
+        heartbeat=HEARTBEAT_S,
+        max_msg_size=protocol.MAX_MESSAGE_BYTES,
+        compress=False,  # compression on a socket that carries user text invites CRIME-style leaks
+    )
+    await ws.prepare(request)
+    sink = WebSocketSink(ws)
+    conversation = new_conversation(request.app, sink, {})
+    sink.spawn(sink.write(), "writer")
+    logger.info("[%s] websocket from %s", sink.id, request.remote)
+    conversation.send_ready()
+    try:
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                try:
+                    parsed = protocol.parse_client_message(message.data, plain_text=True)
+                except ProtocolError as exc:
+                    sink.send(protocol.error(exc.code, str(exc)))
+                    continue
+                conversation.handle(parsed)
+            elif message.type is WSMsgType.BINARY:
+                sink.send(
+                    protocol.error("not_supported", "binary audio frames are not supported yet")
+                )
+    finally:
+        conversation.cancel_reply("client")
+        await sink.close()
+        logger.info("[%s] websocket closed", sink.id)
+    return ws
