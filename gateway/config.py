@@ -139,7 +139,8 @@ def _float_range(lo: float, hi: float) -> Callable[[str], float]:
 
 def _ice_server(text: str) -> str:
     value = text.strip()
-    if not value.startswith(("stun:", "turn:", "turns:")) or len(value) < 6:
+    scheme, _, rest = value.partition(":")
+    if scheme not in ("stun", "turn", "turns") or not rest or any(c.isspace() for c in rest):
         raise ValueError(f"expected a stun:, turn: or turns: URL, got {text!r}")
     return value
 
@@ -265,6 +266,8 @@ def load_config(
             table = tomllib.loads(read_file(Path(config_path)))
         except OSError as exc:
             raise ConfigError("--config", f"cannot read {config_path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--config", f"{config_path} is not UTF-8 text: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", f"{config_path} is not valid TOML: {exc}") from exc
         known = {opt.name: opt for opt in _options()}

@@ -17,16 +17,20 @@ class Turn:
 
 
 class History:
-    """The last ``max_turns`` exchanges (a user message and the answer to it)."""
+    """The last ``max_turns`` exchanges (a user message and the answer to it) before the
+    current turn, which is always kept."""
 
     def __init__(self, max_turns: int) -> None:
         self.max_turns = max_turns
-        self._turns: deque[Turn] = deque(maxlen=2 * max_turns)
+        self._turns: deque[Turn] = deque()
 
     def __len__(self) -> int:
         return len(self._turns)
 
     def add_user(self, text: str) -> None:
+        # Bounded here: at most 2 * max_turns earlier messages, the new one, and its answer.
+        while len(self._turns) > 2 * self.max_turns:
+            self._turns.popleft()
         self._turns.append(Turn("user", text))
 
     def add_assistant(self, text: str, *, interrupted: bool = False) -> None:

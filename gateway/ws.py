@@ -65,7 +65,9 @@ class WebSocketSink:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S,
-        max_msg_size=protocol.MAX_MESSAGE_BYTES,
+        # Bigger than a valid message, so an oversized one gets a readable error event;
+        # beyond this aiohttp closes the socket with 1009 (message too big).
+        max_msg_size=4 * protocol.MAX_MESSAGE_BYTES,
         compress=False,  # compression on a socket that carries user text invites CRIME-style leaks
     )
     await ws.prepare(request)

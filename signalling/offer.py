@@ -10,8 +10,9 @@ nothing else, for any input.
 Beyond what the HTTP contract asks (an Opus audio section, ICE credentials, a DTLS
 fingerprint), every line that aiortc's SDP parser reads with ``int()``, ``split()`` or a
 table lookup is checked here with a stricter grammar, and every media section must carry
-what ``RTCPeerConnection.setRemoteDescription`` relies on (ICE credentials, ``a=setup``,
-``a=mid``, ``a=rtcp-mux`` for RTP, ``a=sctp-port`` for data channels). Pure code, no I/O.
+what aiortc's ``setRemoteDescription`` and ``createAnswer`` rely on (ICE credentials,
+``a=setup``, a unique ``a=mid``; ``a=rtcp-mux`` and a direction for RTP; ``a=sctp-port`` for
+the data channel). Pure code, no I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 
 from gateway.errors import OfferError
@@ -82,10 +84,11 @@ _QUOTE_CHARS = 60
 # Characters refused anywhere in the SDP: C0 and C1 controls (CR, LF and TAB excepted),
 # DEL, lone surrogates, and the Unicode line separators that str.splitlines() (which
 # aiortc uses) splits on, so that aiortc sees exactly the lines checked here.
-_BAD_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BAD_CHAR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
-_LINE = re.compile(r"[a-z]=", re.ASCII)
-_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+", re.ASCII)
+_LINE = re.compile(r"[vosiuepcbtrzkam]=", re.ASCII)  # the types RFC 8866 defines
+_TOKEN_CHAR = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]"  # RFC 8866 token-char
+_TOKEN = re.compile(f"{_TOKEN_CHAR}+", re.ASCII)
 _CONNECTION = re.compile(r"IN IP[46] [^ ]+", re.ASCII)
 _MEDIA = re.compile(r"m=([^ ]+) ([0-9]+) ([A-Z/]+) (.+)", re.ASCII)
 _FORMATS_RTP = re.compile(r"[0-9]{1,3}( [0-9]{1,3})*", re.ASCII)
@@ -102,7 +105,12 @@ _SSRC_GROUP = re.compile(r"[^ ]+( [0-9]{1,10})+", re.ASCII)
 _SCTPMAP = re.compile(r"[0-9]{1,5} .+", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
 _CANDIDATE_FOUNDATION = re.compile(r"[A-Za-z0-9+/]{1,32}", re.ASCII)
+_MSID = re.compile(f"{_TOKEN_CHAR}{{1,64}}( {_TOKEN_CHAR}{{1,64}})?", re.ASCII)
 _LANGUAGE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+
+
+def _no_overrides() -> Mapping[str, object]:
+    return MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -110,11 +118,7 @@ class Offer:
     """A checked offer: the SDP with CRLF line endings, and the client's session overrides."""
 
     sdp: str
-    session: Mapping[str, object] = field(default_factory=lambda: _no_overrides())
-
-
-def _no_overrides() -> Mapping[str, object]:
-    return MappingProxyType({})
+    session: Mapping[str, object] = field(default_factory=_no_overrides)
 
 
 def parse_offer(body: bytes) -> Offer:
@@ -162,7 +166,7 @@ def parse_session(value: object) -> Mapping[str, object]:
                 raise OfferError(
                     f"{where} is too long: {len(item)} characters, limit {MAX_SYSTEM_PROMPT_CHARS}"
                 )
-            bad = _BAD_CHAR.search(item.replace("\r", "").replace("\n", "").replace("\t", ""))
+            bad = _BAD_CHAR.search(item)
             if bad:
                 raise OfferError(f"{where} contains {_describe_char(bad.group())}")
         checked[key] = item
@@ -255,8 +259,12 @@ class _Section:
     def label(self) -> str:
         return f"{self.kind} section at line {self.number}"
 
+    @cached_property
+    def _attributes(self) -> Mapping[str, list[tuple[_Line, str | None]]]:
+        return _index_attributes(self.lines)
+
     def attributes(self, name: str) -> list[tuple[_Line, str | None]]:
-        return _attributes(self.lines, name)
+        return self._attributes.get(name, [])
 
 
 def _check_sdp(sdp: str) -> str:
@@ -352,6 +360,8 @@ def _parse_media_line(line: _Line) -> _Section:
         if protocol == "DTLS/SCTP" and not _valid_port(format_text.split(" ")[0]):
             raise OfferError(f"{where} has an invalid SCTP port {_quote(format_text)}")
     else:
+        if format_text.count(" ") >= 128:
+            raise OfferError(f"{where} lists too many payload types")
         if not _FORMATS_RTP.fullmatch(format_text):
             raise OfferError(f"{where} has malformed payload types {_quote(format_text)}")
         for pt in format_text.split(" "):
@@ -408,11 +418,14 @@ def _attribute_ok(name: str, value: str | None, section: _Section | None) -> boo
         return name not in _VALUED_MEDIA_ATTRIBUTES
     if name == "candidate":
         return _candidate_ok(value)
+    if name == "msid":  # RFC 8830; aiortc takes the second word as the track id
+        return _MSID.fullmatch(value) is not None
     if name == "extmap":
         match = _EXTMAP.fullmatch(value)
         return match is not None and 1 <= int(match.group(1)) <= 255
     if name == "rtpmap":
-        return _RTPMAP.fullmatch(value) is not None
+        match = _RTPMAP.fullmatch(value)
+        return match is not None and int(match.group(1)) <= 127
     if name == "fmtp":
         return _FMTP.fullmatch(value) is not None and _fmtp_parameters_ok(value)
     if name == "rtcp-fb":
@@ -453,6 +466,7 @@ _VALUED_MEDIA_ATTRIBUTES = frozenset(
         "sctpmap",
         "sctp-port",
         "max-message-size",
+        "msid",
     }
 )
 
@@ -509,13 +523,18 @@ def _check_fingerprint(line: _Line, value: str) -> None:
 
 
 def _check_payload_types(section: _Section) -> None:
-    """aiortc looks up each a=fmtp's codec among the section's a=rtpmap lines."""
-    mapped = {int(value.split(" ", 1)[0]) for _, value in section.attributes("rtpmap") if value}
+    """One codec per payload type; aiortc looks up each a=fmtp's codec among the a=rtpmaps."""
+    mapped: set[int] = set()
+    for line, value in section.attributes("rtpmap"):
+        pt = int((value or "").split(" ", 1)[0])
+        if pt in mapped:
+            raise OfferError(f"SDP line {line.number} repeats a=rtpmap for payload type {pt}")
+        mapped.add(pt)
     for line, value in section.attributes("fmtp"):
-        pt = (value or "").split(" ", 1)[0]
-        if int(pt) not in mapped:
+        fmtp_pt = int((value or "").split(" ", 1)[0])
+        if fmtp_pt not in mapped:
             raise OfferError(
-                f"SDP line {line.number} has a=fmtp for payload type {pt},"
+                f"SDP line {line.number} has a=fmtp for payload type {fmtp_pt},"
                 f" which has no a=rtpmap in the {section.label()}"
             )
 
@@ -645,14 +664,18 @@ def _split_attribute(text: str) -> tuple[str, str | None]:
     return text[2:], None
 
 
-def _attributes(lines: Sequence[_Line], name: str) -> list[tuple[_Line, str | None]]:
-    found = []
+def _index_attributes(lines: Sequence[_Line]) -> dict[str, list[tuple[_Line, str | None]]]:
+    """Each attribute name's lines and values, in order."""
+    index: dict[str, list[tuple[_Line, str | None]]] = {}
     for line in lines:
         if line.text.startswith("a="):
-            attribute, value = _split_attribute(line.text)
-            if attribute == name:
-                found.append((line, value))
-    return found
+            name, value = _split_attribute(line.text)
+            index.setdefault(name, []).append((line, value))
+    return index
+
+
+def _attributes(lines: Sequence[_Line], name: str) -> list[tuple[_Line, str | None]]:
+    return _index_attributes(lines).get(name, [])
 
 
 def _valid_port(text: str) -> bool:

@@ -3,7 +3,7 @@ app served on 127.0.0.1 by pytest-aiohttp for loopback tests."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from gateway.config import Config
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from tests.loopback import LoopbackClient
+from tests.ollama_server import FakeOllama, fake_ollama
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
 GatewayFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
@@ -59,3 +60,10 @@ async def connect(client: TestClient) -> tuple[LoopbackClient, str]:  # type: ig
     ready = await peer.next_event("session.ready", timeout=10)
     assert ready["session_id"] == answer["session_id"]
     return peer, answer["session_id"]
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[tuple[FakeOllama, str]]:
+    """An Ollama-compatible server on 127.0.0.1 speaking the real wire format."""
+    async with fake_ollama() as (state, url):
+        yield state, url
