@@ -26,6 +26,8 @@ else:  # pragma: no cover
 AsrEngineName = Literal["openai-whisper", "faster-whisper"]
 AsrDevice = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+AuthMode = Literal["none", "api-key", "jwt"]
+AUTH_MODES: tuple[AuthMode, ...] = ("none", "api-key", "jwt")
 
 ASR_ENGINES: tuple[AsrEngineName, ...] = ("openai-whisper", "faster-whisper")
 ASR_DEVICES: tuple[AsrDevice, ...] = ("auto", "cpu", "cuda")
@@ -62,6 +64,21 @@ class Config:
     ollama_keep_alive: str = "30m"
     llm_first_token_timeout: float = 30.0
     llm_timeout: float = 120.0
+    allow_remote_ollama: bool = False
+    auth: AuthMode = "none"
+    api_keys_file: Path | None = None
+    jwt_secret_file: Path | None = None
+    jwt_public_key: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    allow_insecure: bool = False
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    ice_addresses: tuple[str, ...] = field(default_factory=tuple)
+    udp_ports: tuple[int, int] | None = None
+    offer_rate: int = 20
+    sessions_per_client: int = 4
+    max_session_s: int = 4 * 3600
+    idle_timeout_s: int = 600
 
     @property
     def tls(self) -> bool:
@@ -137,6 +154,29 @@ def _float_range(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def _path(text: str) -> Path:
+    return Path(_nonempty(text))
+
+
+def _origin(text: str) -> str:
+    value = text.strip().rstrip("/")
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+        raise ValueError(f"expected an origin like https://host:3000, got {text!r}")
+    return value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    lo_text, sep, hi_text = text.strip().partition("-")
+    try:
+        lo, hi = int(lo_text), int(hi_text)
+    except ValueError:
+        raise ValueError(f"expected LO-HI, e.g. 50000-50100, got {text!r}") from None
+    if not sep or not 1024 <= lo <= hi <= 65535:
+        raise ValueError(f"expected 1024 <= LO <= HI <= 65535, got {text!r}")
+    return (lo, hi)
+
+
 def _ice_server(text: str) -> str:
     value = text.strip()
     scheme, _, rest = value.partition(":")
@@ -152,10 +192,11 @@ class _Option:
     help: str
     repeatable: bool = False
     is_flag: bool = False  # a switch that takes no value on the command line
+    singular: str = ""  # the flag of a repeatable option, given once per value
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.singular or "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
@@ -182,6 +223,7 @@ def _options() -> tuple[_Option, ...]:
             _ice_server,
             "STUN/TURN URL for ICE, repeatable (default: none, for LAN/VPN)",
             repeatable=True,
+            singular="--ice-server",
         ),
         _Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
         _Option("ollama_host", _nonempty, "Ollama URL (default $OLLAMA_HOST or 127.0.0.1:11434)"),
@@ -200,6 +242,38 @@ def _options() -> tuple[_Option, ...]:
         _Option(
             "llm_timeout", _float_range(1.0, 3600.0), "seconds for a whole answer (default 120)"
         ),
+        _Option("allow_remote_ollama", _bool, "allow a non-loopback --ollama-host", is_flag=True),
+        _Option("auth", _choice(AUTH_MODES), "none (default), api-key or jwt"),
+        _Option("api_keys_file", _path, "file with one API key per line (--auth api-key)"),
+        _Option("jwt_secret_file", _path, "HS256 secret for --auth jwt"),
+        _Option("jwt_public_key", _path, "PEM public key for RS256/ES256 tokens (--auth jwt)"),
+        _Option("jwt_audience", _nonempty, "required JWT aud claim"),
+        _Option("jwt_issuer", _nonempty, "required JWT iss claim"),
+        _Option(
+            "allow_insecure",
+            _bool,
+            "allow --auth none on a non-loopback address",
+            is_flag=True,
+        ),
+        _Option(
+            "cors_origins",
+            _origin,
+            "allow this browser origin (e.g. https://app.example:3000), repeatable",
+            repeatable=True,
+            singular="--cors-origin",
+        ),
+        _Option(
+            "ice_addresses",
+            _host,
+            "only this address or interface for WebRTC media, repeatable",
+            repeatable=True,
+            singular="--ice-address",
+        ),
+        _Option("udp_ports", _port_range, "UDP port range for WebRTC media, LO-HI"),
+        _Option("offer_rate", _int_range(1, 10_000), "POST /offer per minute per address (20)"),
+        _Option("sessions_per_client", _int_range(1, 1000), "sessions per client address (4)"),
+        _Option("max_session_s", _int_range(10, 7 * 86_400), "longest session, s (4 h)"),
+        _Option("idle_timeout_s", _int_range(10, 86_400), "end a silent session after, s (600)"),
     )
 
 
@@ -224,8 +298,7 @@ def build_parser(prog: str = "local-ai-gateway serve") -> argparse.ArgumentParse
         if opt.is_flag:
             parser.add_argument(opt.flag, dest=opt.name, action="store_true", default=None)
         elif opt.repeatable:
-            flag = opt.flag.removesuffix("s")  # --ice-server, repeatable
-            parser.add_argument(flag, dest=opt.name, action="append", help=opt.help)
+            parser.add_argument(opt.flag, dest=opt.name, action="append", help=opt.help)
         else:
             parser.add_argument(opt.flag, dest=opt.name, help=opt.help)
     return parser
@@ -233,7 +306,7 @@ def build_parser(prog: str = "local-ai-gateway serve") -> argparse.ArgumentParse
 
 def _convert(opt: _Option, raw: object, source: str) -> Any:
     """Turn one raw value (text, or a TOML value) into the field's type."""
-    flag = opt.flag.removesuffix("s") if opt.repeatable else opt.flag
+    flag = opt.flag
     try:
         if opt.repeatable:
             items: list[object]
@@ -309,6 +382,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def ollama_hostname(url: str) -> str:
+    """The host part of an Ollama address, as Ollama itself accepts it (with or without a
+    scheme or port)."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0]
+    if rest.startswith("["):
+        return rest[1:].split("]", 1)[0]
+    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+
+
 def _check(config: Config) -> None:
     """Rules that involve more than one option."""
     if config.no_tls and not is_loopback(config.host):
@@ -316,4 +398,25 @@ def _check(config: Config) -> None:
             "--no-tls",
             f"refused on non-loopback host {config.host}: browsers need HTTPS for the "
             "microphone and the audio would cross the network unencrypted",
+        )
+    if config.auth == "none" and not is_loopback(config.host) and not config.allow_insecure:
+        raise ConfigError(
+            "--auth",
+            f"serving on {config.host} with --auth none lets anyone who reaches the port talk "
+            "to your models: use --auth api-key or --auth jwt (or --allow-insecure)",
+        )
+    if config.auth == "api-key" and config.api_keys_file is None:
+        raise ConfigError("--api-keys-file", "required with --auth api-key")
+    if config.auth == "jwt" and (config.jwt_secret_file is None) == (config.jwt_public_key is None):
+        raise ConfigError(
+            "--jwt-secret-file",
+            "--auth jwt needs exactly one of --jwt-secret-file (HS256) "
+            "or --jwt-public-key (RS256/ES256)",
+        )
+    host = ollama_hostname(config.ollama_host)
+    if not is_loopback(host) and not config.allow_remote_ollama:
+        raise ConfigError(
+            "--ollama-host",
+            f"{config.ollama_host} is not on this machine; Ollama has no authentication, so "
+            "the gateway only talks to a remote one with --allow-remote-ollama",
         )
