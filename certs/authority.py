@@ -74,16 +74,20 @@ class CertificatePaths:
 
 
 def ensure_certificates(
-    cert_dir: Path, hosts: Sequence[str], *, now: datetime | None = None
+    cert_dir: Path,
+    hosts: Sequence[str],
+    *,
+    now: datetime | None = None,
+    renew_server: bool = False,
 ) -> CertificatePaths:
     """Make whatever of the CA and server certificate is missing in ``cert_dir``.
 
-    Existing files are never overwritten (bar a server key left without its certificate):
-    an existing CA is reused (devices already trust it) and an existing server certificate
-    is kept (``certificate_warnings`` says if it no
-    longer fits). Raises CertificateError when a file is unreadable, corrupt or half of a
-    pair, when the directory cannot be written, or when a host lies outside the existing
-    CA's name constraints.
+    An existing CA is reused (devices already trust it). An existing server certificate is
+    kept (``certificate_warnings`` says if it no longer fits) unless ``renew_server`` asks
+    for a new one for ``hosts``; nothing else is ever overwritten, bar a server key left
+    without its certificate. Raises CertificateError when a file is unreadable, corrupt or
+    half of a pair, when the directory cannot be written, or when a host lies outside the
+    existing CA's name constraints.
     """
     now = _utc(now)
     names = _parse_hosts([hosts] if isinstance(hosts, str) else hosts)
@@ -103,7 +107,7 @@ def ensure_certificates(
         _check_key_matches(ca_cert, ca_key, ca_cert_path, ca_key_path)
 
     created: list[Path] = []
-    if server_cert_path.exists():
+    if server_cert_path.exists() and not renew_server:
         if not server_key_path.exists():
             raise CertificateError(
                 f"{server_cert_path} exists but its key {server_key_path} is missing: "
@@ -114,7 +118,7 @@ def ensure_certificates(
         _check_key_matches(server_cert, server_key, server_cert_path, server_key_path)
         logger.debug("keeping existing server certificate %s", server_cert_path)
     else:
-        if server_key_path.exists():
+        if server_key_path.exists() and not server_cert_path.exists():
             # A key without its certificate is left over from an interrupted run.
             logger.warning("replacing %s, which has no certificate", server_key_path)
         if ca_cert is None and ca_key is None:

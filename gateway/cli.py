@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import ssl
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 from aiohttp import web
 
@@ -22,6 +24,8 @@ logger = logging.getLogger("gateway")
 
 USAGE = """\
 usage: local-ai-gateway serve [flags]    run the gateway (flags: serve --help)
+       local-ai-gateway certs --host IP_OR_NAME [--host ...] [--cert-dir DIR]
+                                         make or renew the server certificate (and the CA)
        local-ai-gateway --version
 """
 
@@ -34,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
+    if args and args[0] == "certs":
+        return certs_command(args[1:])
     # `serve` is the default command, so `python -m gateway --port 9000` works too.
     if args and args[0] == "serve":
         args = args[1:]
@@ -46,6 +52,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 2
     return serve(config)
+
+
+def certs_command(argv: Sequence[str]) -> int:
+    """The job mkcert does: a CA (reused when present) and a server certificate for
+    exactly the given hosts, plus localhost."""
+    parser = argparse.ArgumentParser(
+        prog="local-ai-gateway certs",
+        description="Make the local CA (if missing) and a new server certificate.",
+    )
+    parser.add_argument("--cert-dir", type=Path, default=Config().cert_dir)
+    parser.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        help="an address or name the gateway is reached by (repeatable), e.g. 10.8.0.1",
+    )
+    args = parser.parse_args(list(argv))
+    hosts = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *args.host]))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        paths = ensure_certificates(args.cert_dir, hosts, renew_server=True)
+    except CertificateError as exc:
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"server certificate: {paths.server_cert} (key {paths.server_key})")
+    print(f"covers: {', '.join(hosts)}")
+    if paths.ca_cert is not None:
+        print()
+        print(trust_instructions(paths.ca_cert))
+    if paths.ca_key is not None:
+        print(
+            f"Keep {paths.ca_key} secret. Once the certificates you need exist, you can move "
+            "it off this machine; bring it back only to sign a new server certificate."
+        )
+    return 0
 
 
 def serve(config: Config) -> int:

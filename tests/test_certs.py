@@ -18,6 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certs.authority import (
+    CA_CERT_NAME,
+    SERVER_CERT_NAME,
     SERVER_VALIDITY,
     CertificatePaths,
     certificate_warnings,
@@ -404,3 +406,24 @@ def test_tls_handshake_with_python_ssl(tmp_path: Path) -> None:
             break
     assert done == {"client", "server"}
     assert client.getpeercert() is not None
+
+
+def test_certs_command_renews_the_server_certificate_with_the_same_ca(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    assert main(["certs", "--cert-dir", str(tmp_path), "--host", "10.8.0.5"]) == 0
+    ca_before = (tmp_path / CA_CERT_NAME).read_bytes()
+    assert main(["certs", "--cert-dir", str(tmp_path), "--host", "10.8.0.6"]) == 0
+    out = capsys.readouterr().out
+    assert "covers: localhost, 127.0.0.1, ::1, 10.8.0.6" in out
+    assert "update-ca-certificates" in out  # the trust steps are printed
+    assert (tmp_path / CA_CERT_NAME).read_bytes() == ca_before
+    leaf = x509.load_pem_x509_certificate((tmp_path / SERVER_CERT_NAME).read_bytes())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.8.0.6") in sans.get_values_for_type(x509.IPAddress)
+    assert ipaddress.ip_address("10.8.0.5") not in sans.get_values_for_type(x509.IPAddress)
+    # Outside the CA's name constraints: refused, one line, nothing replaced.
+    assert main(["certs", "--cert-dir", str(tmp_path), "--host", "192.168.1.4"]) == 1
+    assert "outside what the CA" in capsys.readouterr().err
