@@ -15,9 +15,10 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.llm import LLMSettings, OllamaChat
+from gateway.metrics import Metrics, loop_lag_context
 from gateway.middleware import error_middleware
 from gateway.routes import add_routes
-from gateway.state import ASR, CONFIG, LLM, SESSIONS, VAD
+from gateway.state import ASR, CONFIG, LLM, METRICS, SESSIONS, VAD
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
@@ -35,9 +36,11 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     """``engine`` lets tests share one loaded model across many apps."""
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
+    app[METRICS] = metrics = Metrics()
     app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
+    app.cleanup_ctx.append(loop_lag_context(metrics))
     add_routes(app)
     return app
 
@@ -56,6 +59,7 @@ def _models(
         logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
         app[VAD] = await asyncio.to_thread(SileroModel)
         app[ASR] = service = ASRService(loaded)
+        app[METRICS].asr_queue_depth.set_function(lambda: service.pending)
         yield
         await service.close()
 

@@ -291,6 +291,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(prog: str = "local-ai-gateway serve") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
+        allow_abbrev=False,  # `--no` must not silently mean --no-tls
         description="Run the gateway. Each flag is also GATEWAY_<NAME> and a TOML key.",
     )
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of these keys")
@@ -310,7 +311,7 @@ def _convert(opt: _Option, raw: object, source: str) -> Any:
     try:
         if opt.repeatable:
             items: list[object]
-            if isinstance(raw, str) and source == "env":
+            if isinstance(raw, str) and source.startswith("GATEWAY_"):
                 items = [part for part in raw.split(",") if part.strip()]
             elif isinstance(raw, list):
                 items = list(raw)
@@ -352,7 +353,7 @@ def load_config(
 
     for opt in _options():
         if opt.env in env:
-            values[opt.name] = _convert(opt, env[opt.env], "env")
+            values[opt.name] = _convert(opt, env[opt.env], opt.env)
         raw = args.get(opt.name)
         if raw is not None:
             values[opt.name] = True if opt.is_flag else _convert(opt, raw, "command line")
@@ -365,9 +366,11 @@ def load_config(
             raise ConfigError(
                 "--system-prompt-file", f"cannot read {prompt_file}: {exc.strerror}"
             ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError("--system-prompt-file", f"{prompt_file} is not UTF-8 text") from exc
     if "ollama_host" not in values and env.get("OLLAMA_HOST"):
         # Ollama's own variable, as its CLI and client read it.
-        values["ollama_host"] = _convert(_option("ollama_host"), env["OLLAMA_HOST"], "env")
+        values["ollama_host"] = _convert(_option("ollama_host"), env["OLLAMA_HOST"], "OLLAMA_HOST")
     config = replace(Config(), **values)
     _check(config)
     return config

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gateway.errors import LLMError, ProtocolError
 from gateway.history import History
 from gateway.llm import OllamaChat
+from gateway.metrics import Metrics
 from signalling import protocol
 
 logger = logging.getLogger(__name__)
@@ -66,12 +67,14 @@ class Conversation:
         self,
         sink: EventSink,
         llm: OllamaChat,
+        metrics: Metrics,
         settings: ConversationSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
         self.llm = llm
+        self.metrics = metrics
         self.system_prompt = settings.system_prompt
         self.language = settings.language
         self.history = History(settings.history_turns)
@@ -96,9 +99,13 @@ class Conversation:
         try:
             message = protocol.parse_client_message(data)
         except ProtocolError as exc:
-            self.sink.send(protocol.error(exc.code, str(exc)))
+            self.report_error(exc.code, str(exc))
             return
         self.handle(message)
+
+    def report_error(self, code: str, message: str, *, retryable: bool = False) -> None:
+        self.metrics.errors.labels(code).inc()
+        self.sink.send(protocol.error(code, message, retryable=retryable))
 
     def handle(self, message: protocol.ClientMessage) -> None:
         if isinstance(message, protocol.Ping):
@@ -111,9 +118,7 @@ class Conversation:
             self.history.clear()
         elif isinstance(message, protocol.SessionUpdate):
             if message.tts:
-                self.sink.send(
-                    protocol.error("not_supported", "spoken replies (tts) are not available yet")
-                )
+                self.report_error("not_supported", "spoken replies (tts) are not available yet")
             if message.system_prompt is not None:
                 self.system_prompt = message.system_prompt
             if message.language is not None:
@@ -153,6 +158,7 @@ class Conversation:
     def _end_cancelled(self, reply: _Reply, reason: protocol.CancelReason) -> None:
         if reply.parts:
             self.history.add_assistant(reply.text, interrupted=True)
+        self.metrics.replies.labels("cancelled").inc()
         self.sink.send(protocol.reply_cancelled(reply.id, reason))
 
     async def _run(self, reply: _Reply) -> None:
@@ -170,7 +176,7 @@ class Conversation:
             if self._reply is reply:
                 self._reply = None
                 self._end_cancelled(reply, "error")
-                self.sink.send(protocol.error(exc.code, str(exc), retryable=exc.retryable))
+                self.report_error(exc.code, str(exc), retryable=exc.retryable)
             logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
             return
         if self._reply is not reply:
@@ -183,6 +189,10 @@ class Conversation:
             "endpoint_to_first_token_ms": _ms(reply.origin, first or done),
         }
         self.history.add_assistant(reply.text)
+        self.metrics.replies.labels("done").inc()
+        if first is not None:
+            self.metrics.llm_first_token.observe(first - started)
+            self.metrics.endpoint_to_first_token.observe(first - reply.origin)
         self.sink.send(protocol.reply_done(reply.id, reply.text, timings))
         logger.info(
             "[%s] reply %s: %d chars, first token %.0f ms, total %.0f ms",

@@ -11,6 +11,7 @@ exceptions are converted at the boundary with ``raise ... from exc``::
     ├── SessionLimitError    --max-sessions reached (503 + Retry-After)
     ├── SessionNotFound      no session with that id (404)
     ├── ProtocolError        a client message that is not JSON, too big or unknown
+    ├── AuthError            missing or unacceptable credentials (401)
     ├── ASRError             the speech recogniser failed
     │   └── ModelLoadError   the model cannot be found, downloaded or converted
     └── LLMError             the language model (Ollama) failed
@@ -55,6 +56,17 @@ class SessionNotFound(GatewayError):
 
 class ProtocolError(GatewayError):
     code = "bad_message"
+
+
+class AuthError(GatewayError):
+    """Says what is wrong with the credentials, never what they were."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        # No credentials at all, as opposed to bad ones (RFC 6750 omits the error code then).
+        self.missing = missing
 
 
 class ASRError(GatewayError):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.errors import (
+    AuthError,
     GatewayError,
     OfferError,
     ProtocolError,
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: dict[type[GatewayError], int] = {
+    AuthError: 401,
     OfferError: 400,
     ProtocolError: 400,
     SessionNotFound: 404,
@@ -41,6 +43,7 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 SESSION_RETRY_AFTER_S = 5
+AUTH_REALM = "local-ai-gateway"
 _BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 
@@ -52,17 +55,25 @@ def json_error(
     )
 
 
+def _error_headers(exc: GatewayError) -> dict[str, str] | None:
+    if isinstance(exc, SessionLimitError):
+        return {"Retry-After": str(SESSION_RETRY_AFTER_S)}
+    if isinstance(exc, AuthError):
+        # RFC 6750 section 3: no error code when the request carried no credentials at all.
+        challenge = f'Bearer realm="{AUTH_REALM}"'
+        if not exc.missing:
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
+    return None
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except GatewayError as exc:
         status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 500)
-        headers = (
-            {"Retry-After": str(SESSION_RETRY_AFTER_S)}
-            if isinstance(exc, SessionLimitError)
-            else None
-        )
+        headers = _error_headers(exc)
         if status >= 500 and status != 503:
             logger.error("%s %s failed: %s", request.method, request.path, exc)
         return json_error(status, exc.code, str(exc), headers)

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 import logging
-import time
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import state as keys
-from gateway.state import new_conversation
-from gateway.voice import VoicePipeline
+from gateway.webrtc import open_session
 from gateway.ws import websocket
-from media.endpointer import EndpointerSettings
 from signalling import protocol
 from signalling.offer import parse_offer
-from signalling.peer import answer_offer, new_peer_connection
-from signalling.registry import new_session_id
-from signalling.session import Session, SessionState
 
 logger = logging.getLogger(__name__)
-
-# A client that got an answer but never connects must not hold a session slot for long.
-CONNECT_TIMEOUT_S = 30.0
 
 
 def add_routes(app: web.Application) -> None:
@@ -34,6 +25,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/offer", offer)
     app.router.add_delete("/sessions/{session_id}", end_session)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/metrics", metrics)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -58,68 +50,23 @@ async def client_config(request: web.Request) -> web.Response:
 async def offer(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="POST /offer takes application/json")
-    received = time.perf_counter()
     parsed = parse_offer(await request.read())
-    app = request.app
-    config = app[keys.CONFIG]
-    registry = app[keys.SESSIONS]
-    with registry.reserve():
-        session = Session(
-            new_session_id(),
-            new_peer_connection(config.ice_servers),
-            on_closed=registry.discard,
-        )
-        conversation = new_conversation(app, session, parsed.session)
-        voice = VoicePipeline(
-            session,
-            conversation,
-            app[keys.ASR],
-            app[keys.VAD],
-            EndpointerSettings(silence_ms=config.vad_silence_ms),
-        )
-        _watch_connection(session)
-        try:
-            answer = await answer_offer(session.pc, parsed.sdp)
-        except BaseException:  # a bad offer, a timeout, or the client going away
-            await asyncio.shield(session.close("negotiation failed"))
-            raise
-        registry.add(session)
-    voice.start()
-    session.set_state(SessionState.CONNECTING)
-    session.spawn(_connect_deadline(session), "connect-deadline")
-    logger.info(
-        "[%s] answered offer from %s in %.0f ms",
-        session.id,
-        request.remote,
-        1000 * (time.perf_counter() - received),
-    )
+    session, answer = await open_session(request.app, parsed)
+    logger.info("[%s] session for %s", session.id, request.remote)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": session.id},
         headers={"Location": f"/sessions/{session.id}"},
     )
 
 
-def _watch_connection(session: Session) -> None:
-    pc = session.pc
-
-    @pc.on("connectionstatechange")
-    def on_state() -> None:
-        state = pc.connectionState
-        if state == "connected":
-            session.set_state(SessionState.CONNECTED)
-        elif state in ("failed", "closed"):
-            session.request_close(f"connection {state}")
-
-
-async def _connect_deadline(session: Session) -> None:
-    await asyncio.sleep(CONNECT_TIMEOUT_S)
-    if session.state is not SessionState.CONNECTED:
-        await session.close(f"not connected within {CONNECT_TIMEOUT_S:.0f} s")
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[keys.METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def end_session(request: web.Request) -> web.Response:
     session = request.app[keys.SESSIONS].get(request.match_info["session_id"])
-    await session.close("deleted by client")
+    await session.close("deleted")
     return web.Response(status=204)
 
 

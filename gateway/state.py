@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.config import Config
 from gateway.conversation import Conversation, ConversationSettings, EventSink
 from gateway.llm import OllamaChat
+from gateway.metrics import Metrics
 from media.asr.service import ASRService
 from media.vad import SileroModel
 from signalling.registry import SessionRegistry
@@ -19,6 +20,7 @@ ASR = web.AppKey("asr", ASRService)
 VAD = web.AppKey("vad", SileroModel)
 SESSIONS = web.AppKey("sessions", SessionRegistry)
 LLM = web.AppKey("llm", OllamaChat)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 def new_conversation(
@@ -32,6 +34,7 @@ def new_conversation(
     return Conversation(
         sink,
         app[LLM],
+        app[METRICS],
         ConversationSettings(
             system_prompt=prompt if isinstance(prompt, str) else config.system_prompt,
             history_turns=config.history_turns,

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.conversation import Conversation
 from gateway.errors import ASRError
+from gateway.metrics import Metrics
 from media.asr.base import Float32Array
 from media.asr.filters import clean_transcript
 from media.asr.service import ASRBusyError, ASRService
@@ -53,10 +54,12 @@ class VoicePipeline:
         asr: ASRService,
         vad: SileroModel,
         endpointer: EndpointerSettings,
+        metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
+        self.metrics = metrics
         self.conversation = conversation
         self._asr = asr
         self._vad = vad
@@ -66,7 +69,6 @@ class VoicePipeline:
         self._current_utterance: str | None = None
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
         self._listening = False
-        self.dropped_utterances = 0
         session.on_message = conversation.on_message
         session.on_channel_open = conversation.send_ready
         session.pc.on("track", self.on_track)
@@ -86,14 +88,22 @@ class VoicePipeline:
             self.session.spawn(_drain(track), "drain")
             return
         self._listening = True
-        listener = AudioListener(self._vad, self._endpointer, self._on_vad_event)
+        listener = AudioListener(
+            self._vad, self._endpointer, self._on_vad_event, on_frame=self._on_frame
+        )
         self.session.spawn(listener.run(track), "listener")
 
     def on_datachannel(self, channel: RTCDataChannel) -> None:
         if not self.session.attach_channel(channel):
             logger.info("[%s] ignoring extra data channel %r", self.session.id, channel.label)
 
+    def _on_frame(self, lost: int) -> None:
+        self.metrics.frames_received.inc()
+        if lost:
+            self.metrics.frames_lost.inc(lost)
+
     def _on_vad_event(self, event: EndpointerEvent) -> None:
+        self.session.touch()
         if isinstance(event, SpeechStarted):
             self._current_utterance = f"u{next(self._ids)}"
             self.session.send(protocol.speech_started(self._current_utterance))
@@ -109,10 +119,11 @@ class VoicePipeline:
             speech_ms=1000 * event.speech_samples / self._endpointer.sample_rate,
             ended_at=self._clock(),
         )
+        self.metrics.utterances.inc()
         if self._utterances.full():
             # ASR is behind real time: the oldest speech is the least useful now.
             dropped = self._utterances.get_nowait()
-            self.dropped_utterances += 1
+            self.metrics.utterances_dropped.inc()
             logger.warning("[%s] ASR backlog: dropped utterance %s", self.session.id, dropped.id)
         self._utterances.put_nowait(utterance)
 
@@ -127,9 +138,10 @@ class VoicePipeline:
             result = await self._asr.transcribe(utterance.audio, self.conversation.language)
         except ASRError as exc:
             retryable = isinstance(exc, ASRBusyError)
-            self.session.send(protocol.error(exc.code, str(exc), retryable=retryable))
+            self.conversation.report_error(exc.code, str(exc), retryable=retryable)
             return
         finished = self._clock()
+        self.metrics.asr_time.observe(finished - started)
         text = clean_transcript(result)
         timings = {
             "speech_ms": round(utterance.speech_ms, 1),
@@ -147,6 +159,8 @@ class VoicePipeline:
             timings["speech_ms"],
             timings["asr_ms"],
         )
+        self.metrics.transcripts.inc()
+        self.metrics.endpoint_to_final.observe(finished - utterance.ended_at)
         self.session.send(protocol.transcript_final(utterance.id, text, timings))
         self.conversation.on_transcript(utterance.id, text, utterance.ended_at)
 

@@ -82,12 +82,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 try:
                     parsed = protocol.parse_client_message(message.data, plain_text=True)
                 except ProtocolError as exc:
-                    sink.send(protocol.error(exc.code, str(exc)))
+                    conversation.report_error(exc.code, str(exc))
                     continue
                 conversation.handle(parsed)
             elif message.type is WSMsgType.BINARY:
-                sink.send(
-                    protocol.error("not_supported", "binary audio frames are not supported yet")
+                conversation.report_error(
+                    "not_supported", "binary audio frames are not supported yet"
                 )
     finally:
         conversation.cancel_reply("client")

@@ -9,6 +9,7 @@ import numpy.typing as npt
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
 
 Float32Array = npt.NDArray[np.float32]
+_SQRT_HALF = 0.7071067811865476
 
 
 class MonoResampler:
@@ -24,7 +25,13 @@ class MonoResampler:
         out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
         if not out:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        samples = np.concatenate(out).astype(np.float32, copy=False)
+        if frame.layout.nb_channels == 2:
+            # libswresample downmixes stereo as (L+R)/sqrt(2): a mono microphone (aiortc
+            # decodes it as two equal channels) would come out 3 dB hot and could clip.
+            # Scaling by 1/sqrt(2) makes it the plain average (L+R)/2.
+            samples *= np.float32(_SQRT_HALF)
+        return samples
 
 
 class Chunker:

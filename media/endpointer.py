@@ -4,12 +4,14 @@ Time is counted in samples, so a test that feeds N chunks knows exactly what com
 
     SILENCE ──p ≥ threshold──▶ CANDIDATE ──speech ≥ min_speech──▶ SPEECH (SpeechStarted)
        ▲                          │                                   │
-       └──── silence ≥ hangover ──┘      silence ≥ hangover, or max length (SpeechEnded)
+       └─ silence ≥ hangover, ────┘      silence ≥ hangover, or max length (SpeechEnded)
+          or max length
 
 Silence starts at the first chunk under ``neg_threshold`` and only a chunk at or above
 ``threshold`` interrupts it (Silero's own hysteresis), so a murmur between the two
 thresholds does not keep an utterance open forever. ``pre_roll_ms`` of audio before the
-first speech chunk is kept, since Silero fires a little after the onset of a word.
+first speech chunk is kept, since Silero fires a little after the onset of a word; the
+silence that ended one utterance is the pre-roll of the next.
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ class EndpointerSettings:
         return ms * self.sample_rate // 1000
 
     def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
+        if min(self.min_speech_ms, self.silence_ms, self.pre_roll_ms) < 0:
+            raise ValueError("min_speech_ms, silence_ms and pre_roll_ms must not be negative")
         if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
             raise ValueError("need 0 < neg_threshold <= threshold < 1")
         if self.max_utterance_ms <= self.min_speech_ms:
@@ -128,14 +134,19 @@ class Endpointer:
             if self._speech_run >= self._min_speech:
                 self._state = _State.SPEECH
                 events.append(SpeechStarted(self._start))
-            elif self._silence_long_enough():
+            elif self._silence_long_enough() or self._buffer_len >= self._max_len:
+                # A murmur between the thresholds never starts the silence clock, so a
+                # candidate also gives up at the length limit rather than grow without bound.
                 self._abandon()
                 return []
 
         if self._state is _State.SPEECH:
             if self._silence_long_enough():
-                assert self._silence_start is not None
-                events.append(self._finish(self._silence_start, "silence"))
+                events.append(self._finish_in_silence("silence"))
+            elif self._silence_start is not None and self._buffer_len >= self._max_len:
+                # Too long, but already pausing: end at the pause, not with an utterance
+                # of nothing but silence to follow.
+                events.append(self._finish_in_silence("max_length"))
             elif self._buffer_len >= self._max_len:
                 events.append(self._finish(self._position, "max_length"))
                 # The person is still talking: the next utterance starts right here.
@@ -175,6 +186,24 @@ class Endpointer:
         audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.float32)
         event = SpeechEnded(audio=audio, start_sample=self._start, end_sample=end, reason=reason)
         self._reset()
+        return event
+
+    def _finish_in_silence(self, reason: EndReason) -> SpeechEnded:
+        # The silence after the speech is the pre-roll of whatever is said next.
+        silence_start = self._silence_start
+        assert silence_start is not None
+        tail: list[Float32Array] = []
+        kept = 0
+        begin = self._position
+        for chunk in reversed(self._buffer):
+            begin -= len(chunk)
+            if begin < silence_start or kept >= self._pre_roll:
+                break
+            tail.append(chunk)
+            kept += len(chunk)
+        event = self._finish(silence_start, reason)
+        for chunk in reversed(tail):
+            self._remember(chunk)
         return event
 
     def _abandon(self) -> None:

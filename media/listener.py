@@ -26,13 +26,16 @@ class AudioListener:
         vad: SileroModel,
         settings: EndpointerSettings,
         on_event: Callable[[EndpointerEvent], None],
+        *,
+        on_frame: Callable[[int], None] = lambda lost: None,
     ) -> None:
         self._resampler = MonoResampler(settings.sample_rate)
         self._chunker = Chunker()
         self._vad = vad.stream()
         self.endpointer = Endpointer(settings)
         self._on_event = on_event
-        self.frames = 0
+        self._on_frame = on_frame
+        self._next_pts: int | None = None
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Reads until the track ends; an utterance in progress is then delivered."""
@@ -43,10 +46,22 @@ class AudioListener:
                 break
             if not isinstance(frame, av.AudioFrame):
                 continue  # aiortc yields packets only for pass-through codecs
-            self.frames += 1
+            self._on_frame(self._count_lost(frame))
             self.feed(self._resampler.resample(frame))
         for event in self.endpointer.flush():
             self._on_event(event)
+
+    def _count_lost(self, frame: av.AudioFrame) -> int:
+        """Frames missing before this one, from the gap in its RTP timestamp (aiortc sets
+        pts to the RTP timestamp; the jitter buffer skips what never arrived)."""
+        pts, size = frame.pts, frame.samples
+        if pts is None or size <= 0:
+            return 0
+        lost = 0
+        if self._next_pts is not None and pts > self._next_pts:
+            lost = (pts - self._next_pts) // size
+        self._next_pts = pts + size
+        return lost
 
     def feed(self, samples: Float32Array) -> None:
         for chunk in self._chunker.push(samples):

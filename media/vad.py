@@ -55,9 +55,7 @@ class SileroModel:
         self, chunks: Float32Array, state: Float32Array
     ) -> tuple[npt.NDArray[np.float32], Float32Array]:
         """Speech probabilities for a batch of [context + chunk] rows, and the next state."""
-        out, next_state = self._session.run(
-            None, {"input": chunks, "state": state, "sr": self._sr}
-        )
+        out, next_state = self._session.run(None, {"input": chunks, "state": state, "sr": self._sr})
         return np.asarray(out, dtype=np.float32).reshape(-1), np.asarray(
             next_state, dtype=np.float32
         )

@@ -150,11 +150,14 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
             raise ProtocolError('"id" of ping must be a string or an integer')
         if isinstance(ident, str) and len(ident) > 128:
             raise ProtocolError('"id" of ping is longer than 128 characters')
+        if isinstance(ident, str):
+            _check_unicode(ident, "id")
         return Ping(ident)
     if kind == "session.update":
         unknown = set(obj) - {"type", "system_prompt", "language", "tts"}
         if unknown:
-            raise ProtocolError(f"session.update has unknown fields: {', '.join(sorted(unknown))}")
+            names = ", ".join(repr(name[:40]) for name in sorted(unknown)[:10])
+            raise ProtocolError(f"session.update has unknown fields: {names}")
         tts = obj.get("tts")
         if tts is not None and not isinstance(tts, bool):
             raise ProtocolError('"tts" must be true or false')
@@ -176,6 +179,16 @@ def _text(obj: Mapping[str, Any], key: str, limit: int, *, required: bool = Fals
         raise ProtocolError(f'"{key}" must be a non-empty string')
     if len(value) > limit:
         raise ProtocolError(f'"{key}" is longer than {limit} characters')
+    return _check_unicode(value, key)
+
+
+def _check_unicode(value: str, key: str) -> str:
+    # JSON's "\ud800" escape makes a lone surrogate, which cannot be encoded as UTF-8:
+    # echoed back (pong, a transcript) it would break the data channel's send.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f'"{key}" holds a lone surrogate, which is not text') from None
     return value
 
 

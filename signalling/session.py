@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 
+from signalling.lifecycle import SessionLimits, expiry
 from signalling.protocol import Event, encode
 
 logger = logging.getLogger(__name__)
@@ -40,17 +42,17 @@ class Session:
         self,
         session_id: str,
         pc: RTCPeerConnection,
-        *,
-        on_closed: Callable[[Session], None] = lambda s: None,
     ) -> None:
         self.id = session_id
         self.pc = pc
         self.state = SessionState.NEGOTIATING
         self.close_reason: str | None = None
+        self.created_at = time.monotonic()
+        self.last_activity = self.created_at
         self.on_message: Callable[[str | bytes], None] = lambda data: None
         self.on_channel_open: Callable[[], None] = lambda: None
         self.dropped_events = 0
-        self._on_closed = on_closed
+        self.on_closed: Callable[[Session], None] = lambda s: None
         self._channel: RTCDataChannel | None = None
         self._outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -58,6 +60,10 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.state.value}>"
+
+    def touch(self) -> None:
+        """Something happened (speech, a client message): the session is not idle."""
+        self.last_activity = time.monotonic()
 
     def set_state(self, state: SessionState) -> None:
         if state is not self.state:
@@ -85,12 +91,16 @@ class Session:
         if self._channel is not None or self.state is SessionState.CLOSED:
             return False
         self._channel = channel
-        channel.on("message", lambda data: self.on_message(data))
+        channel.on("message", self._message)
         if channel.readyState == "open":
             self._channel_open()
         else:
             channel.on("open", self._channel_open)
         return True
+
+    def _message(self, data: str | bytes) -> None:
+        self.touch()
+        self.on_message(data)
 
     def _channel_open(self) -> None:
         self.on_channel_open()
@@ -131,6 +141,22 @@ class Session:
         """Idempotent; concurrent callers all wait for the one close to finish."""
         await asyncio.shield(self.request_close(reason))
 
+    async def watch(self, limits: SessionLimits) -> None:
+        """Ends the session when one of its clocks runs out (see ``signalling.lifecycle``)."""
+        while True:
+            verdict = expiry(
+                limits,
+                created=self.created_at,
+                connected=self.state is SessionState.CONNECTED,
+                last_activity=self.last_activity,
+                now=time.monotonic(),
+            )
+            if verdict.reason is not None:
+                self.request_close(verdict.reason)
+                return
+            # Wake at least every few seconds: connecting or speaking moves the deadlines.
+            await asyncio.sleep(min(verdict.check_in_s, 5.0))
+
     async def _close(self, reason: str) -> None:
         self.close_reason = reason
         logger.info("[%s] closing: %s", self.id, reason)
@@ -149,4 +175,4 @@ class Session:
         self._channel = None
         self._outbox.clear()
         self.set_state(SessionState.CLOSED)
-        self._on_closed(self)
+        self.on_closed(self)

@@ -86,7 +86,7 @@ async def test_offer_the_webrtc_stack_rejects_is_400_and_closes_the_peer(
     async def explode(self: RTCPeerConnection, description: object) -> None:
         raise AssertionError("mangled media section")
 
-    monkeypatch.setattr("gateway.routes.new_peer_connection", tracked)
+    monkeypatch.setattr("gateway.webrtc.new_peer_connection", tracked)
     monkeypatch.setattr(RTCPeerConnection, "setRemoteDescription", explode)
     client = await gateway()
     peer = LoopbackClient()

@@ -38,27 +38,29 @@ _FILLER = frozenset(
 )
 _FILLER_MAX_LOGPROB = -0.4
 _NON_WORD = re.compile(r"[^\w']+")
+# Whisper's sound annotations: "[BLANK_AUDIO]", "(music)", "♪♪", one or several in a row.
+_ANNOTATIONS = re.compile(r"(?:\s*(?:\[[^\]]*\]|\([^)]*\)|[*♪]))+\s*")  # one unit a turn
 
 
 def _normalise(text: str) -> str:
-    return _NON_WORD.sub(" ", text.lower()).strip()
+    return _NON_WORD.sub(" ", text.lower()).strip(" '")  # an apostrophe alone is no word
 
 
 def _is_no_speech(segment: Segment) -> bool:
-    return (
-        segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD
-    )
+    return segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD
 
 
 def clean_transcript(transcription: Transcription) -> str:
     """The text worth sending, or ``""`` when it is not speech."""
-    kept = [s for s in transcription.segments if not _is_no_speech(s) and _normalise(s.text)]
+    kept = [
+        s
+        for s in transcription.segments
+        if not _is_no_speech(s) and _normalise(s.text) and not _ANNOTATIONS.fullmatch(s.text)
+    ]
     text = " ".join(s.text.strip() for s in kept)
     words = _normalise(text)
     if not words:
         return ""
     if words in _FILLER and max(s.avg_logprob for s in kept) < _FILLER_MAX_LOGPROB:
         return ""
-    if re.fullmatch(r"\[[^\]]*\]|\([^)]*\)|[*♪ ]+", text.strip()):
-        return ""  # "[BLANK_AUDIO]", "(music)", "♪♪"
     return text

@@ -45,9 +45,7 @@ class ASRService:
         self._pending += 1
         loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(
-                self._executor, self.engine.transcribe, audio, language
-            )
+            future = loop.run_in_executor(self._executor, self.engine.transcribe, audio, language)
             return await asyncio.wait_for(future, self._timeout_s)
         except asyncio.TimeoutError as exc:
             raise ASRError(f"transcription took longer than {self._timeout_s:.0f} s") from exc

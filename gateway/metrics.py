@@ -1,0 +1,97 @@
+"""Prometheus metrics for one gateway, on their own registry (no process-global state, so
+two apps in one test process never share counters)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets in seconds: from a fast loopback turn to a cold model load.
+_LATENCY = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+LOOP_LAG_INTERVAL_S = 0.5
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        self.sessions_active = Gauge("gateway_sessions_active", "Open sessions", registry=r)
+        self.sessions_started = Counter(
+            "gateway_sessions_started", "Sessions started", ["transport"], registry=r
+        )
+        self.sessions_ended = Counter(
+            "gateway_sessions_ended", "Sessions ended, by reason", ["reason"], registry=r
+        )
+        self.utterances = Counter("gateway_utterances", "Utterances endpointed", registry=r)
+        self.utterances_dropped = Counter(
+            "gateway_utterances_dropped", "Utterances dropped (ASR backlog)", registry=r
+        )
+        self.transcripts = Counter("gateway_transcripts", "transcript.final sent", registry=r)
+        self.replies = Counter(
+            "gateway_replies", "Replies ended, by outcome", ["outcome"], registry=r
+        )
+        self.errors = Counter("gateway_errors", "error events, by code", ["code"], registry=r)
+        self.frames_received = Counter(
+            "gateway_audio_frames_received", "Audio frames decoded", registry=r
+        )
+        self.frames_lost = Counter(
+            "gateway_audio_frames_lost", "Audio frames missing from the stream", registry=r
+        )
+        self.asr_queue_depth = Gauge(
+            "gateway_asr_pending", "Utterances waiting for or in ASR", registry=r
+        )
+        self.loop_lag = Gauge(
+            "gateway_event_loop_lag_seconds", "Event-loop lag, last sample", registry=r
+        )
+
+        def seconds(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, buckets=_LATENCY, registry=r)
+
+        self.endpoint_to_final = seconds(
+            "gateway_endpoint_to_final_seconds", "End of speech (VAD) to transcript.final"
+        )
+        self.asr_time = seconds("gateway_asr_seconds", "ASR time per utterance")
+        self.llm_first_token = seconds(
+            "gateway_llm_first_token_seconds", "Ollama request to first token"
+        )
+        self.endpoint_to_first_token = seconds(
+            "gateway_endpoint_to_first_token_seconds", "End of the turn to first reply token"
+        )
+        self.offer_time = seconds("gateway_offer_seconds", "POST /offer handling time")
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def watch_loop_lag(gauge: Gauge, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Samples how late a timer fires: how long any ready coroutine waits for the loop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval_s)
+        gauge.set(max(0.0, loop.time() - start - interval_s))
+
+
+def loop_lag_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(
+            watch_loop_lag(metrics.loop_lag), name="loop-lag"
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
