@@ -21,6 +21,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/app.js", script)
     app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
     app.router.add_get("/config", client_config)
     app.router.add_post("/offer", offer)
     app.router.add_delete("/sessions/{session_id}", end_session)
@@ -30,6 +31,28 @@ def add_routes(app: web.Application) -> None:
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: the ASR model is loaded and Ollama answers with the model present."""
+    engine = request.app[keys.ASR].engine
+    status = await request.app[keys.LLM].check()
+    checks = {
+        "asr": {
+            "ok": True,  # the app does not serve at all until the model is loaded
+            "engine": engine.name,
+            "model": engine.model,
+            "device": engine.device,
+        },
+        "llm": {
+            "ok": status.ok,
+            "reachable": status.reachable,
+            "model_present": status.model_present,
+            "message": status.message,
+        },
+    }
+    ok = all(bool(check["ok"]) for check in checks.values())
+    return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
 
 
 async def client_config(request: web.Request) -> web.Response:

@@ -17,8 +17,11 @@ from gateway.cli import _tls_context
 from gateway.config import Config
 from gateway.state import SESSIONS
 from signalling.peer import new_peer_connection
-from tests.conftest import EngineCache, GatewayFactory
+from tests.conftest import EngineCache, GatewayFactory, connect
 from tests.loopback import LoopbackClient
+from tests.ollama_server import FakeOllama
+
+Ollama = tuple[FakeOllama, str]
 
 
 async def test_health_is_exactly_ok(gateway: GatewayFactory) -> None:
@@ -131,3 +134,56 @@ async def test_https_with_the_local_ca(tmp_path: Path, engines: EngineCache) -> 
                 await http.get(f"https://localhost:{port}/health", ssl=strict)
     finally:
         await runner.cleanup()
+
+
+async def test_ready_reports_each_check(gateway: GatewayFactory, ollama: Ollama) -> None:
+    state, url = ollama
+    client = await gateway(ollama_host=url)
+    body = await (await client.get("/ready")).json()
+    assert body["ok"] is True
+    assert body["checks"]["asr"]["model"] == "tiny.en"
+    assert body["checks"]["llm"]["model_present"] is True
+
+    state.models = ["mistral:latest"]
+    missing = await client.get("/ready")
+    assert missing.status == 503
+    llm = (await missing.json())["checks"]["llm"]
+    assert llm == {
+        "ok": False,
+        "reachable": True,
+        "model_present": False,
+        "message": llm["message"],
+    }
+    assert "ollama pull llama3.2" in llm["message"]
+
+
+async def test_ready_is_503_when_ollama_is_down(gateway: GatewayFactory) -> None:
+    client = await gateway(ollama_host="http://127.0.0.1:9")
+    response = await client.get("/ready")
+    assert response.status == 503
+    llm = (await response.json())["checks"]["llm"]
+    assert llm["reachable"] is False
+    assert "ollama serve" in llm["message"]
+
+
+async def test_metrics_count_sessions_and_turns(gateway: GatewayFactory, ollama: Ollama) -> None:
+    client = await gateway(ollama_host=ollama[1])
+    async with client.ws_connect("/ws") as ws:
+        await ws.send_str("hello")
+        while (await ws.receive_json(timeout=10))["type"] != "reply.done":
+            pass
+    peer, session_id = await connect(client)
+    await client.delete(f"/sessions/{session_id}")
+    await peer.close()
+
+    response = await client.get("/metrics")
+    text = await response.text()
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert 'gateway_sessions_started_total{transport="webrtc"} 1.0' in text
+    assert 'gateway_sessions_ended_total{reason="deleted"} 1.0' in text
+    assert "gateway_sessions_active 0.0" in text
+    assert 'gateway_replies_total{outcome="done"} 1.0' in text
+    assert "gateway_llm_first_token_seconds_count 1.0" in text
+    assert "gateway_offer_seconds_count 1.0" in text
+    assert "gateway_event_loop_lag_seconds" in text
