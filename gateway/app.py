@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.auth import setup_auth
 from gateway.config import Config
 from gateway.llm import LLMSettings, OllamaChat
 from gateway.metrics import Metrics, loop_lag_context
@@ -37,6 +38,7 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
+    setup_auth(app, config)  # innermost middleware: refuses before any handler runs
     app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)

@@ -17,8 +17,10 @@ from certs.authority import certificate_warnings, ensure_certificates
 from certs.trust import trust_instructions
 from gateway import __version__
 from gateway.app import build_app
+from gateway.auth import GatewayAccessLogger
 from gateway.config import Config, load_config
 from gateway.errors import CertificateError, ConfigError, GatewayError
+from gateway.logs import configure_logging
 
 logger = logging.getLogger("gateway")
 
@@ -90,16 +92,17 @@ def certs_command(argv: Sequence[str]) -> int:
 
 
 def serve(config: Config) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     try:
         ssl_context = _tls_context(config) if config.tls else None
     except CertificateError as exc:
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except ConfigError as exc:  # e.g. an unreadable key file
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 2
 
     async def announce(_app: web.Application) -> None:
         logger.info("Local AI Gateway %s ready: open %s", __version__, config.url)
@@ -112,7 +115,7 @@ def serve(config: Config) -> int:
             port=config.port,
             ssl_context=ssl_context,
             print=None,
-            access_log_format='%a "%r" %s %b %Tf',
+            access_log_class=GatewayAccessLogger,  # never logs query strings (tickets)
         )
     except GatewayError as exc:  # e.g. the ASR model cannot be loaded
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)

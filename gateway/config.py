@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from gateway.errors import ConfigError
+from gateway.logs import LogFormat
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +56,7 @@ class Config:
     max_sessions: int = 8
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     ollama_host: str = DEFAULT_OLLAMA_HOST
     ollama_model: str = "llama3.2"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -226,6 +228,7 @@ def _options() -> tuple[_Option, ...]:
             singular="--ice-server",
         ),
         _Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
+        _Option("log_format", _choice(("text", "json")), "text (default) or json, one per line"),
         _Option("ollama_host", _nonempty, "Ollama URL (default $OLLAMA_HOST or 127.0.0.1:11434)"),
         _Option("ollama_model", _nonempty, "Ollama model (default llama3.2)"),
         _Option("system_prompt", _nonempty, "system prompt (default: short spoken answers)"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from gateway.auth import WS_SUBPROTOCOL
 from gateway.errors import ProtocolError
 from gateway.state import new_conversation
 from signalling import protocol
@@ -68,7 +69,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         # Bigger than a valid message, so an oversized one gets a readable error event;
         # beyond this aiohttp closes the socket with 1009 (message too big).
         max_msg_size=4 * protocol.MAX_MESSAGE_BYTES,
-        compress=False,  # compression on a socket that carries user text invites CRIME-style leaks
+        # Compression on a socket that carries secrets and user text invites CRIME-style
+        # leaks, and costs CPU for small JSON.
+        compress=False,
+        # A browser that authenticates with a "bearer.<token>" subprotocol must get one of
+        # its offers back, or it fails the connection; the token itself is never chosen.
+        protocols=(WS_SUBPROTOCOL,),
     )
     await ws.prepare(request)
     sink = WebSocketSink(ws)

@@ -1,0 +1,462 @@
+"""Authentication: API keys or JWTs on the guarded routes, single-use tickets for ``/ws``.
+
+``--auth api-key`` checks a bearer token against the keys in ``--api-keys-file``;
+``--auth jwt`` verifies a JWT with PyJWT: HS256 with ``--jwt-secret-file``, or RS256/ES256
+with ``--jwt-public-key``. The algorithm comes from that configuration, never from the token,
+so ``alg: none`` and key confusion (HS256 signed with the public key) are refused.
+``--auth none`` installs nothing.
+
+Where a client puts its credentials:
+
+- any guarded route: ``Authorization: Bearer <token>``;
+- ``GET /ws`` only, because browsers cannot set headers on a WebSocket, either
+  ``?ticket=<ticket>`` from ``POST /ws-ticket`` (single use, 30 s), or the token as a
+  subprotocol offered along with the application's own::
+
+      new WebSocket(url, ["events.v1", "bearer." + token])
+
+  The server selects ``events.v1``: a browser fails a connection whose offered subprotocols
+  get no answer, and it must never be the token that is echoed back.
+
+Every route is guarded except :data:`OPEN_PATHS` and CORS preflight (``OPTIONS``), so a route
+added later is closed until someone opens it. The check runs in a middleware before the
+handler: a refused request makes no peer connection and no socket. Tokens never reach the
+logs: refusals say what was wrong, not what was sent, and :class:`GatewayAccessLogger`
+replaces aiohttp's access log, which records query strings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import jwt
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from gateway.config import Config
+from gateway.errors import AuthError, ConfigError
+from gateway.middleware import Handler
+
+logger = logging.getLogger(__name__)
+
+WS_PATH = "/ws"
+TICKET_PATH = "/ws-ticket"
+WS_SUBPROTOCOL = "events.v1"
+BEARER_SUBPROTOCOL = "bearer."  # prefix; the token follows
+OPEN_PATHS = frozenset({"/", "/app.js", "/favicon.ico", "/health", "/ready", "/config"})
+
+TICKET_TTL_S = 30.0
+MAX_TICKETS = 1024
+JWT_LEEWAY_S = 30  # clock skew between the token issuer and this machine
+MIN_API_KEY_CHARS = 16
+MIN_HS256_SECRET_BYTES = 32  # RFC 7518 section 3.2: at least the hash size
+MIN_RSA_BITS = 2048
+# RFC 6750 b64token: what fits in an Authorization header without quoting.
+_API_KEY_SYNTAX = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+AuthMethod = Literal["api-key", "jwt"]
+JwtAlgorithm = Literal["HS256", "RS256", "ES256"]
+VerifyingKey = bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who made an authenticated request: safe to log (never the credential itself)."""
+
+    subject: str
+    method: AuthMethod
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+class Authenticator(Protocol):
+    def authenticate(self, token: str) -> Principal:
+        """The principal the token stands for; :class:`AuthError` if it stands for none."""
+        ...
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "replace")).digest()
+
+
+class ApiKeyAuthenticator:
+    def __init__(self, keys: Iterable[str]) -> None:
+        # Digests are compared, not keys: equal lengths, so the comparison leaks no length.
+        self._keys: list[tuple[bytes, str]] = []
+        seen: set[bytes] = set()
+        for number, key in enumerate(keys, 1):
+            digest = _digest(key)
+            if digest not in seen:
+                seen.add(digest)
+                self._keys.append((digest, f"key{number}"))
+        if not self._keys:
+            raise ValueError("no API keys")
+
+    def authenticate(self, token: str) -> Principal:
+        presented = _digest(token)
+        subject = None
+        for digest, name in self._keys:  # every key, no early exit
+            if hmac.compare_digest(presented, digest):
+                subject = name
+        if subject is None:
+            raise AuthError("unknown API key")
+        return Principal(subject, "api-key")
+
+
+class JwtAuthenticator:
+    def __init__(
+        self,
+        key: VerifyingKey,
+        algorithm: JwtAlgorithm,
+        *,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway_s: float = JWT_LEEWAY_S,
+    ) -> None:
+        self.algorithm = algorithm
+        self._key = key
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway_s = leeway_s
+
+    def authenticate(self, token: str) -> Principal:
+        # PyJWT reads the wall clock itself; there is no way to pass `now` in.
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self.algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway_s,
+                options={"require": ["exp"], "enforce_minimum_key_length": True},
+            )
+        except jwt.PyJWTError as exc:
+            raise AuthError(self._problem(exc)) from exc
+        subject = claims.get("sub")
+        return Principal(subject if isinstance(subject, str) else "unknown", "jwt")
+
+    def _problem(self, exc: jwt.PyJWTError) -> str:
+        # Fixed texts: some PyJWT messages quote pieces of the decoded token.
+        if isinstance(exc, jwt.ExpiredSignatureError):
+            return "token expired"
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            return "token not valid yet (nbf or iat in the future)"
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            return f"token has no {exc.claim!r} claim"
+        if isinstance(exc, jwt.InvalidAudienceError):
+            return "token audience not accepted"
+        if isinstance(exc, jwt.InvalidIssuerError):
+            return "token issuer not accepted"
+        if isinstance(exc, jwt.InvalidAlgorithmError):
+            return f"token algorithm not accepted (this gateway takes {self.algorithm} only)"
+        if isinstance(exc, jwt.InvalidSignatureError):
+            return "token signature does not verify"
+        if isinstance(exc, jwt.DecodeError):
+            return "malformed token"
+        return "invalid token"
+
+
+# --- start-up: read the key files once, naming the flag when something is wrong ---
+
+
+def _read(path: Path, flag: str) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot read {path}: {exc.strerror}") from exc
+    if not data.strip():
+        raise ConfigError(flag, f"{path} is empty")
+    return data
+
+
+def load_api_keys(path: Path) -> list[str]:
+    """One key per line; blank lines and ``#`` comments are skipped."""
+    flag = "--api-keys-file"
+    try:
+        text = _read(path, flag).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(flag, f"{path} is not UTF-8 text") from exc
+    keys = []
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        # The messages name the line, never the key.
+        if len(key) < MIN_API_KEY_CHARS:
+            raise ConfigError(
+                flag, f"{path} line {number}: a key needs at least {MIN_API_KEY_CHARS} characters"
+            )
+        if not _API_KEY_SYNTAX.fullmatch(key):
+            raise ConfigError(
+                flag,
+                f"{path} line {number}: a key may hold only letters, digits and -._~+/ "
+                "(with = at the end); try `openssl rand -hex 32`",
+            )
+        keys.append(key)
+    if not keys:
+        raise ConfigError(flag, f"{path} has no keys, only comments")
+    return keys
+
+
+def load_hs256_secret(path: Path) -> bytes:
+    """The file's bytes less surrounding whitespace (editors add a final newline)."""
+    secret = _read(path, "--jwt-secret-file").strip()
+    if len(secret) < MIN_HS256_SECRET_BYTES:
+        raise ConfigError(
+            "--jwt-secret-file",
+            f"{path} holds {len(secret)} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES}",
+        )
+    return secret
+
+
+def load_public_key(path: Path) -> tuple[VerifyingKey, JwtAlgorithm]:
+    """The key and the one algorithm it verifies: RS256 for RSA, ES256 for P-256."""
+    flag = "--jwt-public-key"
+    try:
+        key = serialization.load_pem_public_key(_read(path, flag))
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(
+            flag, f"{path} is not a PEM public key (-----BEGIN PUBLIC KEY-----)"
+        ) from exc
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise ConfigError(
+                flag, f"{path} is a {key.key_size}-bit RSA key; RS256 needs {MIN_RSA_BITS} or more"
+            )
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ConfigError(flag, f"{path} is on curve {key.curve.name}; ES256 needs P-256")
+        return key, "ES256"
+    raise ConfigError(flag, f"{path} is a {type(key).__name__}; use an RSA or P-256 key")
+
+
+def build_authenticator(config: Config) -> Authenticator | None:
+    """What ``--auth`` asks for, with its key files read now; ``None`` for ``--auth none``."""
+    if config.auth == "none":
+        return None
+    if config.auth == "api-key":
+        if config.api_keys_file is None:
+            raise ConfigError("--api-keys-file", "required with --auth api-key")
+        return ApiKeyAuthenticator(load_api_keys(config.api_keys_file))
+    if (config.jwt_secret_file is None) == (config.jwt_public_key is None):
+        raise ConfigError(
+            "--jwt-secret-file",
+            "--auth jwt needs exactly one of --jwt-secret-file or --jwt-public-key",
+        )
+    key: VerifyingKey
+    algorithm: JwtAlgorithm
+    if config.jwt_secret_file is not None:
+        key, algorithm = load_hs256_secret(config.jwt_secret_file), "HS256"
+    else:
+        assert config.jwt_public_key is not None
+        key, algorithm = load_public_key(config.jwt_public_key)
+    return JwtAuthenticator(key, algorithm, audience=config.jwt_audience, issuer=config.jwt_issuer)
+
+
+# --- tickets: what a browser can carry to /ws in the URL ---
+
+
+class TicketBook:
+    """Short-lived single-use tickets for ``/ws``, each standing for the principal that asked.
+
+    Bounded: past ``limit`` outstanding tickets the oldest is dropped (and counted), so a
+    client asking in a loop cannot grow memory. Pure: the caller passes ``now`` (monotonic).
+    """
+
+    def __init__(self, ttl_s: float = TICKET_TTL_S, limit: int = MAX_TICKETS) -> None:
+        self.ttl_s = ttl_s
+        self.dropped = 0
+        self._limit = limit
+        # Keyed by digest, so a lookup's timing says nothing about stored tickets.
+        # Insertion order is issue order, and every ticket lives ttl_s: oldest first.
+        self._tickets: dict[bytes, tuple[Principal, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def issue(self, principal: Principal, now: float) -> str:
+        self._sweep(now)
+        while len(self._tickets) >= self._limit:
+            del self._tickets[next(iter(self._tickets))]
+            self.dropped += 1
+        ticket = secrets.token_urlsafe(32)
+        self._tickets[_digest(ticket)] = (principal, now + self.ttl_s)
+        return ticket
+
+    def redeem(self, ticket: str, now: float) -> Principal:
+        entry = self._tickets.pop(_digest(ticket), None)
+        if entry is None:
+            raise AuthError("unknown or already used ticket")
+        principal, expires = entry
+        if now >= expires:
+            raise AuthError("ticket expired")
+        return principal
+
+    def _sweep(self, now: float) -> None:
+        while self._tickets:
+            oldest = next(iter(self._tickets))
+            if self._tickets[oldest][1] > now:
+                break
+            del self._tickets[oldest]
+
+
+TICKETS = web.AppKey("tickets", TicketBook)
+
+
+# --- the aiohttp side ---
+
+
+def _bearer(header: str) -> str:
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return token
+
+
+def _subprotocol_token(offered: list[str]) -> str | None:
+    tokens = [p[len(BEARER_SUBPROTOCOL) :] for p in offered if p.startswith(BEARER_SUBPROTOCOL)]
+    if not tokens:
+        return None
+    if len(tokens) > 1 or not tokens[0]:
+        raise AuthError(f"offer exactly one {BEARER_SUBPROTOCOL}<token> subprotocol")
+    return tokens[0]
+
+
+def _offered_subprotocols(request: web.Request) -> list[str]:
+    values = request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, [])
+    return [p.strip() for value in values for p in value.split(",") if p.strip()]
+
+
+def _principal(
+    request: web.Request, authenticator: Authenticator, tickets: TicketBook, now: float
+) -> Principal:
+    is_ws = request.path == WS_PATH
+    offered = _offered_subprotocols(request) if is_ws else []
+    if any(p.startswith(BEARER_SUBPROTOCOL) for p in offered) and WS_SUBPROTOCOL not in offered:
+        # Else the handshake would select nothing and aiohttp would log the offered
+        # subprotocols, token included; and a browser would fail the connection anyway.
+        raise web.HTTPBadRequest(
+            reason=f"offer the {WS_SUBPROTOCOL} subprotocol with {BEARER_SUBPROTOCOL}<token>"
+        )
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is not None:
+        return authenticator.authenticate(_bearer(header))
+    if not is_ws:
+        raise AuthError("no credentials: send Authorization: Bearer <token>", missing=True)
+    ticket = request.query.get("ticket")
+    if ticket is not None:
+        return tickets.redeem(ticket, now)
+    token = _subprotocol_token(offered)
+    if token is not None:
+        return authenticator.authenticate(token)
+    raise AuthError(
+        "no credentials: send Authorization: Bearer <token>, a ?ticket= from "
+        f"POST {TICKET_PATH}, or the {BEARER_SUBPROTOCOL}<token> subprotocol",
+        missing=True,
+    )
+
+
+def auth_middleware(
+    authenticator: Authenticator,
+    tickets: TicketBook,
+    *,
+    open_paths: frozenset[str] = OPEN_PATHS,
+    clock: Callable[[], float] = time.monotonic,
+) -> Middleware:
+    """Guards every route outside ``open_paths`` before its handler runs.
+
+    Raises :class:`AuthError`, so it must sit inside ``error_middleware`` (later in the list).
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Preflights carry no credentials by design (Fetch spec); CORS answers them.
+        if request.method == hdrs.METH_OPTIONS or request.path in open_paths:
+            return await handler(request)
+        try:
+            request[PRINCIPAL] = _principal(request, authenticator, tickets, clock())
+        except AuthError as exc:
+            logger.info(
+                "refused %s %s from %s: %s", request.method, request.path, request.remote, exc
+            )
+            raise
+        return await handler(request)
+
+    return middleware
+
+
+def ws_ticket_handler(
+    tickets: TicketBook, *, clock: Callable[[], float] = time.monotonic
+) -> Handler:
+    """``POST /ws-ticket`` → ``{"ticket": "...", "expires_in": 30}`` for ``/ws?ticket=``."""
+
+    async def ws_ticket(request: web.Request) -> web.StreamResponse:
+        principal = principal_of(request)
+        if principal is None:  # mounted without auth_middleware: hand out nothing
+            raise AuthError("this route needs authentication", missing=True)
+        ticket = tickets.issue(principal, clock())
+        return web.json_response(
+            {"ticket": ticket, "expires_in": round(tickets.ttl_s)},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    return ws_ticket
+
+
+def principal_of(request: web.Request) -> Principal | None:
+    """Who is asking; ``None`` with ``--auth none``."""
+    return request.get(PRINCIPAL)
+
+
+def setup_auth(
+    app: web.Application, config: Config, *, clock: Callable[[], float] = time.monotonic
+) -> None:
+    """Installs what ``--auth`` asks for: the middleware (appended, so innermost), the
+    ticket book on ``app[TICKETS]`` and ``POST /ws-ticket``. Nothing for ``--auth none``.
+    Reads the key files now; :class:`ConfigError` if one is missing or bad."""
+    authenticator = build_authenticator(config)
+    if authenticator is None:
+        return
+    app[TICKETS] = tickets = TicketBook()
+    app.middlewares.append(auth_middleware(authenticator, tickets, clock=clock))
+    app.router.add_post(TICKET_PATH, ws_ticket_handler(tickets, clock=clock))
+
+
+class GatewayAccessLogger(AbstractAccessLogger):
+    """The access log without query strings or headers: aiohttp's default line is the whole
+    request line (``%r``), which would record ``/ws?ticket=...``.
+
+    ``web.run_app(app, access_log_class=GatewayAccessLogger)``.
+    """
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %d %.1fms',
+            request.remote or "-",
+            request.method,
+            request.rel_url.raw_path,  # still percent-encoded: no newlines forged into the log
+            response.status,
+            response.body_length,
+            1000 * time,
+        )
