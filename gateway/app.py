@@ -15,15 +15,29 @@ from aiohttp import web
 
 from gateway.auth import setup_auth
 from gateway.config import Config
+from gateway.cors import cors_middleware
+from gateway.headers import loopback_host_middleware, security_headers_middleware
 from gateway.llm import LLMSettings, OllamaChat
 from gateway.metrics import Metrics, loop_lag_context
 from gateway.middleware import error_middleware
+from gateway.ratelimit import ConcurrencyLimiter, RateLimiter
 from gateway.routes import add_routes
-from gateway.state import ASR, CONFIG, LLM, METRICS, SESSIONS, VAD
+from gateway.state import (
+    ASR,
+    CLIENT_SESSIONS,
+    CONFIG,
+    ICE_POLICY,
+    LLM,
+    METRICS,
+    OFFER_LIMITER,
+    SESSIONS,
+    VAD,
+)
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
 from media.vad import SileroModel
+from signalling.ice import IcePolicy, check_policy
 from signalling.registry import SessionRegistry
 
 logger = logging.getLogger(__name__)
@@ -35,10 +49,28 @@ MAX_BODY_BYTES = 80 * 1024
 
 def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Application:
     """``engine`` lets tests share one loaded model across many apps."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY_BYTES)
+    # Outermost first: security headers on every answer, CORS on every answer including
+    # converted errors (so a front end on another origin can read them), then errors, then
+    # authentication (appended by setup_auth), which refuses before any handler runs.
+    middlewares = [security_headers_middleware, cors_middleware(config.cors_origins)]
+    if not config.tls:
+        middlewares.insert(0, loopback_host_middleware)
+    app = web.Application(
+        middlewares=[*middlewares, error_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
-    setup_auth(app, config)  # innermost middleware: refuses before any handler runs
+    app[OFFER_LIMITER] = RateLimiter(rate_per_minute=config.offer_rate, burst=config.offer_rate)
+    app[CLIENT_SESSIONS] = ConcurrencyLimiter(config.sessions_per_client)
+    app[ICE_POLICY] = policy = IcePolicy(config.ice_addresses, config.udp_ports)
+    if policy.active:
+        addresses = check_policy(policy)  # ConfigError for an unknown interface or address
+        logger.info(
+            "WebRTC media only on %s, UDP ports %s",
+            ", ".join(addresses) or "every address",
+            f"{policy.ports[0]}-{policy.ports[1]}" if policy.ports else "chosen by the OS",
+        )
+    setup_auth(app, config)
     app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)

@@ -8,7 +8,7 @@ import os
 import ssl
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from gateway import __version__
 from gateway.app import build_app
 from gateway.auth import GatewayAccessLogger
 from gateway.config import Config, load_config
+from gateway.doctor import doctor_command
 from gateway.errors import CertificateError, ConfigError, GatewayError
 from gateway.logs import configure_logging
 
@@ -28,6 +29,7 @@ USAGE = """\
 usage: local-ai-gateway serve [flags]    run the gateway (flags: serve --help)
        local-ai-gateway certs --host IP_OR_NAME [--host ...] [--cert-dir DIR]
                                          make or renew the server certificate (and the CA)
+       local-ai-gateway doctor [serve flags]  check the set-up; each line ok/warn/fail + fix
        local-ai-gateway --version
 """
 
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args and args[0] == "certs":
         return certs_command(args[1:])
+    if args and args[0] == "doctor":
+        return doctor_command(args[1:])
     # `serve` is the default command, so `python -m gateway --port 9000` works too.
     if args and args[0] == "serve":
         args = args[1:]
@@ -137,9 +141,7 @@ def _tls_context(config: Config) -> ssl.SSLContext:
             paths.ca_cert,
             trust_instructions(paths.ca_cert),
         )
-    for warning in certificate_warnings(
-        paths.server_cert, config.host, now=datetime.now(timezone.utc)
-    ):
+    for warning in certificate_warnings(paths.server_cert, config.host, now=datetime.now(UTC)):
         logger.warning("certificate: %s", warning)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import sys
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,11 +18,6 @@ from typing import Any, Literal, NoReturn
 
 from gateway.errors import ConfigError
 from gateway.logs import LogFormat
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 AsrEngineName = Literal["openai-whisper", "faster-whisper"]
 AsrDevice = Literal["auto", "cpu", "cuda"]

@@ -28,9 +28,15 @@ from gateway.errors import LLMError, ProtocolError
 from gateway.history import History
 from gateway.llm import OllamaChat
 from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
 from signalling import protocol
 
 logger = logging.getLogger(__name__)
+
+# Client messages per session: plenty for a person typing, pings and cancels; a flood is
+# answered with rate_limited errors instead of reaching Ollama.
+MESSAGES_PER_MINUTE = 120
+MESSAGE_BURST = 20
 
 
 class EventSink(Protocol):
@@ -82,6 +88,7 @@ class Conversation:
         self._clock = clock
         self._reply_ids = itertools.count(1)
         self._reply: _Reply | None = None
+        self._message_rate = RateLimiter(MESSAGES_PER_MINUTE, burst=MESSAGE_BURST, max_keys=1)
 
     # --- what the client sends ---
 
@@ -95,9 +102,16 @@ class Conversation:
             )
         )
 
-    def on_message(self, data: str | bytes) -> None:
+    def on_message(self, data: str | bytes, *, plain_text: bool = False) -> None:
+        """A client message from the data channel or (``plain_text``) a WebSocket."""
+        wait = self._message_rate.check("", self._clock())
+        if wait is not None:
+            self.report_error(
+                "rate_limited", f"too many messages; wait {wait:.1f} s", retryable=True
+            )
+            return
         try:
-            message = protocol.parse_client_message(data)
+            message = protocol.parse_client_message(data, plain_text=plain_text)
         except ProtocolError as exc:
             self.report_error(exc.code, str(exc))
             return

@@ -83,7 +83,7 @@ class OllamaChat:
             listing = await asyncio.wait_for(
                 self._client.list(), self.settings.connect_timeout_s + 3.0
             )
-        except (ConnectionError, httpx.TransportError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionError, httpx.TransportError) as exc:
             self.available = False
             return LLMStatus(False, False, self._unreachable(exc).args[0])
         except ollama.ResponseError as exc:
@@ -118,7 +118,7 @@ class OllamaChat:
                     part = await asyncio.wait_for(chunks.__anext__(), max(left, 0.0))
                 except StopAsyncIteration:
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     what = "the whole answer" if produced else "the first word"
                     raise LLMTimeout(
                         f"Ollama took longer than {limit:.0f} s for {what}; "

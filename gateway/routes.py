@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway import state as keys
+from gateway.middleware import SESSION_RETRY_AFTER_S
+from gateway.ratelimit import client_key, rate_limited
 from gateway.webrtc import open_session
 from gateway.ws import websocket
 from signalling import protocol
@@ -20,6 +23,7 @@ logger = logging.getLogger(__name__)
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/app.js", script)
+    app.router.add_get("/app.css", stylesheet)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", client_config)
@@ -73,8 +77,22 @@ async def client_config(request: web.Request) -> web.Response:
 async def offer(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="POST /offer takes application/json")
+    client = client_key(request.remote)
+    wait = request.app[keys.OFFER_LIMITER].check(client, time.monotonic())
+    if wait is not None:
+        return rate_limited(wait, "too many offers from your address; try again shortly")
     parsed = parse_offer(await request.read())
-    session, answer = await open_session(request.app, parsed)
+    limiter = request.app[keys.CLIENT_SESSIONS]
+    if not limiter.acquire(client):
+        return rate_limited(
+            SESSION_RETRY_AFTER_S, "too many sessions from your address; end one first"
+        )
+    try:
+        session, answer = await open_session(request.app, parsed)
+    except BaseException:
+        limiter.release(client)
+        raise
+    session.on_closed.append(lambda s: limiter.release(client))
     logger.info("[%s] session for %s", session.id, request.remote)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": session.id},
@@ -99,6 +117,10 @@ def _web_file(name: str) -> bytes:
 
 async def index(request: web.Request) -> web.Response:
     return web.Response(body=_web_file("index.html"), content_type="text/html", charset="utf-8")
+
+
+async def stylesheet(request: web.Request) -> web.Response:
+    return web.Response(body=_web_file("app.css"), content_type="text/css", charset="utf-8")
 
 
 async def script(request: web.Request) -> web.Response:

@@ -11,8 +11,10 @@ from gateway.config import Config
 from gateway.conversation import Conversation, ConversationSettings, EventSink
 from gateway.llm import OllamaChat
 from gateway.metrics import Metrics
+from gateway.ratelimit import ConcurrencyLimiter, RateLimiter
 from media.asr.service import ASRService
 from media.vad import SileroModel
+from signalling.ice import IcePolicy
 from signalling.registry import SessionRegistry
 
 CONFIG = web.AppKey("config", Config)
@@ -21,6 +23,9 @@ VAD = web.AppKey("vad", SileroModel)
 SESSIONS = web.AppKey("sessions", SessionRegistry)
 LLM = web.AppKey("llm", OllamaChat)
 METRICS = web.AppKey("metrics", Metrics)
+OFFER_LIMITER = web.AppKey("offer_limiter", RateLimiter)  # POST /offer per client address
+ICE_POLICY = web.AppKey("ice_policy", IcePolicy)
+CLIENT_SESSIONS = web.AppKey("client_sessions", ConcurrencyLimiter)  # sessions per address
 
 
 def new_conversation(

@@ -29,7 +29,8 @@ async def open_session(app: web.Application, offer: Offer) -> tuple[Session, str
     metrics = app[keys.METRICS]
     started = time.perf_counter()
     with registry.reserve():
-        session = Session(new_session_id(), new_peer_connection(config.ice_servers))
+        pc = new_peer_connection(config.ice_servers, app[keys.ICE_POLICY])
+        session = Session(new_session_id(), pc)
         conversation = new_conversation(app, session, offer.session)
         voice = VoicePipeline(
             session,
@@ -46,7 +47,7 @@ async def open_session(app: web.Application, offer: Offer) -> tuple[Session, str
             await asyncio.shield(session.close("negotiation-failed"))
             raise
         registry.add(session)
-        session.on_closed = lambda s: _closed(app, s)
+        session.on_closed.append(lambda s: _closed(app, s))
     metrics.sessions_started.labels("webrtc").inc()
     metrics.sessions_active.inc()
     metrics.offer_time.observe(time.perf_counter() - started)

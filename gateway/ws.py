@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from gateway.auth import WS_SUBPROTOCOL
-from gateway.errors import ProtocolError
-from gateway.state import new_conversation
+from gateway.cors import websocket_origin_allowed
+from gateway.state import CONFIG, new_conversation
 from signalling import protocol
 from signalling.registry import new_session_id
 
@@ -64,6 +64,10 @@ class WebSocketSink:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
+    # A browser sends Origin; a page on a foreign site must not ride on the user's
+    # network position or credentials (cross-site WebSocket hijacking).
+    if not websocket_origin_allowed(request, request.app[CONFIG].cors_origins):
+        raise web.HTTPForbidden(reason="WebSocket from an origin that is not allowed")
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S,
         # Bigger than a valid message, so an oversized one gets a readable error event;
@@ -85,12 +89,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for message in ws:
             if message.type is WSMsgType.TEXT:
-                try:
-                    parsed = protocol.parse_client_message(message.data, plain_text=True)
-                except ProtocolError as exc:
-                    conversation.report_error(exc.code, str(exc))
-                    continue
-                conversation.handle(parsed)
+                conversation.on_message(message.data, plain_text=True)
             elif message.type is WSMsgType.BINARY:
                 conversation.report_error(
                     "not_supported", "binary audio frames are not supported yet"

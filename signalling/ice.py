@@ -260,7 +260,9 @@ def apply_policy(connection: Connection, policy: IcePolicy) -> None:
     original: GetComponentCandidates = connection.get_component_candidates
 
     async def get_component_candidates(
-        component: int, addresses: list[str], timeout: int = 5
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 - aioice passes it by this name
     ) -> list[Candidate]:
         return await _gather_component(connection, original, policy, component, addresses, timeout)
 
@@ -281,7 +283,7 @@ async def _gather_component(
     policy: IcePolicy,
     component: int,
     addresses: list[str],
-    timeout: int,
+    timeout: int,  # noqa: ASYNC109 - forwarded to aioice, which takes it by this name
 ) -> list[Candidate]:
     """``Connection.get_component_candidates`` with the policy's addresses and ports."""
     if connection._transport_policy is TransportPolicy.RELAY:
@@ -378,7 +380,9 @@ def _host_candidate(component: int, sockname: tuple[str, int]) -> Candidate:
 
 
 async def _server_reflexive(
-    connection: Connection, protocols: list[StunProtocol], timeout: int
+    connection: Connection,
+    protocols: list[StunProtocol],
+    timeout: int,  # noqa: ASYNC109 - aioice's STUN helper takes it by this name
 ) -> list[Candidate]:
     # aioice queries the STUN server from each IPv4 host socket and keeps what answers in
     # time; failures and late answers are dropped, not raised.

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from gateway.errors import OfferError
+from signalling.ice import IcePolicy, create_peer_connection
 
 NEGOTIATION_TIMEOUT_S = 10.0
 
@@ -18,8 +19,11 @@ def ice_configuration(servers: Sequence[str]) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in servers])
 
 
-def new_peer_connection(ice_servers: Sequence[str]) -> RTCPeerConnection:
-    return RTCPeerConnection(configuration=ice_configuration(ice_servers))
+def new_peer_connection(
+    ice_servers: Sequence[str], policy: IcePolicy | None = None
+) -> RTCPeerConnection:
+    """``policy`` keeps ICE to chosen addresses and UDP ports (see ``signalling.ice``)."""
+    return create_peer_connection(ice_configuration(ice_servers), policy or IcePolicy())
 
 
 async def answer_offer(
@@ -32,7 +36,7 @@ async def answer_offer(
     """
     try:
         await asyncio.wait_for(_negotiate(pc, sdp), timeout_s)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise OfferError(f"negotiation did not finish within {timeout_s:.0f} s") from exc
     except OfferError:
         raise

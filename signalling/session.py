@@ -52,7 +52,7 @@ class Session:
         self.on_message: Callable[[str | bytes], None] = lambda data: None
         self.on_channel_open: Callable[[], None] = lambda: None
         self.dropped_events = 0
-        self.on_closed: Callable[[Session], None] = lambda s: None
+        self.on_closed: list[Callable[[Session], None]] = []  # called once, in order
         self._channel: RTCDataChannel | None = None
         self._outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -175,4 +175,8 @@ class Session:
         self._channel = None
         self._outbox.clear()
         self.set_state(SessionState.CLOSED)
-        self.on_closed(self)
+        for callback in self.on_closed:
+            try:
+                callback(self)
+            except Exception:  # one failing observer must not skip the others
+                logger.exception("[%s] close callback failed", self.id)

@@ -57,7 +57,7 @@ async def connect(client: TestClient) -> tuple[LoopbackClient, str]:  # type: ig
     answer = await response.json()
     assert response.headers["Location"] == f"/sessions/{answer['session_id']}"
     await peer.accept(answer)
-    ready = await peer.next_event("session.ready", timeout=10)
+    ready = await peer.next_event("session.ready", within=10)
     assert ready["session_id"] == answer["session_id"]
     return peer, answer["session_id"]
 

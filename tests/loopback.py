@@ -145,9 +145,10 @@ class LoopbackClient:
     async def accept(self, answer: dict[str, Any]) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
 
-    async def next_event(self, *types: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The next event of one of ``types`` (others are skipped), or TimeoutError."""
-        deadline = time.monotonic() + timeout
+    async def next_event(self, *types: str, within: float = 20.0) -> dict[str, Any]:
+        """The next event of one of ``types`` within ``within`` seconds (others are skipped),
+        or TimeoutError."""
+        deadline = time.monotonic() + within
         while True:
             left = deadline - time.monotonic()
             event = await asyncio.wait_for(self.events.get(), max(left, 0.0))
@@ -161,7 +162,7 @@ class LoopbackClient:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 out.append(await asyncio.wait_for(self.events.get(), left))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return out
 

@@ -30,7 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -136,7 +136,7 @@ def split_pieces(text: str) -> list[str]:
 
 def _now() -> str:
     # Go marshals time.Now().UTC() as RFC 3339 with a "Z".
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _digest(name: str) -> str:

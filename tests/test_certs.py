@@ -7,7 +7,7 @@ import os
 import ssl
 import stat
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from certs.authority import (
 from certs.trust import trust_instructions
 from gateway.errors import CertificateError
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 HOSTS = ["localhost", "127.0.0.1", "::1", "10.8.0.5", "gpu-pc.lan"]
 POSIX = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 

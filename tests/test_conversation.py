@@ -28,8 +28,8 @@ class WsPeer:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
 
-    async def next(self, *types: str, timeout: float = 10.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
+    async def next(self, *types: str, within: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + within
         while True:
             message = await self.ws.receive(timeout=max(deadline - time.monotonic(), 0.01))
             assert message.type is aiohttp.WSMsgType.TEXT, message

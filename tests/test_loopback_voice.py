@@ -8,10 +8,12 @@ import re
 
 import numpy as np
 import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 
 from gateway.state import SESSIONS
 from tests.conftest import GatewayFactory, connect
-from tests.loopback import DATA, load_clips, read_wav
+from tests.loopback import DATA, LoopbackClient, load_clips, read_wav
 
 
 def words(text: str) -> list[str]:
@@ -117,13 +119,9 @@ async def test_session_limit_gives_503(gateway: GatewayFactory) -> None:
     await peer.close()
 
 
-async def connect_raw(client: object) -> object:
-    from tests.loopback import LoopbackClient
-
+async def connect_raw(client: TestClient) -> ClientResponse:  # type: ignore[type-arg]
     peer = LoopbackClient()
     try:
-        return await client.post(  # type: ignore[attr-defined]
-            "/offer", json={"sdp": await peer.offer(), "type": "offer"}
-        )
+        return await client.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
     finally:
         await peer.close()

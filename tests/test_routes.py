@@ -16,6 +16,7 @@ from gateway.app import build_app
 from gateway.cli import _tls_context
 from gateway.config import Config
 from gateway.state import SESSIONS
+from signalling.ice import IcePolicy
 from signalling.peer import new_peer_connection
 from tests.conftest import EngineCache, GatewayFactory, connect
 from tests.loopback import LoopbackClient
@@ -82,8 +83,8 @@ async def test_offer_the_webrtc_stack_rejects_is_400_and_closes_the_peer(
     # every case we know); whatever it raises must become a 400 and a closed peer.
     created: list[RTCPeerConnection] = []
 
-    def tracked(servers: Sequence[str]) -> RTCPeerConnection:
-        created.append(new_peer_connection(servers))
+    def tracked(servers: Sequence[str], policy: IcePolicy | None = None) -> RTCPeerConnection:
+        created.append(new_peer_connection(servers, policy))
         return created[-1]
 
     async def explode(self: RTCPeerConnection, description: object) -> None:

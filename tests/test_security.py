@@ -35,7 +35,7 @@ async def test_refused_offer_makes_no_peer_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[object] = []
-    monkeypatch.setattr("gateway.webrtc.new_peer_connection", lambda servers: made.append(1))
+    monkeypatch.setattr("gateway.webrtc.new_peer_connection", lambda *args: made.append(args))
     peer = LoopbackClient()
     offer = {"type": "offer", "sdp": await peer.offer()}
     await peer.close()

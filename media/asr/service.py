@@ -47,7 +47,7 @@ class ASRService:
         try:
             future = loop.run_in_executor(self._executor, self.engine.transcribe, audio, language)
             return await asyncio.wait_for(future, self._timeout_s)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ASRError(f"transcription took longer than {self._timeout_s:.0f} s") from exc
         except ASRError:
             raise

@@ -1,0 +1,860 @@
+"""``local-ai-gateway doctor``: the checks for what users get wrong, each with its fix.
+
+Every check is a small function of the :class:`Config` (plus, as keyword arguments, what a
+test replaces: the clock, the socket binder, the engine loader, the platform) that returns
+one or more :class:`Check` lines. :func:`run_doctor` prints them as they finish::
+
+    ok    python: 3.11.9 (/usr/bin/python3)
+    warn  certificate: no server certificate in certs yet — it will be made on first serve
+    fail  port: another program (or a running gateway) uses port 8001 — stop it, or ...
+
+and returns 1 when any check failed. It takes the same flags as ``serve``, so it checks the
+configuration the user is about to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.metadata
+import ipaddress
+import os
+import queue
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, TextIO
+
+import ifaddr
+from cryptography import x509
+
+from certs.authority import (
+    CA_CERT_NAME,
+    CA_KEY_NAME,
+    SERVER_CERT_NAME,
+    SERVER_KEY_NAME,
+    certificate_warnings,
+)
+from gateway.app import llm_settings
+from gateway.config import Config, is_loopback, load_config, ollama_hostname
+from gateway.errors import CertificateError, ConfigError, ModelLoadError
+from gateway.llm import OllamaChat
+from media.asr.base import ASREngine
+from media.asr.engines import load_engine
+from media.vad import silero_model_path
+
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status:<6}{self.name}: {self.detail}"
+        if self.fix and self.status != "ok":
+            text += f" — {self.fix}"
+        return text
+
+
+CheckFn = Callable[[Config], Sequence[Check]]
+# (host, port, SOCK_STREAM or SOCK_DGRAM): bind as the server would, then release; OSError.
+Binder = Callable[[str, int, socket.SocketKind], None]
+
+PACKAGES = (
+    "aiortc",
+    "aioice",
+    "aiohttp",
+    "av",
+    "openai-whisper",
+    "faster-whisper",
+    "ollama",
+    "onnxruntime",
+    "cryptography",
+    "pyjwt",
+)
+MIN_AIOHTTP = (3, 14, 3)  # what pyproject requires; an older one came from elsewhere
+MIN_PYTHON = (3, 10)
+# A first run downloads a named model; beyond this the doctor reports it rather than hang.
+ASR_LOAD_TIMEOUT_S = 600.0
+OLLAMA_PROBE_TIMEOUT_S = 0.5  # a local address answers at once or not at all
+OLLAMA_DEFAULT_PORT = 11434
+SUBPROCESS_TIMEOUT_S = 3.0
+GPU_FIX = "install the CUDA build of torch: see README GPUs"
+OUR_RULE = "Local AI Gateway"
+
+
+# --- Python, packages, torch -------------------------------------------------------------
+
+
+def check_python(
+    config: Config, *, version: tuple[int, ...] = tuple(sys.version_info[:3])
+) -> list[Check]:
+    shown = ".".join(map(str, version))
+    if version[:2] < MIN_PYTHON:
+        return [
+            Check(
+                "python",
+                "fail",
+                f"{shown} is too old ({sys.executable})",
+                "install Python 3.11 (3.10 at least) and make the .venv with it",
+            )
+        ]
+    return [Check("python", "ok", f"{shown} ({sys.executable})")]
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    # "2.13.0+cpu" → (2, 13, 0); "3.15.0a1" → (3, 15, 0): enough for a minimum check.
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(part) for part in match.group().split(".")) if match else ()
+
+
+def check_packages(
+    config: Config, *, version: Callable[[str], str] = importlib.metadata.version
+) -> list[Check]:
+    found: dict[str, str] = {}
+    checks: list[Check] = []
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except importlib.metadata.PackageNotFoundError:
+            checks.append(
+                Check(
+                    "packages",
+                    "fail",
+                    f"{name} is not installed in {sys.prefix}",
+                    f"`pip install {name}` in this environment, or rerun `make setup`",
+                )
+            )
+    aiohttp = found.get("aiohttp")
+    if aiohttp is not None and _version_tuple(aiohttp) < MIN_AIOHTTP:
+        wanted = ".".join(map(str, MIN_AIOHTTP))
+        checks.append(
+            Check(
+                "packages",
+                "warn",
+                f"aiohttp {aiohttp} is older than {wanted}, which the gateway requires",
+                f"`pip install -U 'aiohttp>={wanted}'`",
+            )
+        )
+    if found:
+        listed = ", ".join(f"{name} {v}" for name, v in found.items())
+        checks.insert(0, Check("packages", "ok", listed))
+    return checks
+
+
+@dataclass(frozen=True)
+class TorchInfo:
+    version: str
+    cuda_build: str | None  # the CUDA version torch was built for; None for a CPU build
+    cuda_available: bool
+    device_name: str | None
+
+
+def probe_torch() -> TorchInfo | None:
+    """None when torch is not installed. Importing it takes a second or two."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    available = bool(torch.cuda.is_available())
+    return TorchInfo(
+        version=str(torch.__version__),
+        cuda_build=torch.version.cuda,
+        cuda_available=available,
+        device_name=str(torch.cuda.get_device_name(0)) if available else None,
+    )
+
+
+def _has_nvidia_driver() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+def check_torch(
+    config: Config,
+    *,
+    probe: Callable[[], TorchInfo | None] = probe_torch,
+    nvidia_driver: Callable[[], bool] = _has_nvidia_driver,
+) -> list[Check]:
+    info = probe()
+    if info is None:
+        return [
+            Check(
+                "torch",
+                "fail",
+                "torch is not installed (openai-whisper and --asr-device auto need it)",
+                f"rerun `make setup`; for an NVIDIA GPU, {GPU_FIX}",
+            )
+        ]
+    build = f"CUDA {info.cuda_build} build" if info.cuda_build else "CPU build"
+    where = f"torch {info.version} ({build})"
+    if info.cuda_available:
+        runs = "ASR runs on the CPU (--asr-device cpu)" if config.asr_device == "cpu" else ""
+        detail = f"{where}, GPU {info.device_name}"
+        return [Check("torch", "ok", f"{detail}; {runs}" if runs else detail)]
+    if info.cuda_build:
+        # A CUDA build that sees no GPU: the driver, not torch, is what to fix.
+        problem = f"{where} sees no CUDA GPU"
+        fix = "check the NVIDIA driver with `nvidia-smi`; torch needs a driver for CUDA "
+        fix += f"{info.cuda_build} or newer"
+    else:
+        problem = f"{where} cannot use a GPU"
+        fix = GPU_FIX
+    if config.asr_device == "cuda":
+        return [Check("torch", "fail", f"--asr-device cuda, but {problem}", fix)]
+    if config.asr_device == "auto" and (info.cuda_build or nvidia_driver()):
+        # This machine has an NVIDIA driver (or a CUDA torch): the user surely wants the GPU.
+        return [Check("torch", "warn", f"{problem}; ASR falls back to the CPU", fix)]
+    return [Check("torch", "ok", f"{where}; ASR runs on the CPU")]
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+class _LoadTimeout(Exception):
+    pass
+
+
+def _load_within(load: Callable[[], ASREngine], timeout_s: float) -> ASREngine:
+    """Run ``load`` in a daemon thread so a stuck download cannot hold the doctor (or its
+    exit) beyond ``timeout_s``."""
+    done: queue.Queue[ASREngine | BaseException] = queue.Queue(maxsize=1)
+
+    def work() -> None:
+        try:
+            done.put(load())
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            done.put(exc)
+
+    threading.Thread(target=work, name="doctor-asr-load", daemon=True).start()
+    try:
+        result = done.get(timeout=timeout_s)
+    except queue.Empty:
+        raise _LoadTimeout from None
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def check_asr(
+    config: Config,
+    *,
+    loader: Callable[[str, str, str], ASREngine] = load_engine,
+    timeout_s: float = ASR_LOAD_TIMEOUT_S,
+) -> list[Check]:
+    what = f"{config.asr_engine} {config.asr_model}"
+    started = time.monotonic()
+    try:
+        engine = _load_within(
+            lambda: loader(config.asr_engine, config.asr_model, config.asr_device), timeout_s
+        )
+    except _LoadTimeout:
+        return [
+            Check(
+                "asr model",
+                "fail",
+                f"{what} did not load within {timeout_s:.0f} s",
+                "a named model is downloaded on first use: check the network, or pass a "
+                "local path with --asr-model",
+            )
+        ]
+    except ModelLoadError as exc:
+        return [Check("asr model", "fail", str(exc))]
+    except Exception as exc:  # e.g. CUDA errors from torch, before the engine wraps them
+        return [
+            Check(
+                "asr model",
+                "fail",
+                f"cannot load {what} ({type(exc).__name__}: {exc})",
+                "try --asr-device cpu; if that works, the GPU set-up is at fault",
+            )
+        ]
+    seconds = time.monotonic() - started
+    return [Check("asr model", "ok", f"{what} loaded on {engine.device} in {seconds:.1f} s")]
+
+
+def check_vad(config: Config, *, locate: Callable[[], Path] = silero_model_path) -> list[Check]:
+    try:
+        path = locate()
+    except ModelLoadError as exc:
+        return [Check("vad model", "fail", str(exc), "rerun `make setup`")]
+    return [Check("vad model", "ok", f"Silero VAD at {path}")]
+
+
+# --- Ollama ------------------------------------------------------------------------------
+
+
+def local_addresses() -> list[str]:
+    """This machine's addresses other than loopback and IPv6 link-local (which need a
+    scope to be reached)."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if address.is_loopback or (address.version == 6 and address.is_link_local):
+                continue
+            found.append(text)
+    return list(dict.fromkeys(found))
+
+
+def ollama_port(url: str) -> int:
+    """The port the ``ollama`` client connects to for ``url`` (it defaults a bare host to
+    11434, and a scheme without a port to that scheme's port)."""
+    has_scheme = "://" in url
+    try:
+        parts = urllib.parse.urlsplit(url if has_scheme else f"http://{url}")
+        port = parts.port
+    except ValueError:
+        return OLLAMA_DEFAULT_PORT
+    if port is not None:
+        return port
+    if not has_scheme:
+        return OLLAMA_DEFAULT_PORT
+    return 443 if parts.scheme == "https" else 80
+
+
+async def _answers(address: str, port: int, timeout_s: float) -> bool:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await asyncio.wait_for(writer.wait_closed(), timeout_s)
+    return True
+
+
+async def _ollama_checks(
+    config: Config, addresses: Sequence[str], probe_timeout_s: float
+) -> list[Check]:
+    settings = llm_settings(config)
+    chat = OllamaChat(settings)
+    try:
+        status = await chat.check()  # bounded by the client's connect and list timeouts
+    finally:
+        await chat.close()
+    host, model = settings.host, settings.model
+    checks: list[Check]
+    if status.ok:
+        checks = [Check("ollama", "ok", status.message)]
+    elif status.reachable:
+        checks = [
+            Check(
+                "ollama",
+                "fail",
+                f"Ollama at {host} does not have the model {model!r}",
+                f"`ollama pull {model}` (or choose another with --ollama-model)",
+            )
+        ]
+    elif status.message.startswith("cannot reach"):
+        checks = [
+            Check(
+                "ollama",
+                "fail",
+                f"cannot reach Ollama at {host}",
+                "start it with `ollama serve`, or point --ollama-host at it",
+            )
+        ]
+    else:  # it answered, with an error
+        checks = [Check("ollama", "fail", status.message, "see the log of `ollama serve`")]
+
+    if is_loopback(ollama_hostname(config.ollama_host)) and addresses:
+        port = ollama_port(config.ollama_host)
+        answered = await asyncio.gather(*(_answers(a, port, probe_timeout_s) for a in addresses))
+        exposed = [a for a, yes in zip(addresses, answered, strict=True) if yes]
+        if exposed:
+            where = ", ".join(f"{a}:{port}" for a in exposed)
+            checks.append(
+                Check(
+                    "ollama",
+                    "warn",
+                    f"Ollama also answers on {where}",
+                    "Ollama listens beyond loopback and has no authentication: set "
+                    "OLLAMA_HOST=127.0.0.1 for `ollama serve` and restart it",
+                )
+            )
+    return checks
+
+
+def check_ollama(
+    config: Config,
+    *,
+    addresses: Callable[[], Sequence[str]] = local_addresses,
+    probe_timeout_s: float = OLLAMA_PROBE_TIMEOUT_S,
+) -> list[Check]:
+    """Runs its own event loop: call it where none is running (or from a worker thread)."""
+    return asyncio.run(_ollama_checks(config, list(addresses()), probe_timeout_s))
+
+
+# --- certificate -------------------------------------------------------------------------
+
+
+def _split_advice(warning: str) -> tuple[str, str]:
+    # certificate_warnings writes "what is wrong; what to do".
+    detail, sep, fix = warning.rpartition("; ")
+    return (detail, fix) if sep else (warning, "")
+
+
+def check_certificate(config: Config, *, now: datetime | None = None) -> list[Check]:
+    if config.no_tls:
+        return [Check("certificate", "ok", "TLS off (loopback only)")]
+    now = now or datetime.now(UTC)
+    cert_path = config.cert_dir / SERVER_CERT_NAME
+    key_path = config.cert_dir / SERVER_KEY_NAME
+    ca_cert, ca_key = config.cert_dir / CA_CERT_NAME, config.cert_dir / CA_KEY_NAME
+    if not cert_path.exists():
+        if ca_cert.exists() != ca_key.exists():
+            present, missing = (ca_cert, ca_key) if ca_cert.exists() else (ca_key, ca_cert)
+            return [
+                Check(
+                    "certificate",
+                    "fail",
+                    f"no server certificate, and none can be made: {present} exists but "
+                    f"{missing} does not",
+                    "restore it, or delete both to make a new CA (every device must then "
+                    "trust the new one)",
+                )
+            ]
+        # A wildcard bind gets only loopback names: the address clients use must be named.
+        host = "<your LAN or VPN address>" if config.host in ("0.0.0.0", "::") else config.host
+        return [
+            Check(
+                "certificate",
+                "warn",
+                f"no server certificate in {config.cert_dir} yet",
+                "it will be made on first serve (or now: "
+                f"`local-ai-gateway certs --host {host} --cert-dir {config.cert_dir}`)",
+            )
+        ]
+    if not key_path.exists():
+        return [
+            Check(
+                "certificate",
+                "fail",
+                f"{cert_path} exists but its key {key_path} is missing",
+                "restore the key, or delete the certificate to have a new pair made",
+            )
+        ]
+    try:
+        warnings = certificate_warnings(cert_path, config.host, now=now)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        # What serve will do with the pair: also proves the key belongs to the certificate.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
+    except (CertificateError, ValueError, OSError, ssl.SSLError) as exc:
+        return [
+            Check(
+                "certificate",
+                "fail",
+                f"cannot use {cert_path}: {exc}",
+                "delete it and its key to have a new pair made at the next serve",
+            )
+        ]
+    if warnings:
+        return [Check("certificate", "warn", *_split_advice(w)) for w in warnings]
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n.value) for n in san if isinstance(n, (x509.DNSName, x509.IPAddress))]
+    except x509.ExtensionNotFound:
+        names = []
+    until = cert.not_valid_after_utc.date().isoformat()
+    return [Check("certificate", "ok", f"{cert_path} for {', '.join(names)}; valid until {until}")]
+
+
+# --- network -----------------------------------------------------------------------------
+
+
+def bind_socket(host: str, port: int, kind: socket.SocketKind) -> None:
+    """Bind every address ``host`` resolves to, as the server will, and release them."""
+    for family, socktype, proto, _name, address in socket.getaddrinfo(
+        host, port, type=kind, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, socktype, proto) as sock:
+            if kind == socket.SOCK_STREAM and os.name != "nt":
+                # asyncio's server sets it on POSIX, so a port in TIME_WAIT is not "in use".
+                # (On Windows it would let a second program take a bound port.)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+
+
+def _codes(*names: str) -> set[int]:
+    # On Windows sockets report WSA codes (10048, 10013...), not only the C errno values.
+    return {code for name in names if (code := getattr(errno, name, None)) is not None}
+
+
+_IN_USE = _codes("EADDRINUSE", "WSAEADDRINUSE")
+_NOT_HERE = _codes("EADDRNOTAVAIL", "WSAEADDRNOTAVAIL")
+_DENIED = _codes("EACCES", "EPERM", "WSAEACCES")
+
+
+def _problem(exc: OSError) -> Literal["in use", "not here", "denied", "other"]:
+    codes = {exc.errno, getattr(exc, "winerror", None)}
+    if codes & _IN_USE:
+        return "in use"
+    if codes & _NOT_HERE:
+        return "not here"
+    if codes & _DENIED:
+        return "denied"
+    return "other"
+
+
+def _excluded_ports_hint(protocol: str) -> str:
+    # Hyper-V and WSL reserve port ranges on Windows; binding one fails with "access denied".
+    return f"see `netsh interface ipv4 show excludedportrange protocol={protocol}`"
+
+
+def check_port(
+    config: Config, *, bind: Binder = bind_socket, platform: str = os.name
+) -> list[Check]:
+    host, port = config.host, config.port
+    try:
+        bind(host, port, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return [Check("port", "fail", f"cannot resolve --host {host}: {exc}", "check --host")]
+    except OSError as exc:
+        problem = _problem(exc)
+        if problem == "in use":
+            finder = (
+                f"`netstat -ano | findstr :{port}`"
+                if platform == "nt"
+                else f"`ss -ltnp 'sport = :{port}'`"
+            )
+            return [
+                Check(
+                    "port",
+                    "fail",
+                    f"another program (or a running gateway) uses port {port}",
+                    f"stop it ({finder} shows which), or choose another --port",
+                )
+            ]
+        if problem == "not here":
+            return [
+                Check(
+                    "port",
+                    "fail",
+                    f"{host} is not an address of this machine",
+                    "check --host; for a VPN address, bring the WireGuard interface up first",
+                )
+            ]
+        if problem == "denied":
+            fix = "choose another --port"
+            if port < 1024 and platform != "nt":
+                fix = "ports below 1024 need root: choose a --port from 1024 up"
+            elif platform == "nt":
+                fix = f"Windows reserves it ({_excluded_ports_hint('tcp')}): {fix}"
+            return [Check("port", "fail", f"not allowed to listen on port {port}", fix)]
+        return [Check("port", "fail", f"cannot listen on {host}:{port}: {exc}", "check --host")]
+    return [Check("port", "ok", f"TCP {host}:{port} is free")]
+
+
+def interface_addresses(name: str) -> list[str]:
+    """The addresses of the network interface called ``name`` (``wg0``), if any."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        if name not in (adapter.name, adapter.nice_name):
+            continue
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            with contextlib.suppress(ValueError):
+                if not ipaddress.ip_address(text).is_link_local:
+                    found.append(text)
+    return found
+
+
+def resolve_ice_address(value: str) -> list[str]:
+    """An address as is; an interface name as its addresses; [] when it is neither."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return interface_addresses(value)
+    return [value]
+
+
+def _sample_ports(lo: int, hi: int) -> list[int]:
+    # Both ends catch an off-by-one range; the middle catches a program squatting inside.
+    return sorted({lo, min(lo + 1, hi), (lo + hi) // 2, max(hi - 1, lo), hi})
+
+
+def check_udp(
+    config: Config,
+    *,
+    bind: Binder = bind_socket,
+    resolve: Callable[[str], list[str]] = resolve_ice_address,
+    platform: str = os.name,
+) -> list[Check]:
+    checks: list[Check] = []
+    addresses: list[str] = []
+    if config.ice_addresses:
+        for value in config.ice_addresses:
+            found = resolve(value)
+            if not found:
+                checks.append(
+                    Check(
+                        "udp ports",
+                        "fail",
+                        f"--ice-address {value} is neither an address nor an interface here",
+                        "check the name (`ip addr`, or `ipconfig` on Windows); for a VPN, "
+                        "bring its interface up first",
+                    )
+                )
+            addresses += found
+    else:
+        addresses = [config.host]
+    addresses = list(dict.fromkeys(addresses))
+    ports = [0] if config.udp_ports is None else _sample_ports(*config.udp_ports)
+
+    busy: list[str] = []
+    for address in addresses:
+        for port in ports:
+            where = f"{address}:{port}" if port else address
+            try:
+                bind(address, port, socket.SOCK_DGRAM)
+            except OSError as exc:
+                problem = _problem(exc)
+                if problem == "in use":
+                    busy.append(where)
+                    continue
+                if problem == "not here":
+                    detail = f"{address} is not an address of this machine"
+                    fix = "check --ice-address and --host; is the VPN interface up?"
+                elif problem == "denied":
+                    detail = f"not allowed to bind UDP {where}"
+                    fix = "choose another --udp-ports range"
+                    if platform == "nt":
+                        fix = f"Windows reserves it ({_excluded_ports_hint('udp')}): {fix}"
+                else:
+                    detail, fix = f"cannot bind UDP {where}: {exc}", "check --udp-ports"
+                checks.append(Check("udp ports", "fail", detail, fix))
+                break  # one line per address is enough
+    if any(c.status == "fail" for c in checks) or not addresses:
+        return checks
+    shown = ", ".join(addresses)
+    if config.udp_ports is None:
+        checks.append(
+            Check(
+                "udp ports",
+                "ok",
+                f"OS-chosen UDP ports on {shown} (set --udp-ports LO-HI to open one range "
+                "in a firewall)",
+            )
+        )
+        return checks
+    lo, hi = config.udp_ports
+    if busy:
+        checks.append(
+            Check(
+                "udp ports",
+                "warn",
+                f"UDP {', '.join(busy)} already in use",
+                f"another program uses part of {lo}-{hi}: choose a range it leaves free",
+            )
+        )
+    # Each session binds one UDP port per ICE address.
+    needed = config.max_sessions * len(addresses)
+    if hi - lo + 1 < needed:
+        checks.append(
+            Check(
+                "udp ports",
+                "warn",
+                f"{lo}-{hi} holds {hi - lo + 1} ports; {config.max_sessions} sessions on "
+                f"{len(addresses)} address(es) need {needed}",
+                "widen --udp-ports or lower --max-sessions",
+            )
+        )
+    if not checks:
+        sample = ", ".join(map(str, ports))
+        checks.append(Check("udp ports", "ok", f"UDP {lo}-{hi} free on {shown} (tried {sample})"))
+    return checks
+
+
+# --- firewall hints ----------------------------------------------------------------------
+
+
+def _python_program() -> str:
+    # A venv's python.exe on Windows only launches the base interpreter, and the firewall
+    # sees that process; sys._base_executable names it.
+    return str(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _ufw_state() -> bool | None:
+    """Whether ufw is active; None when that cannot be told (``ufw status`` needs root)."""
+    ufw = shutil.which("ufw")
+    if ufw is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        result = subprocess.run(
+            [ufw, "status"],
+            capture_output=True,
+            text=True,
+            timeout=SUBPROCESS_TIMEOUT_S,
+            check=False,
+        )
+        if "Status: active" in result.stdout:
+            return True
+        if "Status: inactive" in result.stdout:
+            return False
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        conf = Path("/etc/ufw/ufw.conf").read_text(encoding="utf-8")
+        enabled = re.search(r"^\s*ENABLED\s*=\s*(\S+)", conf, re.MULTILINE)
+        if enabled:
+            return enabled.group(1).strip("\"'").lower() == "yes"
+    return None
+
+
+def _interface_of(address: str) -> str | None:
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if (ip.ip if isinstance(ip.ip, str) else ip.ip[0]) == address:
+                return adapter.nice_name
+    return None
+
+
+def check_firewall(
+    config: Config,
+    *,
+    platform: str = os.name,
+    has_ufw: Callable[[], bool] = lambda: shutil.which("ufw") is not None,
+    ufw_active: Callable[[], bool | None] = _ufw_state,
+    program: Callable[[], str] = _python_program,
+    interface_of: Callable[[str], str | None] = _interface_of,
+) -> list[Check]:
+    """Hints only: the rules cannot be read without admin rights, so this never fails."""
+    if is_loopback(config.host):
+        return [Check("firewall", "ok", f"{config.host} is loopback: no rule needed")]
+    port, udp = config.port, config.udp_ports
+    udp_text = f"UDP {udp[0]}-{udp[1]}" if udp else "UDP for Python (OS-chosen ports)"
+    if platform == "nt":
+        rule = "netsh advfirewall firewall add rule dir=in action=allow profile=private"
+        checks = [
+            Check(
+                "firewall",
+                "warn",
+                f"Windows must let in TCP {port} (HTTPS) from other devices",
+                f'in an admin shell: {rule} name="{OUR_RULE} TCP {port}" protocol=TCP '
+                f"localport={port}",
+            )
+        ]
+        if udp:
+            udp_fix = (
+                f'{rule} name="{OUR_RULE} UDP {udp[0]}-{udp[1]}" protocol=UDP '
+                f"localport={udp[0]}-{udp[1]}"
+            )
+        else:
+            udp_fix = f'{rule} name="{OUR_RULE} Python UDP" protocol=UDP program="{program()}"'
+        checks.append(
+            Check(
+                "firewall",
+                "warn",
+                f"Windows must let in {udp_text} for the audio (TCP alone is not enough)",
+                f"in an admin shell: {udp_fix}",
+            )
+        )
+        checks.append(
+            Check(
+                "firewall",
+                "warn",
+                "these rules cover Private networks, and Windows often files a WireGuard "
+                "tunnel as Public",
+                "in an admin PowerShell: Set-NetConnectionProfile -InterfaceAlias "
+                "<tunnel name> -NetworkCategory Private",
+            )
+        )
+        return checks
+    if not has_ufw():
+        return [
+            Check(
+                "firewall",
+                "ok",
+                f"no ufw here; any other firewall must let in TCP {port} and {udp_text}",
+            )
+        ]
+    if udp:
+        commands = f"sudo ufw allow {port}/tcp && sudo ufw allow {udp[0]}:{udp[1]}/udp"
+    else:
+        # Without a fixed range, the media ports are unknown: allow the interface.
+        iface = interface_of(config.host) or "<vpn or lan interface>"
+        commands = f"sudo ufw allow {port}/tcp && sudo ufw allow in on {iface} proto udp"
+    active = ufw_active()
+    if active is False:
+        return [Check("firewall", "ok", "ufw is installed but inactive")]
+    state = "ufw is active" if active else "ufw is installed (run `sudo ufw status`)"
+    return [
+        Check(
+            "firewall",
+            "warn",
+            f"{state}: it must let in TCP {port} and {udp_text}",
+            f"unless done already: {commands}",
+        )
+    ]
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def default_checks() -> list[CheckFn]:
+    return [
+        check_python,
+        check_packages,
+        check_torch,
+        check_asr,
+        check_vad,
+        check_ollama,
+        check_certificate,
+        check_port,
+        check_udp,
+        check_firewall,
+    ]
+
+
+def run_doctor(
+    config: Config,
+    *,
+    out: TextIO | None = None,
+    checks: Sequence[CheckFn] | None = None,
+) -> int:
+    """Print one line per check as it finishes, then a summary; 0 unless a check failed."""
+    out = out or sys.stdout
+    counts = {"ok": 0, "warn": 0, "fail": 0}
+    for check in default_checks() if checks is None else checks:
+        try:
+            results: Sequence[Check] = check(config)
+        except Exception as exc:  # a broken check must not hide the others
+            name = getattr(check, "__name__", "check").removeprefix("check_")
+            results = [Check(name, "fail", f"the check itself failed: {type(exc).__name__}: {exc}")]
+        for result in results:
+            counts[result.status] += 1
+            print(result.line(), file=out, flush=True)
+    verdict = "fix the failures above before serving" if counts["fail"] else "ready to serve"
+    print(
+        f"{counts['ok']} ok, {counts['warn']} warn, {counts['fail']} fail: {verdict}",
+        file=out,
+        flush=True,
+    )
+    return 1 if counts["fail"] else 0
+
+
+def doctor_command(argv: Sequence[str]) -> int:
+    """``local-ai-gateway doctor [serve flags]``."""
+    try:
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    return run_doctor(config)
