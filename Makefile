@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 ARGS ?=
 
-.PHONY: setup serve test lint typecheck unit bench clean
+.PHONY: setup serve test lint typecheck unit audit bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,7 +39,10 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -q $(ARGS)
 
-test: lint typecheck unit
+test: lint typecheck unit audit
+
+audit: setup
+	$(BIN)/python -m scripts.audit
 
 bench: setup
 	$(BIN)/python -m bench all --quick --out bench-out
