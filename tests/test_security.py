@@ -92,3 +92,79 @@ async def test_ws_token_in_subprotocol(secured: TestClient) -> None:  # type: ig
     async with secured.ws_connect("/ws", protocols=protocols) as ws:
         assert ws.protocol == "events.v1"
         assert (await ws.receive_json(timeout=5))["type"] == "session.ready"
+
+
+async def test_offer_rate_limit_is_429(gateway: GatewayFactory) -> None:
+    client = await gateway(offer_rate=2)
+    statuses = []
+    for _ in range(3):
+        response = await client.post("/offer", json={"type": "offer", "sdp": "v=0"})
+        statuses.append(response.status)
+    assert statuses == [400, 400, 429]
+    assert int(response.headers["Retry-After"]) >= 1
+    assert (await response.json())["error"]["code"] == "rate_limited"
+
+
+async def test_sessions_per_client_address(gateway: GatewayFactory) -> None:
+    client = await gateway(sessions_per_client=1)
+    peer = LoopbackClient()
+    first = await client.post("/offer", json={"type": "offer", "sdp": await peer.offer()})
+    assert first.status == 200
+    other = LoopbackClient()
+    second = await client.post("/offer", json={"type": "offer", "sdp": await other.offer()})
+    await other.close()
+    assert second.status == 429
+    assert len(client.app[SESSIONS]) == 1
+    # Ending the first frees the address's slot.
+    session_id = (await first.json())["session_id"]
+    assert (await client.delete(f"/sessions/{session_id}")).status == 204
+    third = LoopbackClient()
+    again = await client.post("/offer", json={"type": "offer", "sdp": await third.offer()})
+    assert again.status == 200
+    await third.close()
+    await peer.close()
+
+
+async def test_cors_preflight_and_ws_origin(gateway: GatewayFactory) -> None:
+    client = await gateway(cors_origins=("http://localhost:3000",))
+    allowed = await client.options(
+        "/offer",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert allowed.status == 204
+    assert allowed.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
+    assert "Authorization" in allowed.headers["Access-Control-Allow-Headers"]
+    assert "Origin" in allowed.headers["Vary"]
+    denied = await client.options(
+        "/offer",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert denied.status == 403
+    assert "Access-Control-Allow-Origin" not in denied.headers
+
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await client.ws_connect("/ws", headers={"Origin": "https://evil.example"})
+    assert refused.value.status == 403
+    async with client.ws_connect("/ws", headers={"Origin": "http://localhost:3000"}) as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "session.ready"
+
+
+async def test_page_security_headers(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    page = await client.get("/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_without_tls_only_local_host_names(gateway: GatewayFactory) -> None:
+    client = await gateway()
+    rebound = await client.get("/health", headers={"Host": "evil.example:8001"})
+    assert rebound.status == 403
+    assert (await client.get("/health", headers={"Host": "localhost:8001"})).status == 200
