@@ -56,7 +56,18 @@ WS_PATH = "/ws"
 TICKET_PATH = "/ws-ticket"
 WS_SUBPROTOCOL = "events.v1"
 BEARER_SUBPROTOCOL = "bearer."  # prefix; the token follows
-OPEN_PATHS = frozenset({"/", "/app.js", "/app.css", "/favicon.ico", "/health", "/ready", "/config"})
+OPEN_PATHS = frozenset(
+    {
+        "/",
+        "/app.js",
+        "/app.css",
+        "/gateway-client.js",
+        "/favicon.ico",
+        "/health",
+        "/ready",
+        "/config",
+    }
+)
 
 TICKET_TTL_S = 30.0
 MAX_TICKETS = 1024

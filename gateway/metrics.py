@@ -49,6 +49,12 @@ class Metrics:
         self.frames_lost = Counter(
             "gateway_audio_frames_lost", "Audio frames missing from the stream", registry=r
         )
+        self.early_asr = Counter(
+            "gateway_early_asr",
+            "ASR started at a pause: used (the pause was the end) or discarded",
+            ["outcome"],
+            registry=r,
+        )
         self.asr_queue_depth = Gauge(
             "gateway_asr_pending", "Utterances waiting for or in ASR", registry=r
         )

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/app.js", script)
+    app.router.add_get("/gateway-client.js", client_module)
     app.router.add_get("/app.css", stylesheet)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
@@ -125,3 +126,10 @@ async def stylesheet(request: web.Request) -> web.Response:
 
 async def script(request: web.Request) -> web.Response:
     return web.Response(body=_web_file("app.js"), content_type="text/javascript", charset="utf-8")
+
+
+async def client_module(request: web.Request) -> web.Response:
+    """The page's client module, also for other front ends to import (ES module)."""
+    return web.Response(
+        body=_web_file("gateway-client.js"), content_type="text/javascript", charset="utf-8"
+    )

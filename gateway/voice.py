@@ -5,6 +5,11 @@ Stages, each owned by the session and bounded::
     track ──AudioListener──▶ endpointer events ──▶ utterance queue (4, drop oldest)
         ──▶ transcriber task ──ASRService (shared, off-loop)──▶ transcript.final
                                                                   └──▶ Conversation
+
+Early ASR: when speech pauses (``SpeechPaused``, 200 ms into the 500 ms hangover) and the
+recogniser is idle, the utterance so far is transcribed at once. If the pause becomes the
+end, with no speech in between, that result is used and most of the hangover has hidden
+the ASR time; if the person goes on, it is discarded. One speculation per session.
 """
 
 from __future__ import annotations
@@ -22,10 +27,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from gateway.conversation import Conversation
 from gateway.errors import ASRError
 from gateway.metrics import Metrics
-from media.asr.base import Float32Array
+from media.asr.base import Float32Array, Transcription
 from media.asr.filters import clean_transcript
 from media.asr.service import ASRBusyError, ASRService
-from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechEnded, SpeechStarted
+from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechPaused, SpeechStarted
 from media.listener import AudioListener
 from media.vad import SileroModel
 from signalling import protocol
@@ -37,11 +42,20 @@ UTTERANCE_QUEUE_LIMIT = 4
 
 
 @dataclass(frozen=True)
+class _Speculation:
+    start_sample: int
+    end_sample: int
+    started: float
+    task: asyncio.Task[Transcription | ASRError]
+
+
+@dataclass(frozen=True)
 class Utterance:
     id: str
     audio: Float32Array
     speech_ms: float
     ended_at: float  # time.monotonic() when the endpointer decided speech had ended
+    early: _Speculation | None = None  # ASR already started at the pause that ended it
 
 
 class VoicePipeline:
@@ -69,6 +83,7 @@ class VoicePipeline:
         self._current_utterance: str | None = None
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
         self._listening = False
+        self._speculation: _Speculation | None = None
         session.on_message = conversation.on_message
         session.on_channel_open = conversation.send_ready
         session.pc.on("track", self.on_track)
@@ -105,11 +120,22 @@ class VoicePipeline:
     def _on_vad_event(self, event: EndpointerEvent) -> None:
         self.session.touch()
         if isinstance(event, SpeechStarted):
+            self._discard_speculation()
             self._current_utterance = f"u{next(self._ids)}"
             self.session.send(protocol.speech_started(self._current_utterance))
             self.conversation.on_speech_started()
             return
-        assert isinstance(event, SpeechEnded)
+        if isinstance(event, SpeechPaused):
+            self._speculate(event)
+            return
+        early = self._speculation
+        self._speculation = None
+        if early is not None and (early.start_sample, early.end_sample) != (
+            event.start_sample,
+            event.end_sample,
+        ):
+            self._discard(early)
+            early = None
         utterance_id = self._current_utterance or f"u{next(self._ids)}"
         self._current_utterance = None
         self.session.send(protocol.speech_stopped(utterance_id))
@@ -118,14 +144,41 @@ class VoicePipeline:
             audio=event.audio,
             speech_ms=1000 * event.speech_samples / self._endpointer.sample_rate,
             ended_at=self._clock(),
+            early=early,
         )
         self.metrics.utterances.inc()
         if self._utterances.full():
             # ASR is behind real time: the oldest speech is the least useful now.
             dropped = self._utterances.get_nowait()
+            if dropped.early is not None:
+                self._discard(dropped.early)
             self.metrics.utterances_dropped.inc()
             logger.warning("[%s] ASR backlog: dropped utterance %s", self.session.id, dropped.id)
         self._utterances.put_nowait(utterance)
+
+    def _speculate(self, event: SpeechPaused) -> None:
+        self._discard_speculation()  # the person spoke again after an earlier pause
+        if self._asr.pending:
+            return  # never compete with real work for the recogniser
+        task = self.session.spawn(self._recognise(event.audio), "early-asr")
+        self._speculation = _Speculation(event.start_sample, event.end_sample, self._clock(), task)
+
+    async def _recognise(self, audio: Float32Array) -> Transcription | ASRError:
+        # The error is returned, not raised: a discarded speculation's failure is nobody's,
+        # and an awaited one is reported by the transcriber.
+        try:
+            return await self._asr.transcribe(audio, self.conversation.language)
+        except ASRError as exc:
+            return exc
+
+    def _discard_speculation(self) -> None:
+        if self._speculation is not None:
+            self._discard(self._speculation)
+            self._speculation = None
+
+    def _discard(self, speculation: _Speculation) -> None:
+        speculation.task.cancel()
+        self.metrics.early_asr.labels("discarded").inc()
 
     async def _transcribe_loop(self) -> None:
         while True:
@@ -133,13 +186,19 @@ class VoicePipeline:
             await self._transcribe(utterance)
 
     async def _transcribe(self, utterance: Utterance) -> None:
-        started = self._clock()
-        try:
-            result = await self._asr.transcribe(utterance.audio, self.conversation.language)
-        except ASRError as exc:
-            retryable = isinstance(exc, ASRBusyError)
-            self.conversation.report_error(exc.code, str(exc), retryable=retryable)
+        early = utterance.early
+        if early is not None:
+            self.metrics.early_asr.labels("used").inc()
+            started = early.started
+            outcome = await early.task
+        else:
+            started = self._clock()
+            outcome = await self._recognise(utterance.audio)
+        if isinstance(outcome, ASRError):
+            retryable = isinstance(outcome, ASRBusyError)
+            self.conversation.report_error(outcome.code, str(outcome), retryable=retryable)
             return
+        result = outcome
         finished = self._clock()
         self.metrics.asr_time.observe(finished - started)
         text = clean_transcript(result)
@@ -147,6 +206,8 @@ class VoicePipeline:
             "speech_ms": round(utterance.speech_ms, 1),
             "asr_ms": round(1000 * (finished - started), 1),
             "endpoint_to_final_ms": round(1000 * (finished - utterance.ended_at), 1),
+            # How long before the endpoint ASR began (0 when it began at the endpoint).
+            "asr_head_start_ms": round(1000 * max(0.0, utterance.ended_at - started), 1),
         }
         if not text:
             logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, result.text)

@@ -38,6 +38,9 @@ class EndpointerSettings:
     pre_roll_ms: int = 300
     # Whisper sees 30 s at a time; split a little before so nothing is cut off.
     max_utterance_ms: int = 28_000
+    # After this much of the hangover, SpeechPaused offers the utterance so far, so that
+    # ASR can start before the end is certain (0: never). Usually the end is confirmed.
+    pause_ms: int = 200
 
     def samples(self, ms: int) -> int:
         return ms * self.sample_rate // 1000
@@ -45,8 +48,10 @@ class EndpointerSettings:
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
-        if min(self.min_speech_ms, self.silence_ms, self.pre_roll_ms) < 0:
-            raise ValueError("min_speech_ms, silence_ms and pre_roll_ms must not be negative")
+        if min(self.min_speech_ms, self.silence_ms, self.pre_roll_ms, self.pause_ms) < 0:
+            raise ValueError(
+                "min_speech_ms, silence_ms, pre_roll_ms and pause_ms must not be negative"
+            )
         if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
             raise ValueError("need 0 < neg_threshold <= threshold < 1")
         if self.max_utterance_ms <= self.min_speech_ms:
@@ -70,7 +75,17 @@ class SpeechEnded:
         return self.end_sample - self.start_sample
 
 
-EndpointerEvent = SpeechStarted | SpeechEnded
+@dataclass(frozen=True)
+class SpeechPaused:
+    """Speech has paused for ``pause_ms``: if no speech follows within the hangover, the
+    utterance will end at ``end_sample`` with this same speech. ``audio`` is a snapshot."""
+
+    audio: Float32Array
+    start_sample: int
+    end_sample: int  # where the speech paused; equal to the SpeechEnded's if it ends here
+
+
+EndpointerEvent = SpeechStarted | SpeechPaused | SpeechEnded
 
 
 class _State(enum.Enum):
@@ -95,6 +110,8 @@ class Endpointer:
         self._start = 0
         self._speech_run = 0
         self._silence_start: int | None = None
+        self._pause = s.samples(s.pause_ms) if 0 < s.pause_ms < s.silence_ms else None
+        self._paused = False  # SpeechPaused already sent for the current silence
 
     @property
     def in_speech(self) -> bool:
@@ -124,6 +141,7 @@ class Endpointer:
         self._append(chunk)
         if is_speech:
             self._silence_start = None
+            self._paused = False
             if self._state is _State.CANDIDATE:
                 self._speech_run += len(chunk)
         elif is_silence and self._silence_start is None:
@@ -153,6 +171,11 @@ class Endpointer:
                 self._state = _State.SPEECH
                 self._start = self._position
                 events.append(SpeechStarted(self._start))
+            elif self._pause_reached():
+                assert self._silence_start is not None
+                self._paused = True
+                audio = np.concatenate(self._buffer)
+                events.append(SpeechPaused(audio, self._start, self._silence_start))
         return events
 
     def flush(self) -> list[EndpointerEvent]:
@@ -165,6 +188,14 @@ class Endpointer:
         return []
 
     # --- internals ---
+
+    def _pause_reached(self) -> bool:
+        return (
+            self._pause is not None
+            and not self._paused
+            and self._silence_start is not None
+            and self._position - self._silence_start >= self._pause
+        )
 
     def _silence_long_enough(self) -> bool:
         return (
@@ -214,6 +245,7 @@ class Endpointer:
             self._remember(chunk)
 
     def _reset(self) -> None:
+        self._paused = False
         self._state = _State.SILENCE
         self._buffer = []
         self._buffer_len = 0

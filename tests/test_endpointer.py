@@ -21,6 +21,7 @@ from media.endpointer import (
     EndpointerSettings,
     Float32Array,
     SpeechEnded,
+    SpeechPaused,
     SpeechStarted,
 )
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE, SileroModel
@@ -38,6 +39,8 @@ def describe(event: EndpointerEvent) -> Described:
     """An event as a comparable tuple; the audio is checked separately."""
     if isinstance(event, SpeechStarted):
         return ("started", event.start_sample // CHUNK)
+    if isinstance(event, SpeechPaused):
+        return ("paused", event.start_sample // CHUNK, event.end_sample // CHUNK)
     return ("ended", event.start_sample // CHUNK, event.end_sample // CHUNK, event.reason)
 
 
@@ -47,10 +50,12 @@ def chunks(first: int, stop: int, size: int = CHUNK) -> Float32Array:
 
 
 class Feeder:
-    """Feeds numbered chunks and logs ``(chunk index, event)``."""
+    """Feeds numbered chunks and logs ``(chunk index, event)``; SpeechPaused only with
+    ``paused=True`` (it is an early offer, tested on its own)."""
 
-    def __init__(self, settings: EndpointerSettings | None = None) -> None:
+    def __init__(self, settings: EndpointerSettings | None = None, *, paused: bool = False) -> None:
         self.endpointer = Endpointer(settings)
+        self.paused = paused
         self.index = 0
         self.log: list[tuple[int, EndpointerEvent]] = []
 
@@ -59,6 +64,8 @@ class Feeder:
         for _ in range(count):
             chunk = np.full(size, self.index, np.float32)
             for event in self.endpointer.process(chunk, probability):
+                if isinstance(event, SpeechPaused) and not self.paused:
+                    continue
                 self.log.append((self.index, event))
                 new.append(describe(event))
             self.index += 1
@@ -410,7 +417,8 @@ def run_silero(model: SileroModel, audio: Float32Array) -> list[EndpointerEvent]
     for start in range(0, len(audio) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES):
         chunk = audio[start : start + CHUNK_SAMPLES]
         events += endpointer.process(chunk, stream.probability(chunk))
-    return events + endpointer.flush()
+    events += endpointer.flush()
+    return [e for e in events if not isinstance(e, SpeechPaused)]
 
 
 def silence(seconds: float) -> Float32Array:
@@ -493,3 +501,43 @@ def test_silero_separates_clips_in_one_stream(silero: SileroModel) -> None:
         np.testing.assert_array_equal(
             utterance.audio, audio[audio_start : audio_start + len(utterance.audio)]
         )
+
+
+def test_pause_offers_the_utterance_once_and_the_end_matches_it() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200), paused=True)  # 200 ms = 6.25 -> 7 chunks
+    f.feed(SILENT, 10)
+    f.feed(SPEECH, 20)  # chunks 10..29
+    f.feed(SILENT, 20)
+    kinds = [(index, described[0]) for index, described in f.described()]
+    assert kinds == [(14, "started"), (36, "paused"), (45, "ended")]
+    paused = next(e for _, e in f.log if isinstance(e, SpeechPaused))
+    ended = f.ended()[0]
+    assert (paused.start_sample, paused.end_sample) == (ended.start_sample, ended.end_sample)
+    # What was offered at the pause is the start of what the end delivers.
+    assert_audio_prefix(ended.audio, paused.audio)
+
+
+def test_speech_after_a_pause_pauses_again_with_a_later_end() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200), paused=True)
+    f.feed(SPEECH, 10)
+    f.feed(SILENT, 8)  # a pause, but shorter than the 500 ms hangover
+    f.feed(SPEECH, 10)
+    f.feed(SILENT, 20)
+    paused = [e for _, e in f.log if isinstance(e, SpeechPaused)]
+    ended = f.ended()
+    assert len(ended) == 1
+    assert [p.end_sample // CHUNK for p in paused] == [10, 28]
+    assert paused[-1].end_sample == ended[0].end_sample
+
+
+def test_no_pause_event_when_disabled_or_not_shorter_than_the_hangover() -> None:
+    for settings in (EndpointerSettings(pause_ms=0), EndpointerSettings(pause_ms=500)):
+        f = Feeder(settings, paused=True)
+        f.feed(SPEECH, 10)
+        f.feed(SILENT, 20)
+        assert [d[0] for _, d in f.described()] == ["started", "ended"]
+
+
+def assert_audio_prefix(whole: Float32Array, prefix: Float32Array) -> None:
+    assert len(prefix) < len(whole)
+    np.testing.assert_array_equal(whole[: len(prefix)], prefix)

@@ -40,7 +40,11 @@ async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> 
     assert overlap(text, final["text"]) >= 0.85, final["text"]
     timings = final["timings"]
     assert 1000 <= timings["speech_ms"] <= 3000
-    assert 0 < timings["asr_ms"] <= timings["endpoint_to_final_ms"]
+    # ASR began at the pause, ~300 ms before the 500 ms hangover confirmed the end.
+    assert 200 <= timings["asr_head_start_ms"] <= 400
+    assert timings["endpoint_to_final_ms"] == pytest.approx(
+        timings["asr_ms"] - timings["asr_head_start_ms"], abs=5
+    )
     await peer.close()
 
 
@@ -125,3 +129,24 @@ async def connect_raw(client: TestClient) -> ClientResponse:  # type: ignore[typ
         return await client.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
     finally:
         await peer.close()
+
+
+async def test_a_short_pause_is_one_utterance_and_its_early_asr_is_discarded(
+    gateway: GatewayFactory,
+) -> None:
+    client = await gateway()
+    peer, _ = await connect(client)
+    (text1, audio1), (text2, audio2) = load_clips()[0], load_clips()[2]
+    # The clips carry 0.3 s of silence before and 0.2 s after: cut them, then pause 350 ms,
+    # past the 200 ms that starts early ASR and short of the 500 ms that ends speech.
+    pause = np.zeros(5_600, dtype=np.float32)
+    peer.mic.play(np.concatenate([audio1[:-3_200], pause, audio2[4_800:]]))
+
+    final = await peer.next_event("transcript.final")
+    extra = await peer.collect(1.5)
+
+    assert overlap(text1 + " " + text2, final["text"]) >= 0.8, final["text"]
+    assert [e for e in extra if e["type"] == "transcript.final"] == []
+    metrics = await (await client.get("/metrics")).text()
+    assert 'gateway_early_asr_total{outcome="discarded"}' in metrics
+    await peer.close()

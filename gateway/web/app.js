@@ -1,110 +1,510 @@
-// The built-in client: microphone → WebRTC → the gateway; events back on a data channel.
-"use strict";
+// The built-in page: a talk button, typed messages, and the conversation as it streams.
+// All the WebRTC work is in gateway-client.js (the module other front ends embed too);
+// this file only turns its events into things a person can see and use.
+//
+// Timings go to the Performance API (performance.measure), so that devtools and the
+// browser tests read the same numbers the page shows:
+//   gateway:click→ready         Talk pressed → session.ready
+//   gateway:speech-end→reply    last loud moment at the microphone → first reply text
+//   gateway:send→reply          typed message sent → first reply text
+import { GatewayClient } from "/gateway-client.js";
 
-const talk = document.getElementById("talk");
-const stateEl = document.getElementById("state");
-const speakingEl = document.getElementById("speaking");
-const log = document.getElementById("log");
-let pc = null;
-let stream = null;
-let sessionUrl = null;
+const TOKEN_KEY = "local-ai-gateway.token"; // sessionStorage: gone when the tab closes
+const LOUD_RMS = 0.02; // about -34 dBFS: speech, not room noise after noise suppression
+const METER_INTERVAL_MS = 50;
 
-function setState(text) { stateEl.textContent = text; }
+/** @param {string} id @returns {any} */
+const $ = (id) => document.getElementById(id);
+const ui = {
+  connection: $("connection"),
+  connectionText: $("connection-text"),
+  mic: $("mic"),
+  micText: $("mic-text"),
+  micLevel: $("mic-level"),
+  disconnect: $("disconnect"),
+  models: $("models"),
+  problem: $("problem"),
+  problemText: $("problem-text"),
+  problemHelp: $("problem-help"),
+  tokenForm: $("token-form"),
+  token: $("token"),
+  tokenError: $("token-error"),
+  empty: $("empty"),
+  conversation: $("conversation"),
+  talk: $("talk"),
+  talkLabel: $("talk-label"),
+  hint: $("talk-hint"),
+  composer: $("composer"),
+  text: $("text"),
+  cancel: $("cancel"),
+};
 
-function addLine(text, meta, cls) {
+const client = new GatewayClient({ token: sessionStorage.getItem(TOKEN_KEY) || undefined });
+
+let micOn = false;
+/**
+ * What the person asked for when the gateway wanted a token; done once a token is accepted.
+ * @type {{audio: boolean, text: string | null} | null}
+ */
+let refused = null;
+/** @type {{stop: () => void} | null} */
+let meter = null;
+let lastLoudAt = 0; // performance.now() of the last loud moment at the microphone
+let retryCountdown = 0;
+
+// --- the conversation ---
+
+/**
+ * A turn: what the person said or typed, the reply, and the turn's timings.
+ * @typedef {{li: HTMLElement, timings: Record<string, number>, startedAt: number,
+ *   speechEndAt?: number, reply?: HTMLElement, replyText?: HTMLElement, firstDeltaAt?: number}} Turn
+ */
+/** @type {Map<string, Turn>} by utterance id */
+const byUtterance = new Map();
+/** @type {Map<string, number>} by utterance id: when the person stopped speaking */
+const speechEnds = new Map();
+/** @type {Map<string, Turn>} by reply id */
+const byReply = new Map();
+/** @type {Turn[]} typed turns waiting for their reply.started */
+const typedWaiting = [];
+/** @type {Turn | null} the turn whose reply is streaming */
+let streaming = null;
+
+/** @param {string} who @param {string} text @param {string} cls */
+function message(who, text, cls) {
+  const box = document.createElement("div");
+  box.className = `msg ${cls}`;
+  const label = document.createElement("span");
+  label.className = "who";
+  label.textContent = who;
+  const body = document.createElement("p");
+  body.className = "text";
+  body.textContent = text;
+  box.append(label, body);
+  return { box, body };
+}
+
+/** @param {string | null} userText @param {string} kind @returns {Turn} */
+function newTurn(userText, kind) {
   const li = document.createElement("li");
-  li.textContent = text;
-  if (cls) li.className = cls;
-  if (meta) {
-    const m = document.createElement("div");
-    m.className = "meta";
-    m.textContent = meta;
-    li.appendChild(m);
-  }
-  log.prepend(li);
+  li.className = "turn";
+  if (userText !== null) li.append(message(kind === "typed" ? "You typed" : "You said", userText, "user").box);
+  const timings = document.createElement("p");
+  timings.className = "timings";
+  li.append(timings);
+  ui.conversation.append(li);
+  ui.empty.hidden = true;
+  scrollToEnd();
+  return { li, timings: {}, startedAt: performance.now() };
 }
 
-function onEvent(msg) {
-  switch (msg.type) {
-    case "session.ready": setState("listening"); break;
-    case "speech.started": speakingEl.textContent = "hearing you…"; break;
-    case "speech.stopped": speakingEl.textContent = "transcribing…"; break;
-    case "transcript.final": {
-      speakingEl.textContent = "";
-      const t = msg.timings || {};
-      addLine(msg.text, `speech ${Math.round(t.speech_ms)} ms · ASR ${Math.round(t.asr_ms)} ms`);
-      break;
+/** @param {Turn} turn */
+function replyBox(turn) {
+  if (!turn.reply) {
+    const { box, body } = message("Assistant", "", "assistant");
+    // Screen readers wait for the whole answer instead of reading every streamed word.
+    box.setAttribute("aria-busy", "true");
+    turn.li.insertBefore(box, turn.li.querySelector(".timings"));
+    turn.reply = box;
+    turn.replyText = body;
+  }
+  return turn;
+}
+
+/** @param {Turn} turn @param {string} note */
+function endReply(turn, note) {
+  if (turn.reply) {
+    turn.reply.setAttribute("aria-busy", "false");
+    if (note) {
+      turn.reply.classList.add("cancelled");
+      const p = document.createElement("p");
+      p.className = "note";
+      p.textContent = note;
+      turn.reply.append(p);
     }
-    case "error": addLine(msg.message, msg.code, "error"); break;
+  }
+  if (streaming === turn) streaming = null;
+  ui.cancel.hidden = streaming === null;
+}
+
+/** @param {Turn} turn */
+function showTimings(turn) {
+  const t = turn.timings;
+  const parts = [];
+  if (t.speech_ms !== undefined) parts.push(`speech ${duration(t.speech_ms)}`);
+  if (t.asr_ms !== undefined) parts.push(`ASR ${duration(t.asr_ms)}`);
+  if (t.endpoint_to_final_ms !== undefined) parts.push(`end of speech → text ${duration(t.endpoint_to_final_ms)}`);
+  if (t.endpoint_to_first_token_ms !== undefined) parts.push(`first word ${duration(t.endpoint_to_first_token_ms)}`);
+  if (t.here_ms !== undefined) parts.push(`you stopped → reply here ${duration(t.here_ms)}`);
+  const line = turn.li.querySelector(".timings");
+  if (line) line.textContent = parts.join(" · ");
+}
+
+/** @param {number} ms */
+function duration(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+function scrollToEnd() {
+  // Follow the conversation only when the person has not scrolled up to read.
+  const el = document.scrollingElement;
+  if (el && el.scrollHeight - el.scrollTop - el.clientHeight < 200) {
+    ui.conversation.lastElementChild?.scrollIntoView({ block: "end" });
   }
 }
 
-function waitForIceGathering(peer) {
-  // The gateway does not trickle candidates: send the offer once gathering is complete.
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = () => {
-      if (peer.iceGatheringState === "complete") {
-        peer.removeEventListener("icegatheringstatechange", check);
-        resolve();
-      }
+/** An `error` event from the gateway, in the conversation where it happened. */
+const ERROR_TITLES = {
+  llm_unavailable: "Ollama is not reachable",
+  llm_model_missing: "The model is not installed",
+  llm_timeout: "The model took too long",
+  llm_stream_broken: "The answer broke off",
+  rate_limited: "Too many messages",
+  bad_message: "The gateway did not understand a message",
+};
+
+/** @param {{code: string, message: string}} event */
+function showErrorEvent(event) {
+  const li = document.createElement("li");
+  li.className = "turn event-error";
+  const title = document.createElement("strong");
+  title.textContent = /** @type {Record<string, string>} */ (ERROR_TITLES)[event.code] ?? "Error";
+  const text = document.createElement("p");
+  text.textContent = event.message;
+  li.append(title, text);
+  ui.conversation.append(li);
+  ui.empty.hidden = true;
+  scrollToEnd();
+}
+
+// --- gateway events ---
+
+client.on("session.ready", (e) => {
+  performance.mark("gateway:ready");
+  const llm = e.llm.available ? e.llm.model : `${e.llm.model} (not available: transcripts only)`;
+  ui.models.textContent = `Whisper ${e.asr.model ?? ""} · ${llm}`;
+});
+
+client.on("speech.started", () => {
+  ui.mic.dataset.state = "speech";
+  ui.micText.textContent = "Hearing you";
+  ui.hint.textContent = "Listening… pause when you are done.";
+});
+
+client.on("speech.stopped", (e) => {
+  ui.mic.dataset.state = micOn ? "on" : "off";
+  ui.micText.textContent = micOn ? "Microphone on" : "Microphone off";
+  ui.hint.textContent = "Transcribing…";
+  // The gateway decides the end after a pause; the last loud moment here is when the
+  // person actually stopped, which is where their wait for an answer begins.
+  speechEnds.set(e.utterance_id, lastLoudAt);
+});
+
+client.on("transcript.final", (e) => {
+  const turn = newTurn(e.text, "spoken");
+  turn.speechEndAt = speechEnds.get(e.utterance_id);
+  speechEnds.delete(e.utterance_id);
+  turn.timings = { ...e.timings };
+  byUtterance.set(e.utterance_id, turn);
+  showTimings(turn);
+  ui.hint.textContent = micOn ? "Listening. Press to switch the microphone off." : "Press to switch the microphone on.";
+});
+
+client.on("reply.started", (e) => {
+  const turn =
+    (e.utterance_id && byUtterance.get(e.utterance_id)) || (e.utterance_id === null && typedWaiting.shift()) || newTurn(null, "");
+  if (e.utterance_id) byUtterance.delete(e.utterance_id);
+  byReply.set(e.reply_id, replyBox(turn));
+  streaming = turn;
+  ui.cancel.hidden = false;
+});
+
+client.on("reply.delta", (e) => {
+  const turn = byReply.get(e.reply_id);
+  if (!turn?.replyText) return;
+  if (turn.firstDeltaAt === undefined) {
+    turn.firstDeltaAt = performance.now();
+    if (turn.speechEndAt) {
+      turn.timings.here_ms = turn.firstDeltaAt - turn.speechEndAt;
+      performance.measure("gateway:speech-end→reply", { start: turn.speechEndAt, end: turn.firstDeltaAt });
+    } else {
+      performance.measure("gateway:send→reply", { start: turn.startedAt, end: turn.firstDeltaAt });
+    }
+    showTimings(turn);
+  }
+  turn.replyText.textContent += e.text;
+  scrollToEnd();
+});
+
+client.on("reply.done", (e) => {
+  const turn = byReply.get(e.reply_id);
+  if (!turn) return;
+  byReply.delete(e.reply_id);
+  replyBox(turn);
+  if (turn.replyText) turn.replyText.textContent = e.text; // the whole answer is authoritative
+  Object.assign(turn.timings, e.timings);
+  showTimings(turn);
+  endReply(turn, "");
+});
+
+const CANCEL_NOTES = {
+  "barge-in": "Stopped: you started speaking",
+  client: "Stopped: you cancelled it",
+  error: "Stopped: an error (see below)",
+};
+
+client.on("reply.cancelled", (e) => {
+  const turn = byReply.get(e.reply_id);
+  if (!turn) return;
+  byReply.delete(e.reply_id);
+  replyBox(turn);
+  endReply(turn, /** @type {Record<string, string>} */ (CANCEL_NOTES)[e.reason] ?? "Stopped");
+});
+
+client.on("error", showErrorEvent);
+
+// --- connection state ---
+
+client.on("state", (change) => {
+  const { state } = change;
+  clearInterval(retryCountdown);
+  ui.connection.dataset.state = state;
+  ui.disconnect.hidden = state !== "connected" && state !== "reconnecting";
+  if (state === "connecting") ui.connectionText.textContent = "Connecting…";
+  if (state === "connected") {
+    ui.connectionText.textContent = "Connected";
+    hideProblem();
+  }
+  if (state === "idle" || state === "closed") ui.connectionText.textContent = "Not connected";
+  if (state === "reconnecting") {
+    // A reply cut off by the drop will never finish.
+    if (streaming) endReply(streaming, "Stopped: the connection dropped");
+    const until = performance.now() + (change.retryInMs ?? 0);
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((until - performance.now()) / 1000));
+      ui.connectionText.textContent = left > 0 ? `Connection lost: retrying in ${left} s` : `Reconnecting (attempt ${change.attempt})…`;
     };
-    peer.addEventListener("icegatheringstatechange", check);
-    setTimeout(resolve, 3000);  // some networks never report "complete"
-  });
+    tick();
+    retryCountdown = setInterval(tick, 1000);
+  }
+  if (state === "closed") {
+    if (streaming) endReply(streaming, "Stopped: disconnected");
+    setMic(false);
+    // A failed connect() is reported where it was called; this is for drops.
+    if (change.error && change.previous !== "connecting") showProblem(change.error);
+  }
+});
+
+// --- the microphone ---
+
+/** @param {boolean} on */
+function setMic(on) {
+  micOn = on;
+  // The label says what a press does (Talk / Stop); aria-pressed as well would have a
+  // screen reader announce "Stop, pressed", which reads as the opposite.
+  ui.talk.dataset.live = String(on);
+  ui.talkLabel.textContent = on ? "Stop" : "Talk";
+  ui.mic.dataset.state = on ? "on" : "off";
+  ui.micText.textContent = on ? "Microphone on" : "Microphone off";
+  ui.hint.textContent = on ? "Listening. Press to switch the microphone off." : "Press to switch the microphone on.";
+  meter?.stop();
+  meter = on && client.stream ? levelMeter(client.stream) : null;
 }
 
-async function start() {
-  talk.disabled = true;
-  setState("asking for the microphone…");
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, channelCount: 1 },
-    });
-  } catch (err) {
-    setState("microphone blocked: allow it in the browser's site settings");
-    talk.disabled = false;
-    return;
-  }
-  pc = new RTCPeerConnection({ iceServers: [] });
-  const channel = pc.createDataChannel("events");
-  channel.onmessage = (e) => onEvent(JSON.parse(e.data));
-  stream.getTracks().forEach((t) => pc.addTrack(t, stream));
-  pc.onconnectionstatechange = () => {
-    setState(pc.connectionState);
-    if (pc.connectionState === "failed") stop();
+/**
+ * Shows the microphone's level, and notes when it was last loud (for the speech-end timing).
+ * @param {MediaStream} stream
+ */
+function levelMeter(stream) {
+  const context = new AudioContext();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 1024;
+  context.createMediaStreamSource(stream).connect(analyser); // not to the speakers
+  const samples = new Float32Array(analyser.fftSize);
+  const timer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const s of samples) sum += s * s;
+    const rms = Math.sqrt(sum / samples.length);
+    if (rms > LOUD_RMS) lastLoudAt = performance.now();
+    // CSSOM, not a style attribute: the page's policy forbids inline styles.
+    ui.micLevel.style.transform = `scaleX(${Math.min(1, rms * 8).toFixed(3)})`;
+  }, METER_INTERVAL_MS);
+  return {
+    stop() {
+      clearInterval(timer);
+      ui.micLevel.style.transform = "scaleX(0)";
+      context.close().catch(() => {});
+    },
   };
-  setState("connecting…");
+}
+
+async function onTalk() {
+  ui.talk.disabled = true;
   try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await waitForIceGathering(pc);
-    const res = await fetch("/offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
-    });
-    const body = await res.json();
-    if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
-    sessionUrl = res.headers.get("Location");
-    await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
-    talk.textContent = "Stop";
+    if (micOn) {
+      await client.setAudio(false);
+      setMic(false);
+    } else if (client.state === "connected") {
+      await client.setAudio(true);
+      setMic(true);
+    } else {
+      performance.mark("gateway:click");
+      await connect(true);
+      performance.measure("gateway:click→ready", "gateway:click", "gateway:ready");
+    }
   } catch (err) {
-    addLine(`Could not connect: ${err.message}`, null, "error");
-    stop();
+    if (err.code === "unauthorized") refused = { audio: true, text: null };
+    showProblem(err);
+  } finally {
+    ui.talk.disabled = false;
   }
-  talk.disabled = false;
 }
 
-function stop() {
-  if (sessionUrl) fetch(sessionUrl, { method: "DELETE" }).catch(() => {});
-  sessionUrl = null;
-  if (pc) pc.close();
-  pc = null;
-  if (stream) stream.getTracks().forEach((t) => t.stop());
-  stream = null;
-  talk.textContent = "Start";
-  speakingEl.textContent = "";
-  setState("idle");
+/** @param {boolean} audio whether to send the microphone */
+async function connect(audio) {
+  hideProblem();
+  ui.hint.textContent = audio ? "Asking for the microphone…" : "Connecting…";
+  try {
+    await client.connect({ audio });
+    setMic(audio);
+  } catch (err) {
+    setMic(false);
+    throw err;
+  }
 }
 
-talk.addEventListener("click", () => (pc ? stop() : start()));
+// --- typed messages ---
+
+async function onSend(/** @type {SubmitEvent} */ event) {
+  event.preventDefault();
+  const text = ui.text.value.trim();
+  if (!text) return;
+  try {
+    // The first message opens the session (without the microphone: typing needs none).
+    if (client.state !== "connected") await connect(micOn);
+    sendTyped(text);
+  } catch (err) {
+    if (err.code === "unauthorized") refused = { audio: micOn, text };
+    showProblem(err);
+  }
+}
+
+/** @param {string} text */
+function sendTyped(text) {
+  client.sendText(text);
+  typedWaiting.push(newTurn(text, "typed"));
+  if (ui.text.value.trim() === text) ui.text.value = "";
+}
+
+function onCancel() {
+  if (streaming === null) return;
+  try {
+    client.cancel();
+  } catch (err) {
+    showProblem(err);
+  }
+}
+
+// --- problems, in words ---
+
+/** @param {string} text @param {string} [help] */
+function problem(text, help = "") {
+  ui.problemText.textContent = text;
+  ui.problemHelp.textContent = help;
+  ui.problem.hidden = false;
+}
+
+function hideProblem() {
+  ui.problem.hidden = true;
+  ui.tokenForm.hidden = true;
+}
+
+/** @param {any} err a GatewayError (or anything thrown) */
+function showProblem(err) {
+  const origin = client.baseUrl || location.origin;
+  switch (err?.code) {
+    case "unreachable":
+      return problem(
+        "The gateway is not answering.",
+        `Check that it is still running and that this device can reach ${origin}. Over HTTPS, this ` +
+          "device must also trust the gateway's certificate (see “Trusting the local CA” in the README).",
+      );
+    case "insecure_context":
+      return problem(
+        "This page cannot use the microphone: it is not a secure context.",
+        "Open it with https:// (or http://localhost on the gateway's own computer). You can still type.",
+      );
+    case "microphone_denied":
+      ui.mic.dataset.state = "blocked";
+      ui.micText.textContent = "Microphone blocked";
+      return problem(
+        "The browser was not allowed to use the microphone.",
+        "Allow the microphone for this site (the icon beside the address bar, or the browser's site " +
+          "settings), then press Talk again. You can still type.",
+      );
+    case "no_microphone":
+      ui.mic.dataset.state = "blocked";
+      ui.micText.textContent = "No microphone";
+      return problem("No microphone was found.", "Plug one in or check the system's sound settings. You can still type.");
+    case "microphone_unavailable":
+      return problem(
+        "The microphone could not be opened.",
+        "Another program may be using it, or the system blocks this browser from it.",
+      );
+    case "unauthorized":
+      // The form says what is wanted; the gateway's reason only helps once a token was sent.
+      ui.problem.hidden = true;
+      ui.tokenError.textContent = client.token ? `The gateway did not accept that token (${err.message}).` : "";
+      sessionStorage.removeItem(TOKEN_KEY); // a refused token is not worth keeping
+      ui.tokenForm.hidden = false;
+      ui.token.focus();
+      return;
+    case "forbidden":
+      return problem("The gateway refused this page.", err.message);
+    case "busy":
+      return problem("The gateway is busy.", `${err.message}. Try again in a moment.`);
+    case "connect_timeout":
+      return problem(
+        "The gateway answered, but the audio connection did not open.",
+        "UDP is probably blocked between this device and the gateway: allow it in the gateway's " +
+          "firewall (see “Firewall and network” in the README).",
+      );
+    case "not_connected":
+      return problem("Not connected to the gateway.", "Press Talk or send a message to connect.");
+    default:
+      return problem("Something went wrong.", err?.message ?? String(err));
+  }
+}
+
+// --- wiring ---
+
+ui.talk.addEventListener("click", onTalk);
+ui.composer.addEventListener("submit", onSend);
+ui.cancel.addEventListener("click", onCancel);
+ui.disconnect.addEventListener("click", () => {
+  setMic(false);
+  client.disconnect();
+});
+ui.tokenForm.addEventListener("submit", async (/** @type {SubmitEvent} */ event) => {
+  event.preventDefault();
+  const token = ui.token.value.trim();
+  if (!token) return;
+  sessionStorage.setItem(TOKEN_KEY, token);
+  client.token = token;
+  ui.token.value = "";
+  const wanted = refused ?? { audio: false, text: null };
+  try {
+    await connect(wanted.audio);
+    refused = null;
+    if (wanted.text) sendTyped(wanted.text);
+  } catch (err) {
+    showProblem(err);
+  }
+});
+document.addEventListener("keydown", (event) => {
+  // Escape stops the reply from anywhere on the page, as a person would expect.
+  if (event.key === "Escape" && streaming !== null) onCancel();
+});
+// Ends the gateway's session when the tab goes (the DELETE is sent with keepalive).
+window.addEventListener("pagehide", () => client.disconnect());

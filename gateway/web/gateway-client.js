@@ -1,0 +1,537 @@
+/**
+ * gateway-client.js: a small browser client for the Local AI Gateway.
+ *
+ * A plain ES module with no dependencies; the gateway serves it at `/gateway-client.js`,
+ * and its own page (`/`) is built on it. It opens a WebRTC session (microphone → gateway,
+ * events back on a data channel), reconnects after a drop, and turns every failure into a
+ * {@link GatewayError} with a `code` a page can explain to a person.
+ *
+ *     import { GatewayClient } from "https://10.8.0.1:8001/gateway-client.js";
+ *
+ *     const client = new GatewayClient({ baseUrl: "https://10.8.0.1:8001", token });
+ *     client.on("transcript.final", (e) => show("you", e.text));
+ *     client.on("reply.delta", (e) => append(e.reply_id, e.text));
+ *     client.on("state", ({ state }) => badge(state));  // see ConnectionState
+ *     await client.connect({ audio: true });             // resolves on session.ready
+ *     client.sendText("What is the weather like?");
+ *     client.cancel();                                    // stop the reply
+ *     await client.disconnect();
+ *
+ * From another origin, start the gateway with `--cors-origin https://your.app` and pass
+ * `baseUrl`. With `--auth api-key` or `--auth jwt`, pass `token` (sent as
+ * `Authorization: Bearer`); a refused token rejects `connect()` with code `unauthorized`.
+ *
+ * Events are the gateway's data-channel messages (DESIGN.md: `session.ready`,
+ * `speech.started`, `speech.stopped`, `transcript.final`, `reply.started`, `reply.delta`,
+ * `reply.done`, `reply.cancelled`, `error`, `pong`), one callback list per `type`, plus
+ * `"state"` for connection changes and `"*"` for every message.
+ *
+ * Error codes of the client's own: `unreachable`, `insecure_context`, `microphone_denied`,
+ * `no_microphone`, `microphone_unavailable`, `unauthorized`, `forbidden`, `busy`,
+ * `offer_rejected`, `connect_timeout`, `connection_lost`, `not_connected`, `closed`.
+ */
+
+/** How long the connection may be "disconnected" before it counts as dropped (ms). */
+const DISCONNECTED_GRACE_MS = 5000;
+/** Longest wait for ICE gathering; some networks never report "complete" (ms). */
+const ICE_GATHERING_TIMEOUT_MS = 3000;
+/** From answer to `session.ready`; longer means no media path (UDP blocked) (ms). */
+const READY_TIMEOUT_MS = 15000;
+/** Each HTTP request to the gateway (ms). */
+const FETCH_TIMEOUT_MS = 10000;
+/** Reconnection back-off: first delay, and the cap it doubles up to (ms). */
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
+/** Speech needs these on: without echo cancellation the gateway hears its own replies. */
+const MICROPHONE_CONSTRAINTS = {
+  audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+};
+
+/**
+ * @typedef {"idle" | "connecting" | "connected" | "reconnecting" | "closed"} ConnectionState
+ * `closed`: after `disconnect()`, or when reconnecting stopped (see `error`).
+ *
+ * @typedef {object} StateChange
+ * @property {ConnectionState} state
+ * @property {ConnectionState} previous
+ * @property {number} [attempt]       reconnection attempt (1, 2, …) while `reconnecting`
+ * @property {number} [retryInMs]     delay before that attempt
+ * @property {GatewayError} [error]   why the connection dropped, or why retrying stopped
+ *
+ * @typedef {{type: string, [field: string]: any}} GatewayEvent
+ * @typedef {(payload: any) => void} Listener
+ *
+ * @typedef {object} ClientOptions
+ * @property {string} [baseUrl]   gateway origin, e.g. "https://10.8.0.1:8001"; "" = this page's
+ * @property {string} [token]     API key or JWT, sent as `Authorization: Bearer`
+ * @property {RTCIceServer[]} [iceServers]  default: what the gateway's `/config` says
+ * @property {boolean} [reconnect]  retry with back-off after a drop (default true)
+ */
+
+/** A failure with a machine-readable `code`, the HTTP `status` when there was one. */
+export class GatewayError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{status?: number, cause?: unknown, retryable?: boolean}} [extra]
+   */
+  constructor(code, message, extra = {}) {
+    super(message, { cause: extra.cause });
+    this.name = "GatewayError";
+    this.code = code;
+    this.status = extra.status;
+    this.retryable = extra.retryable ?? false;
+  }
+}
+
+export class GatewayClient {
+  /** @param {ClientOptions} [options] */
+  constructor({ baseUrl = "", token, iceServers, reconnect = true } = {}) {
+    this.baseUrl = baseUrl.replace(/\/+$/, "");
+    /** @type {string | undefined} may be changed between connections */
+    this.token = token;
+    this.iceServers = iceServers;
+    this.reconnect = reconnect;
+    /** @type {ConnectionState} */
+    this.state = "idle";
+    /** @type {GatewayEvent | null} the last `session.ready` */
+    this.session = null;
+    /** @type {MediaStream | null} what the microphone sends, if anything */
+    this.stream = null;
+    /** @type {Map<string, Set<Listener>>} */
+    this._listeners = new Map();
+    /** @type {RTCPeerConnection | null} */
+    this._pc = null;
+    /** @type {RTCDataChannel | null} */
+    this._channel = null;
+    /** @type {RTCRtpSender | null} */
+    this._sender = null;
+    /** @type {string | null} */
+    this._sessionUrl = null;
+    this._ownsStream = false; // a stream we opened is ours to stop; a caller's is not
+    this._generation = 0; // bumped by every (re)connect and disconnect: stale work stops
+    this._retryTimer = 0;
+    this._graceTimer = 0;
+    this._attempt = 0;
+  }
+
+  // --- events ---
+
+  /**
+   * Calls `callback` for each event of `type` (a gateway event type, `"state"` or `"*"`).
+   * @param {string} type
+   * @param {Listener} callback
+   * @returns {() => void} a function that removes the callback
+   */
+  on(type, callback) {
+    if (!this._listeners.has(type)) this._listeners.set(type, new Set());
+    this._listeners.get(type)?.add(callback);
+    return () => this.off(type, callback);
+  }
+
+  /** @param {string} type @param {Listener} callback */
+  off(type, callback) {
+    this._listeners.get(type)?.delete(callback);
+  }
+
+  /** @param {string} type @param {any} payload */
+  _emit(type, payload) {
+    const targets = [...(this._listeners.get(type) ?? [])];
+    if (type !== "state") targets.push(...(this._listeners.get("*") ?? []));
+    for (const callback of targets) {
+      // One broken callback must not starve the others (or the client's own bookkeeping).
+      try {
+        callback(payload);
+      } catch (err) {
+        console.error(`gateway-client: a "${type}" callback threw`, err);
+      }
+    }
+  }
+
+  /** @param {ConnectionState} state @param {Partial<StateChange>} [detail] */
+  _setState(state, detail = {}) {
+    const previous = this.state;
+    this.state = state;
+    this._emit("state", { ...detail, state, previous });
+  }
+
+  // --- connecting ---
+
+  /**
+   * Opens a session and resolves with its `session.ready` event.
+   *
+   * `audio: true` asks for the microphone; a `MediaStream` is sent as it is (and left
+   * running on disconnect: it is the caller's); `false` connects for typed text only
+   * (the microphone can be added later with {@link setAudio}).
+   * @param {{audio?: MediaStream | boolean}} [options]
+   * @returns {Promise<GatewayEvent>}
+   */
+  async connect({ audio = true } = {}) {
+    await this.disconnect();
+    const generation = ++this._generation;
+    this._setState("connecting");
+    try {
+      await this._checkReachable();
+      if (audio instanceof MediaStream) this._useStream(audio, false);
+      else if (audio) this._useStream(await openMicrophone(), true);
+      return await this._open(generation);
+    } catch (err) {
+      if (generation === this._generation) {
+        this._teardown();
+        this._releaseStream();
+        this._setState("closed", { error: asGatewayError(err) });
+      }
+      throw asGatewayError(err);
+    }
+  }
+
+  /**
+   * Starts (`true` or a stream) or stops (`null`/`false`) sending the microphone, without
+   * renegotiating: the session and its conversation go on.
+   * @param {MediaStream | boolean | null} audio
+   */
+  async setAudio(audio) {
+    const stream = audio instanceof MediaStream ? audio : audio ? await openMicrophone() : null;
+    this._releaseStream();
+    if (stream) this._useStream(stream, !(audio instanceof MediaStream));
+    await this._sender?.replaceTrack(this.stream?.getAudioTracks()[0] ?? null);
+  }
+
+  /** Ends the session (DELETE on the gateway), closes the connection, stops our microphone. */
+  async disconnect() {
+    this._generation++;
+    const ended = this._teardown();
+    this._releaseStream();
+    this._attempt = 0;
+    if (this.state !== "idle" && this.state !== "closed") this._setState("closed");
+    await ended;
+  }
+
+  /** @param {MediaStream} stream @param {boolean} owned */
+  _useStream(stream, owned) {
+    this.stream = stream;
+    this._ownsStream = owned;
+  }
+
+  _releaseStream() {
+    if (this.stream && this._ownsStream) this.stream.getTracks().forEach((t) => t.stop());
+    this.stream = null;
+    this._ownsStream = false;
+  }
+
+  async _checkReachable() {
+    // A fetch that fails outright (TypeError) is an unreachable host or, over HTTPS, a
+    // certificate this device does not trust: the browser does not say which.
+    try {
+      const response = await this._fetch("/health");
+      if (response.ok) return;
+      throw new GatewayError("unreachable", `${this._origin()} answered /health with ${response.status}`);
+    } catch (err) {
+      if (err instanceof GatewayError) throw err;
+      throw new GatewayError(
+        "unreachable",
+        `cannot reach the gateway at ${this._origin()}: it is not running, the network ` +
+          "is blocked, or this device does not trust its certificate",
+        { cause: err, retryable: true },
+      );
+    }
+  }
+
+  /** @param {number} generation @returns {Promise<GatewayEvent>} */
+  async _open(generation) {
+    const iceServers = this.iceServers ?? (await this._gatewayIceServers());
+    const pc = new RTCPeerConnection({ iceServers });
+    this._pc = pc;
+    // The gateway wants an audio section in every offer: a transceiver without a track
+    // sends nothing until setAudio() attaches the microphone.
+    const transceiver = pc.addTransceiver("audio", { direction: "sendonly" });
+    this._sender = transceiver.sender;
+    const track = this.stream?.getAudioTracks()[0];
+    if (track) await transceiver.sender.replaceTrack(track);
+    const channel = pc.createDataChannel("events");
+    this._channel = channel;
+
+    /** @type {(event: GatewayEvent) => void} */
+    let ready = () => {};
+    /** @type {(err: GatewayError) => void} */
+    let failed = () => {};
+    const readyPromise = new Promise((resolve, reject) => {
+      ready = resolve;
+      failed = reject;
+    });
+    readyPromise.catch(() => {}); // handled below; an early throw must not leave it unhandled
+    channel.onmessage = (e) => {
+      if (generation !== this._generation) return;
+      let event;
+      try {
+        event = JSON.parse(e.data);
+      } catch {
+        return; // the gateway only sends JSON; ignore anything else rather than crash
+      }
+      if (event.type === "session.ready") {
+        this.session = event;
+        ready(event);
+      }
+      this._emit(event.type, event);
+    };
+    channel.onclose = () => {
+      failed(new GatewayError("connection_lost", "the data channel closed before the session was ready"));
+      this._dropped(generation, "the gateway closed the session's data channel");
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") {
+        failed(new GatewayError("connection_lost", "the WebRTC connection failed", { retryable: true }));
+      }
+      this._watchConnection(generation, pc);
+    };
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringComplete(pc, ICE_GATHERING_TIMEOUT_MS);
+    if (generation !== this._generation) throw new GatewayError("closed", "disconnected while connecting");
+    const response = await this._fetch("/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription?.sdp, type: "offer" }),
+    }).catch((err) => {
+      throw new GatewayError("unreachable", `POST /offer failed: ${err.message}`, { cause: err, retryable: true });
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) throw httpError(response, body);
+    // Location is relative to the gateway, not to this page.
+    this._sessionUrl = new URL(response.headers.get("Location") ?? `/sessions/${body.session_id}`, this._origin()).href;
+    if (generation !== this._generation) throw new GatewayError("closed", "disconnected while connecting");
+    await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+
+    const timer = setTimeout(
+      () =>
+        failed(
+          new GatewayError(
+            "connect_timeout",
+            "the gateway answered, but no WebRTC connection opened: UDP is probably " +
+              "blocked between this device and the gateway",
+            { retryable: true },
+          ),
+        ),
+      READY_TIMEOUT_MS,
+    );
+    try {
+      const event = await readyPromise;
+      this._attempt = 0;
+      this._setState("connected");
+      return event;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** @returns {Promise<RTCIceServer[]>} */
+  async _gatewayIceServers() {
+    try {
+      const response = await this._fetch("/config");
+      const config = await response.json();
+      return Array.isArray(config.ice_servers) ? config.ice_servers : [];
+    } catch {
+      return []; // right for a LAN or VPN, which is what the gateway defaults to as well
+    }
+  }
+
+  /** @param {number} generation @param {RTCPeerConnection} pc */
+  _watchConnection(generation, pc) {
+    if (generation !== this._generation) return;
+    const state = pc.connectionState;
+    clearTimeout(this._graceTimer);
+    if (state === "failed") {
+      this._dropped(generation, "the connection failed");
+    } else if (state === "disconnected") {
+      // Often a brief network change (Wi-Fi roaming); ICE recovers by itself within seconds.
+      this._graceTimer = setTimeout(
+        () => this._dropped(generation, `the connection was lost for ${DISCONNECTED_GRACE_MS / 1000} s`),
+        DISCONNECTED_GRACE_MS,
+      );
+    }
+  }
+
+  /** The live connection is gone: tear it down and, if allowed, try again with back-off. */
+  /** @param {number} generation @param {string} why */
+  _dropped(generation, why) {
+    // Only a session that was ready can drop; a failure while connecting rejects connect().
+    // (While reconnecting, a failed attempt is _retry's to handle.)
+    if (generation !== this._generation || this.state !== "connected") return;
+    const error = new GatewayError("connection_lost", why, { retryable: true });
+    this._generation++;
+    this._teardown();
+    if (!this.reconnect) {
+      this._releaseStream();
+      this._setState("closed", { error });
+      return;
+    }
+    this._scheduleRetry(error);
+  }
+
+  /** @param {GatewayError} error */
+  _scheduleRetry(error) {
+    this._attempt += 1;
+    const base = Math.min(RETRY_FIRST_MS * 2 ** (this._attempt - 1), RETRY_MAX_MS);
+    // Jitter, so that many clients dropped by one gateway restart do not return in step.
+    const retryInMs = Math.round(base * (0.8 + 0.4 * Math.random()));
+    const generation = this._generation;
+    this._setState("reconnecting", { attempt: this._attempt, retryInMs, error });
+    this._retryTimer = setTimeout(() => this._retry(generation), retryInMs);
+  }
+
+  /** @param {number} generation */
+  async _retry(generation) {
+    if (generation !== this._generation) return;
+    const attempt = ++this._generation;
+    try {
+      await this._checkReachable();
+      await this._open(attempt);
+    } catch (err) {
+      if (attempt !== this._generation) return; // disconnect() ran meanwhile
+      this._generation++;
+      this._teardown();
+      const error = asGatewayError(err);
+      if (error.retryable || error.code === "connection_lost" || error.code === "busy") {
+        this._scheduleRetry(error);
+      } else {
+        // A refused token or a bad offer will not get better by asking again.
+        this._releaseStream();
+        this._setState("closed", { error });
+      }
+    }
+  }
+
+  /** Closes the connection and ends the gateway's session, if one was opened. */
+  _teardown() {
+    const sessionUrl = this._sessionUrl;
+    clearTimeout(this._retryTimer);
+    clearTimeout(this._graceTimer);
+    if (this._channel) this._channel.onclose = this._channel.onmessage = null;
+    if (this._pc) {
+      this._pc.onconnectionstatechange = null;
+      this._pc.close();
+    }
+    this._pc = this._channel = this._sender = null;
+    this._sessionUrl = null;
+    this.session = null;
+    if (!sessionUrl) return Promise.resolve();
+    // Frees the gateway's slot now rather than when it notices the peer is gone.
+    // keepalive: the request outlives the page when this runs on pagehide.
+    return this._fetch(sessionUrl, { method: "DELETE", keepalive: true }).then(
+      () => {},
+      () => {},
+    );
+  }
+
+  // --- talking ---
+
+  /** Sends one client message (`{type: "text" | "cancel" | "session.update" | …}`). */
+  /** @param {{type: string, [field: string]: any}} message */
+  send(message) {
+    if (!this._channel || this._channel.readyState !== "open" || this.state !== "connected") {
+      throw new GatewayError("not_connected", "not connected to the gateway");
+    }
+    this._channel.send(JSON.stringify(message));
+  }
+
+  /** A typed message, answered as if it had been said. @param {string} text */
+  sendText(text) {
+    this.send({ type: "text", text });
+  }
+
+  /** Stops the reply in progress (`reply.cancelled` with reason `client`). */
+  cancel() {
+    this.send({ type: "cancel" });
+  }
+
+  // --- HTTP ---
+
+  _origin() {
+    return this.baseUrl || window.location.origin;
+  }
+
+  /**
+   * @param {string} path a path on the gateway, or an absolute URL
+   * @param {RequestInit} [init]
+   */
+  _fetch(path, init = {}) {
+    const headers = new Headers(init.headers);
+    if (this.token) headers.set("Authorization", `Bearer ${this.token}`);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), FETCH_TIMEOUT_MS);
+    const url = new URL(path, this._origin() + "/");
+    return fetch(url, { ...init, headers, signal: controller.signal, cache: "no-store" }).finally(() =>
+      clearTimeout(timer),
+    );
+  }
+}
+
+// --- helpers ---
+
+/** @returns {Promise<MediaStream>} */
+async function openMicrophone() {
+  // Browsers expose mediaDevices only in a secure context (https://, or http://localhost).
+  if (!navigator.mediaDevices?.getUserMedia) {
+    throw new GatewayError(
+      "insecure_context",
+      "this page is not a secure context (open it over https://), so the browser offers no microphone",
+    );
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia(MICROPHONE_CONSTRAINTS);
+  } catch (err) {
+    const name = err instanceof Error ? err.name : "";
+    if (name === "NotAllowedError" || name === "SecurityError") {
+      throw new GatewayError("microphone_denied", "microphone permission was denied", { cause: err });
+    }
+    if (name === "NotFoundError" || name === "OverconstrainedError") {
+      throw new GatewayError("no_microphone", "no microphone was found", { cause: err });
+    }
+    // NotReadableError: another program holds the device, or the OS blocks it.
+    throw new GatewayError("microphone_unavailable", `the microphone could not be opened (${name})`, { cause: err });
+  }
+}
+
+/**
+ * The gateway does not trickle ICE: the offer must carry every candidate.
+ * @param {RTCPeerConnection} pc @param {number} timeoutMs
+ * @returns {Promise<void>}
+ */
+function iceGatheringComplete(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      pc.removeEventListener("icegatheringstatechange", check);
+      clearTimeout(timer);
+      resolve();
+    };
+    const check = () => {
+      if (pc.iceGatheringState === "complete") done();
+    };
+    // Candidates gathered by then are in localDescription; a STUN server that never
+    // answers must not hold the whole connection up.
+    const timer = setTimeout(done, timeoutMs);
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+/**
+ * The gateway's JSON error (`{"error": {"code", "message"}}`) as a GatewayError.
+ * @param {Response} response @param {any} body
+ */
+function httpError(response, body) {
+  const message = body?.error?.message ?? `${response.status} ${response.statusText}`;
+  const status = response.status;
+  if (status === 401) return new GatewayError("unauthorized", message, { status });
+  if (status === 403) return new GatewayError("forbidden", message, { status });
+  if (status === 429 || status === 503) return new GatewayError("busy", message, { status, retryable: true });
+  return new GatewayError(body?.error?.code ?? "offer_rejected", message, { status });
+}
+
+/** @param {unknown} err @returns {GatewayError} */
+function asGatewayError(err) {
+  if (err instanceof GatewayError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new GatewayError("connection_lost", message, { cause: err, retryable: true });
+}
