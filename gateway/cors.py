@@ -27,8 +27,8 @@ ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
 # The browser may reuse a preflight this long (s); short, so a removed origin stops soon.
 MAX_AGE_S = 600
-# Lets the page read the session's ``Location`` (not a CORS-safelisted response header).
-EXPOSE_HEADERS = "Location"
+# Location: the session URL to DELETE; Retry-After: how long to back off on a 429 or 503.
+EXPOSE_HEADERS = "Location, Retry-After"
 
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 

@@ -71,6 +71,8 @@ async def client_config(request: web.Request) -> web.Response:
             "asr": {"engine": engine.name, "model": engine.model},
             "llm": {"model": llm.model, "available": llm.available},
             "features": {"transcript_partial": False, "llm": True, "tts": False, "ws": True},
+            # So a client can ask for a token before opening the microphone.
+            "auth": config.auth,
         }
     )
 

@@ -7,17 +7,19 @@
 //   gateway:click→ready         Talk pressed → session.ready
 //   gateway:speech-end→reply    last loud moment at the microphone → first reply text
 //   gateway:send→reply          typed message sent → first reply text
-import { GatewayClient } from "/gateway-client.js";
+import { GatewayClient, GatewayError } from "/gateway-client.js";
 
 const TOKEN_KEY = "local-ai-gateway.token"; // sessionStorage: gone when the tab closes
 const LOUD_RMS = 0.02; // about -34 dBFS: speech, not room noise after noise suppression
 const METER_INTERVAL_MS = 50;
+const HINT_RESET_MS = 8000; // "Transcribing…" for longer than this means no words were heard
 
 /** @param {string} id @returns {any} */
 const $ = (id) => document.getElementById(id);
 const ui = {
   connection: $("connection"),
   connectionText: $("connection-text"),
+  retryIn: $("retry-in"),
   mic: $("mic"),
   micText: $("mic-text"),
   micLevel: $("mic-level"),
@@ -51,6 +53,8 @@ let refused = null;
 let meter = null;
 let lastLoudAt = 0; // performance.now() of the last loud moment at the microphone
 let retryCountdown = 0;
+let hintReset = 0;
+let cancelAsked = false; // the person pressed Stop reply (or Escape)
 
 // --- the conversation ---
 
@@ -88,7 +92,9 @@ function message(who, text, cls) {
 function newTurn(userText, kind) {
   const li = document.createElement("li");
   li.className = "turn";
-  if (userText !== null) li.append(message(kind === "typed" ? "You typed" : "You said", userText, "user").box);
+  if (userText !== null) {
+    li.append(message(kind === "typed" ? "You typed" : "You said", userText, "user").box);
+  }
   const timings = document.createElement("p");
   timings.className = "timings";
   li.append(timings);
@@ -129,13 +135,17 @@ function endReply(turn, note) {
 
 /** @param {Turn} turn */
 function showTimings(turn) {
-  const t = turn.timings;
-  const parts = [];
-  if (t.speech_ms !== undefined) parts.push(`speech ${duration(t.speech_ms)}`);
-  if (t.asr_ms !== undefined) parts.push(`ASR ${duration(t.asr_ms)}`);
-  if (t.endpoint_to_final_ms !== undefined) parts.push(`end of speech → text ${duration(t.endpoint_to_final_ms)}`);
-  if (t.endpoint_to_first_token_ms !== undefined) parts.push(`first word ${duration(t.endpoint_to_first_token_ms)}`);
-  if (t.here_ms !== undefined) parts.push(`you stopped → reply here ${duration(t.here_ms)}`);
+  // The gateway's own timings, then the wait as this browser saw it.
+  const labels = [
+    ["speech_ms", "speech"],
+    ["asr_ms", "ASR"],
+    ["endpoint_to_final_ms", "end of speech → text"],
+    ["endpoint_to_first_token_ms", "first word"],
+    ["here_ms", "you stopped → reply here"],
+  ];
+  const parts = labels
+    .filter(([key]) => turn.timings[key] !== undefined)
+    .map(([key, label]) => `${label} ${duration(turn.timings[key])}`);
   const line = turn.li.querySelector(".timings");
   if (line) line.textContent = parts.join(" · ");
 }
@@ -181,6 +191,11 @@ function showErrorEvent(event) {
 
 client.on("session.ready", (e) => {
   performance.mark("gateway:ready");
+  // A new session (after a reconnect, too) numbers its utterances and replies afresh.
+  byUtterance.clear();
+  speechEnds.clear();
+  byReply.clear();
+  typedWaiting.length = 0;
   const llm = e.llm.available ? e.llm.model : `${e.llm.model} (not available: transcripts only)`;
   ui.models.textContent = `Whisper ${e.asr.model ?? ""} · ${llm}`;
 });
@@ -195,24 +210,34 @@ client.on("speech.stopped", (e) => {
   ui.mic.dataset.state = micOn ? "on" : "off";
   ui.micText.textContent = micOn ? "Microphone on" : "Microphone off";
   ui.hint.textContent = "Transcribing…";
+  // Noise can end an utterance that holds no words: then no transcript comes.
+  clearTimeout(hintReset);
+  hintReset = setTimeout(() => (ui.hint.textContent = restingHint()), HINT_RESET_MS);
   // The gateway decides the end after a pause; the last loud moment here is when the
   // person actually stopped, which is where their wait for an answer begins.
   speechEnds.set(e.utterance_id, lastLoudAt);
+  // Noise makes utterances with no transcript: keep only the recent ones.
+  for (const id of speechEnds.keys()) {
+    if (speechEnds.size <= 16) break;
+    speechEnds.delete(id);
+  }
 });
 
 client.on("transcript.final", (e) => {
+  clearTimeout(hintReset);
   const turn = newTurn(e.text, "spoken");
   turn.speechEndAt = speechEnds.get(e.utterance_id);
   speechEnds.delete(e.utterance_id);
   turn.timings = { ...e.timings };
   byUtterance.set(e.utterance_id, turn);
   showTimings(turn);
-  ui.hint.textContent = micOn ? "Listening. Press to switch the microphone off." : "Press to switch the microphone on.";
+  ui.hint.textContent = restingHint();
 });
 
 client.on("reply.started", (e) => {
+  // A spoken turn is found by its utterance; a typed one is the oldest still waiting.
   const turn =
-    (e.utterance_id && byUtterance.get(e.utterance_id)) || (e.utterance_id === null && typedWaiting.shift()) || newTurn(null, "");
+    (e.utterance_id ? byUtterance.get(e.utterance_id) : typedWaiting.shift()) ?? newTurn(null, "");
   if (e.utterance_id) byUtterance.delete(e.utterance_id);
   byReply.set(e.reply_id, replyBox(turn));
   streaming = turn;
@@ -226,9 +251,11 @@ client.on("reply.delta", (e) => {
     turn.firstDeltaAt = performance.now();
     if (turn.speechEndAt) {
       turn.timings.here_ms = turn.firstDeltaAt - turn.speechEndAt;
-      performance.measure("gateway:speech-end→reply", { start: turn.speechEndAt, end: turn.firstDeltaAt });
+      const span = { start: turn.speechEndAt, end: turn.firstDeltaAt };
+      performance.measure("gateway:speech-end→reply", span);
     } else {
-      performance.measure("gateway:send→reply", { start: turn.startedAt, end: turn.firstDeltaAt });
+      const span = { start: turn.startedAt, end: turn.firstDeltaAt };
+      performance.measure("gateway:send→reply", span);
     }
     showTimings(turn);
   }
@@ -249,7 +276,6 @@ client.on("reply.done", (e) => {
 
 const CANCEL_NOTES = {
   "barge-in": "Stopped: you started speaking",
-  client: "Stopped: you cancelled it",
   error: "Stopped: an error (see below)",
 };
 
@@ -258,7 +284,15 @@ client.on("reply.cancelled", (e) => {
   if (!turn) return;
   byReply.delete(e.reply_id);
   replyBox(turn);
-  endReply(turn, /** @type {Record<string, string>} */ (CANCEL_NOTES)[e.reason] ?? "Stopped");
+  // "client" is either the Stop button or a new typed message, which replaces the reply.
+  const note =
+    e.reason === "client"
+      ? cancelAsked
+        ? "Stopped: you cancelled it"
+        : "Stopped: you sent a new message"
+      : /** @type {Record<string, string>} */ (CANCEL_NOTES)[e.reason] ?? "Stopped";
+  cancelAsked = false;
+  endReply(turn, note);
 });
 
 client.on("error", showErrorEvent);
@@ -279,13 +313,18 @@ client.on("state", (change) => {
   if (state === "reconnecting") {
     // A reply cut off by the drop will never finish.
     if (streaming) endReply(streaming, "Stopped: the connection dropped");
+    ui.connectionText.textContent = `Connection lost: retrying (attempt ${change.attempt})`;
+    // The countdown is for the eye only (aria-hidden): announced every second, it would
+    // drown out everything else a screen reader has to say.
     const until = performance.now() + (change.retryInMs ?? 0);
     const tick = () => {
-      const left = Math.max(0, Math.ceil((until - performance.now()) / 1000));
-      ui.connectionText.textContent = left > 0 ? `Connection lost: retrying in ${left} s` : `Reconnecting (attempt ${change.attempt})…`;
+      const left = Math.ceil((until - performance.now()) / 1000);
+      ui.retryIn.textContent = left > 0 ? ` in ${left} s` : "…";
     };
     tick();
     retryCountdown = setInterval(tick, 1000);
+  } else {
+    ui.retryIn.textContent = "";
   }
   if (state === "closed") {
     if (streaming) endReply(streaming, "Stopped: disconnected");
@@ -306,9 +345,13 @@ function setMic(on) {
   ui.talkLabel.textContent = on ? "Stop" : "Talk";
   ui.mic.dataset.state = on ? "on" : "off";
   ui.micText.textContent = on ? "Microphone on" : "Microphone off";
-  ui.hint.textContent = on ? "Listening. Press to switch the microphone off." : "Press to switch the microphone on.";
+  ui.hint.textContent = restingHint();
   meter?.stop();
   meter = on && client.stream ? levelMeter(client.stream) : null;
+}
+
+function restingHint() {
+  return micOn ? "Listening. Press to switch the microphone off." : "Press to switch the microphone on.";
 }
 
 /**
@@ -354,7 +397,7 @@ async function onTalk() {
       performance.measure("gateway:click→ready", "gateway:click", "gateway:ready");
     }
   } catch (err) {
-    if (err.code === "unauthorized") refused = { audio: true, text: null };
+    if (isUnauthorized(err)) refused = { audio: true, text: null };
     showProblem(err);
   } finally {
     ui.talk.disabled = false;
@@ -385,7 +428,7 @@ async function onSend(/** @type {SubmitEvent} */ event) {
     if (client.state !== "connected") await connect(micOn);
     sendTyped(text);
   } catch (err) {
-    if (err.code === "unauthorized") refused = { audio: micOn, text };
+    if (isUnauthorized(err)) refused = { audio: micOn, text };
     showProblem(err);
   }
 }
@@ -401,12 +444,16 @@ function onCancel() {
   if (streaming === null) return;
   try {
     client.cancel();
+    cancelAsked = true;
   } catch (err) {
     showProblem(err);
   }
 }
 
 // --- problems, in words ---
+
+/** @param {unknown} err */
+const isUnauthorized = (err) => err instanceof GatewayError && err.code === "unauthorized";
 
 /** @param {string} text @param {string} [help] */
 function problem(text, help = "") {
@@ -427,13 +474,14 @@ function showProblem(err) {
     case "unreachable":
       return problem(
         "The gateway is not answering.",
-        `Check that it is still running and that this device can reach ${origin}. Over HTTPS, this ` +
-          "device must also trust the gateway's certificate (see “Trusting the local CA” in the README).",
+        `Check that it is still running and that this device can reach ${origin}. Over ` +
+          "HTTPS, this device must also trust the gateway's certificate (see “Trusting the " +
+          "local CA” in the README).",
       );
     case "insecure_context":
       return problem(
         "This page cannot use the microphone: it is not a secure context.",
-        "Open it with https:// (or http://localhost on the gateway's own computer). You can still type.",
+        "Open it over HTTPS (or as localhost on the gateway's own computer). You can still type.",
       );
     case "microphone_denied":
       ui.mic.dataset.state = "blocked";
@@ -446,7 +494,10 @@ function showProblem(err) {
     case "no_microphone":
       ui.mic.dataset.state = "blocked";
       ui.micText.textContent = "No microphone";
-      return problem("No microphone was found.", "Plug one in or check the system's sound settings. You can still type.");
+      return problem(
+        "No microphone was found.",
+        "Plug one in or check the system's sound settings. You can still type.",
+      );
     case "microphone_unavailable":
       return problem(
         "The microphone could not be opened.",
@@ -455,7 +506,9 @@ function showProblem(err) {
     case "unauthorized":
       // The form says what is wanted; the gateway's reason only helps once a token was sent.
       ui.problem.hidden = true;
-      ui.tokenError.textContent = client.token ? `The gateway did not accept that token (${err.message}).` : "";
+      ui.tokenError.textContent = client.token
+        ? `The gateway did not accept that token (${err.message}).`
+        : "";
       sessionStorage.removeItem(TOKEN_KEY); // a refused token is not worth keeping
       ui.tokenForm.hidden = false;
       ui.token.focus();

@@ -15,16 +15,23 @@
  *     await client.connect({ audio: true });             // resolves on session.ready
  *     client.sendText("What is the weather like?");
  *     client.cancel();                                    // stop the reply
+ *     await client.setAudio(false);                       // microphone off, session on
  *     await client.disconnect();
  *
  * From another origin, start the gateway with `--cors-origin https://your.app` and pass
- * `baseUrl`. With `--auth api-key` or `--auth jwt`, pass `token` (sent as
- * `Authorization: Bearer`); a refused token rejects `connect()` with code `unauthorized`.
+ * `baseUrl` (or copy this file into your app). With `--auth api-key` or `--auth jwt`, pass
+ * `token` (sent as `Authorization: Bearer`); a refused token rejects `connect()` with code
+ * `unauthorized`. `connect({audio: false})` opens a session for typed text only.
  *
  * Events are the gateway's data-channel messages (DESIGN.md: `session.ready`,
  * `speech.started`, `speech.stopped`, `transcript.final`, `reply.started`, `reply.delta`,
  * `reply.done`, `reply.cancelled`, `error`, `pong`), one callback list per `type`, plus
- * `"state"` for connection changes and `"*"` for every message.
+ * `"*"` for every one of them and `"state"` for connection changes ({@link StateChange}).
+ *
+ * After a drop (the connection "failed", "disconnected" for over 5 s, or the data channel
+ * closed) the client reconnects with back-off (1 s, 2 s, 4 s … 30 s), as a new session with
+ * the same microphone, until `disconnect()`; `reconnect: false` turns that off. A new
+ * session starts a new conversation: the gateway keeps history per session.
  *
  * Error codes of the client's own: `unreachable`, `insecure_context`, `microphone_denied`,
  * `no_microphone`, `microphone_unavailable`, `unauthorized`, `forbidden`, `busy`,
@@ -114,6 +121,8 @@ export class GatewayClient {
     this._retryTimer = 0;
     this._graceTimer = 0;
     this._attempt = 0;
+    /** Rejects the connection attempt in progress, if any. */
+    this._abandon = () => {};
   }
 
   // --- events ---
@@ -226,7 +235,8 @@ export class GatewayClient {
     try {
       const response = await this._fetch("/health");
       if (response.ok) return;
-      throw new GatewayError("unreachable", `${this._origin()} answered /health with ${response.status}`);
+      const message = `${this._origin()} answered /health with ${response.status}`;
+      throw new GatewayError("unreachable", message);
     } catch (err) {
       if (err instanceof GatewayError) throw err;
       throw new GatewayError(
@@ -261,6 +271,8 @@ export class GatewayClient {
       failed = reject;
     });
     readyPromise.catch(() => {}); // handled below; an early throw must not leave it unhandled
+    // disconnect() while this waits: give up now rather than at the ready timeout.
+    this._abandon = () => failed(new GatewayError("closed", "disconnected while connecting"));
     channel.onmessage = (e) => {
       if (generation !== this._generation) return;
       let event;
@@ -276,7 +288,7 @@ export class GatewayClient {
       this._emit(event.type, event);
     };
     channel.onclose = () => {
-      failed(new GatewayError("connection_lost", "the data channel closed before the session was ready"));
+      failed(new GatewayError("connection_lost", "the data channel closed before session.ready"));
       this._dropped(generation, "the gateway closed the session's data channel");
     };
     pc.onconnectionstatechange = () => {
@@ -288,19 +300,27 @@ export class GatewayClient {
 
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringComplete(pc, ICE_GATHERING_TIMEOUT_MS);
-    if (generation !== this._generation) throw new GatewayError("closed", "disconnected while connecting");
+    if (generation !== this._generation) {
+      throw new GatewayError("closed", "disconnected while connecting");
+    }
     const response = await this._fetch("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription?.sdp, type: "offer" }),
     }).catch((err) => {
-      throw new GatewayError("unreachable", `POST /offer failed: ${err.message}`, { cause: err, retryable: true });
+      const message = `POST /offer failed: ${err.message}`;
+      throw new GatewayError("unreachable", message, { cause: err, retryable: true });
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok) throw httpError(response, body);
     // Location is relative to the gateway, not to this page.
-    this._sessionUrl = new URL(response.headers.get("Location") ?? `/sessions/${body.session_id}`, this._origin()).href;
-    if (generation !== this._generation) throw new GatewayError("closed", "disconnected while connecting");
+    const location = response.headers.get("Location") ?? `/sessions/${body.session_id}`;
+    const sessionUrl = new URL(location, this._origin()).href;
+    if (generation !== this._generation) {
+      this._fetch(sessionUrl, { method: "DELETE" }).catch(() => {}); // opened too late: end it
+      throw new GatewayError("closed", "disconnected while connecting");
+    }
+    this._sessionUrl = sessionUrl;
     await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
 
     const timer = setTimeout(
@@ -405,6 +425,8 @@ export class GatewayClient {
   /** Closes the connection and ends the gateway's session, if one was opened. */
   _teardown() {
     const sessionUrl = this._sessionUrl;
+    this._abandon();
+    this._abandon = () => {};
     clearTimeout(this._retryTimer);
     clearTimeout(this._graceTimer);
     if (this._channel) this._channel.onclose = this._channel.onmessage = null;
@@ -475,7 +497,7 @@ async function openMicrophone() {
   if (!navigator.mediaDevices?.getUserMedia) {
     throw new GatewayError(
       "insecure_context",
-      "this page is not a secure context (open it over https://), so the browser offers no microphone",
+      "this page is not a secure context (open it over HTTPS), so the browser offers no microphone",
     );
   }
   try {
@@ -489,7 +511,8 @@ async function openMicrophone() {
       throw new GatewayError("no_microphone", "no microphone was found", { cause: err });
     }
     // NotReadableError: another program holds the device, or the OS blocks it.
-    throw new GatewayError("microphone_unavailable", `the microphone could not be opened (${name})`, { cause: err });
+    const message = `the microphone could not be opened (${name})`;
+    throw new GatewayError("microphone_unavailable", message, { cause: err });
   }
 }
 
@@ -525,7 +548,9 @@ function httpError(response, body) {
   const status = response.status;
   if (status === 401) return new GatewayError("unauthorized", message, { status });
   if (status === 403) return new GatewayError("forbidden", message, { status });
-  if (status === 429 || status === 503) return new GatewayError("busy", message, { status, retryable: true });
+  if (status === 429 || status === 503) {
+    return new GatewayError("busy", message, { status, retryable: true });
+  }
   return new GatewayError(body?.error?.code ?? "offer_rejected", message, { status });
 }
 

@@ -1,0 +1,409 @@
+// Talks to the Local AI Gateway: the microphone goes out over WebRTC, and the gateway's
+// events come back on a data channel as reactive state. Browser-only: call connect() from
+// a click handler or onMounted, never during server rendering.
+import { computed, getCurrentInstance, onBeforeUnmount, readonly, ref, shallowRef } from 'vue'
+import { useRuntimeConfig } from '#app'
+
+/** `idle` before connect() and after disconnect(); `closed`: the gateway ended the session. */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'failed' | 'closed'
+
+export interface UserTurn {
+  role: 'user'
+  id: string
+  text: string
+  /** `voice`: a transcript of your speech; `text`: typed with sendText(). */
+  source: 'voice' | 'text'
+  timings?: Record<string, number>
+}
+
+export interface AssistantTurn {
+  role: 'assistant'
+  id: string
+  /** Grows with each `reply.delta`; the whole answer once `status` is `done`. */
+  text: string
+  status: 'streaming' | 'done' | 'cancelled'
+  cancelReason?: string
+  timings?: Record<string, number>
+}
+
+export type Turn = UserTurn | AssistantTurn
+
+export interface GatewayError {
+  code: string
+  message: string
+  retryable: boolean
+}
+
+export interface SessionInfo {
+  sessionId: string
+  protocol: number
+  asr: { engine: string, model: string }
+  llm: { model: string, available: boolean }
+  tts: { enabled: boolean }
+}
+
+export interface VoiceGatewayOptions {
+  /** Default: runtimeConfig.public.gatewayUrl (NUXT_PUBLIC_GATEWAY_URL). */
+  gatewayUrl?: string | (() => string)
+  /** An API key or JWT, sent as `Authorization: Bearer …`; leave empty with `--auth none`. */
+  token?: () => string | undefined
+  /** How long to wait for ICE gathering before sending the offer anyway (ms). */
+  iceGatheringTimeoutMs?: number
+}
+
+export interface ConnectOptions {
+  /** false: no microphone, typed messages only (the offer still carries an audio line). */
+  microphone?: boolean
+}
+
+// What the gateway sends (DESIGN.md, "Data channel"); fields are checked where used.
+interface GatewayEvent {
+  type: string
+  [field: string]: unknown
+}
+
+const MAX_ERRORS = 20
+// A gateway behind a VPN that is down never answers: give up rather than hang.
+const REQUEST_TIMEOUT_MS = 15_000
+
+function problem(code: string, message: string, retryable = false): GatewayError {
+  return { code, message, retryable }
+}
+
+/** A refusal with a reason to show: thrown inside connect(), reported in `errors`. */
+class GatewayFailure extends Error {
+  constructor(readonly detail: GatewayError) {
+    super(detail.message)
+  }
+}
+
+function str(value: unknown): string {
+  return typeof value === 'string' ? value : ''
+}
+
+function numbers(value: unknown): Record<string, number> | undefined {
+  return value !== null && typeof value === 'object' ? (value as Record<string, number>) : undefined
+}
+
+function waitForIceGathering(pc: RTCPeerConnection, timeoutMs: number): Promise<void> {
+  // The gateway does not trickle candidates: the offer must hold them all.
+  return new Promise((resolve) => {
+    if (pc.iceGatheringState === 'complete') return resolve()
+    const done = (): void => {
+      pc.removeEventListener('icegatheringstatechange', check)
+      clearTimeout(timer)
+      resolve()
+    }
+    const check = (): void => {
+      if (pc.iceGatheringState === 'complete') done()
+    }
+    const timer = setTimeout(done, timeoutMs) // some networks never report "complete"
+    pc.addEventListener('icegatheringstatechange', check)
+  })
+}
+
+async function failureOf(response: Response): Promise<GatewayFailure> {
+  // The gateway answers {"error": {"code", "message"}}; anything else is a proxy or a bug.
+  const status = response.status
+  const retryable = status === 429 || status >= 500
+  try {
+    const body = (await response.json()) as { error?: { code?: string, message?: string } }
+    if (body.error?.message) {
+      return new GatewayFailure(problem(body.error.code ?? `http_${status}`, body.error.message, retryable))
+    }
+  }
+  catch {
+    // not JSON
+  }
+  return new GatewayFailure(problem(`http_${status}`, `${status} ${response.statusText}`, retryable))
+}
+
+export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
+  const config = useRuntimeConfig()
+  const baseUrl = (): string => {
+    const url = typeof options.gatewayUrl === 'function' ? options.gatewayUrl() : options.gatewayUrl
+    return (url || String(config.public.gatewayUrl)).replace(/\/+$/, '')
+  }
+
+  const state = ref<ConnectionState>('idle')
+  const session = ref<SessionInfo | null>(null)
+  const turns = ref<Turn[]>([])
+  const errors = ref<GatewayError[]>([])
+  /** True between `speech.started` and `speech.stopped`. */
+  const hearing = ref(false)
+  const microphone = shallowRef<MediaStream | null>(null)
+  /** The gateway's audio (spoken replies, when it has them). */
+  const remoteAudio = shallowRef<MediaStream | null>(null)
+
+  const replyText = computed(() => {
+    const last = turns.value.at(-1)
+    return last?.role === 'assistant' ? last.text : ''
+  })
+  const replying = computed(() => {
+    const last = turns.value.at(-1)
+    return last?.role === 'assistant' && last.status === 'streaming'
+  })
+  const transcripts = computed(() =>
+    turns.value.filter((t): t is UserTurn => t.role === 'user' && t.source === 'voice'),
+  )
+
+  let pc: RTCPeerConnection | null = null
+  let channel: RTCDataChannel | null = null
+  let sessionUrl: string | null = null
+  let attempt = 0 // a disconnect() during connect() makes the older attempt give up
+
+  function report(error: GatewayError): void {
+    errors.value = [...errors.value.slice(-(MAX_ERRORS - 1)), error]
+  }
+
+  function assistantTurn(id: string): AssistantTurn | undefined {
+    // Reactive through the array: find() returns the proxied element.
+    return turns.value.find((t): t is AssistantTurn => t.role === 'assistant' && t.id === id)
+  }
+
+  function onEvent(event: GatewayEvent): void {
+    switch (event.type) {
+      case 'session.ready':
+        session.value = {
+          sessionId: str(event.session_id),
+          protocol: Number(event.protocol),
+          asr: event.asr as SessionInfo['asr'],
+          llm: event.llm as SessionInfo['llm'],
+          tts: event.tts as SessionInfo['tts'],
+        }
+        break
+      case 'speech.started':
+        hearing.value = true
+        break
+      case 'speech.stopped':
+        hearing.value = false
+        break
+      case 'transcript.final':
+        hearing.value = false
+        if (str(event.text)) {
+          const id = str(event.utterance_id)
+          turns.value.push({ role: 'user', id, text: str(event.text), source: 'voice', timings: numbers(event.timings) })
+        }
+        break
+      case 'reply.started':
+        turns.value.push({ role: 'assistant', id: str(event.reply_id), text: '', status: 'streaming' })
+        break
+      case 'reply.delta': {
+        const turn = assistantTurn(str(event.reply_id))
+        if (turn) turn.text += str(event.text)
+        break
+      }
+      case 'reply.done': {
+        const turn = assistantTurn(str(event.reply_id))
+        if (turn) {
+          turn.text = str(event.text) || turn.text
+          turn.status = 'done'
+          turn.timings = numbers(event.timings)
+        }
+        break
+      }
+      case 'reply.cancelled': {
+        const turn = assistantTurn(str(event.reply_id))
+        if (turn) {
+          turn.status = 'cancelled'
+          turn.cancelReason = str(event.reason)
+        }
+        break
+      }
+      case 'error':
+        report(problem(str(event.code), str(event.message), event.retryable === true))
+        break
+      // pong, and types added later: nothing to show
+    }
+  }
+
+  function headers(extra: Record<string, string> = {}): Record<string, string> {
+    const token = options.token?.()?.trim()
+    return token ? { ...extra, Authorization: `Bearer ${token}` } : extra
+  }
+
+  async function iceServers(): Promise<RTCIceServer[]> {
+    // GET /config needs no token; no servers is right on a LAN or WireGuard.
+    const response = await fetch(`${baseUrl()}/config`, { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) })
+    if (!response.ok) throw await failureOf(response)
+    const body = (await response.json()) as { ice_servers?: RTCIceServer[] }
+    return body.ice_servers ?? []
+  }
+
+  async function connect(connectOptions: ConnectOptions = {}): Promise<void> {
+    if (!import.meta.client) throw new Error('useVoiceGateway().connect() runs in the browser only')
+    if (pc) return
+    const mine = ++attempt
+    state.value = 'connecting'
+    errors.value = []
+    try {
+      const wantMic = connectOptions.microphone ?? true
+      if (wantMic && !navigator.mediaDevices?.getUserMedia) {
+        const message = 'The microphone needs a secure context: open this page over https:// or on localhost.'
+        throw new GatewayFailure(problem('insecure_context', message))
+      }
+      const audio = { echoCancellation: true, noiseSuppression: true, channelCount: 1 }
+      const [servers, stream] = await Promise.all([
+        iceServers(),
+        wantMic ? navigator.mediaDevices.getUserMedia({ audio }) : Promise.resolve(null),
+      ])
+      if (mine !== attempt) {
+        stream?.getTracks().forEach(t => t.stop())
+        return
+      }
+      microphone.value = stream
+      const peer = (pc = new RTCPeerConnection({ iceServers: servers }))
+      peer.onconnectionstatechange = () => {
+        if (pc !== peer) return
+        const s = peer.connectionState
+        if (s === 'connected') state.value = 'connected'
+        else if (s === 'failed') {
+          report(problem('connection_failed', 'The WebRTC connection failed: is UDP open between you and the gateway?', true))
+          void teardown('failed')
+        }
+      }
+      peer.ontrack = (e) => {
+        remoteAudio.value = e.streams[0] ?? new MediaStream([e.track])
+      }
+      // Created before the offer, so the offer carries it (the gateway takes the first one).
+      channel = peer.createDataChannel('events')
+      channel.onclose = () => {
+        // The gateway ended the session (DELETE elsewhere, idle or duration limit, shutdown).
+        if (pc === peer) void teardown('closed')
+      }
+      channel.onmessage = (e: MessageEvent) => {
+        let event: GatewayEvent
+        try {
+          event = JSON.parse(String(e.data)) as GatewayEvent
+        }
+        catch {
+          report(problem('bad_event', 'The gateway sent an event that is not JSON'))
+          return
+        }
+        onEvent(event)
+      }
+      if (stream) stream.getTracks().forEach(t => peer.addTrack(t, stream))
+      else peer.addTransceiver('audio', { direction: 'sendrecv' })
+
+      await peer.setLocalDescription(await peer.createOffer())
+      await waitForIceGathering(peer, options.iceGatheringTimeoutMs ?? 3000)
+      const response = await fetch(`${baseUrl()}/offer`, {
+        method: 'POST',
+        headers: headers({ 'Content-Type': 'application/json' }),
+        body: JSON.stringify({ sdp: peer.localDescription?.sdp, type: 'offer' }),
+        signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+      })
+      if (!response.ok) throw await failureOf(response)
+      const answer = (await response.json()) as { sdp: string, type: 'answer', session_id: string }
+      // Readable cross-origin only because the gateway names it in Access-Control-Expose-Headers.
+      const location = response.headers.get('Location')
+      const url = location ? new URL(location, `${baseUrl()}/`).href : null
+      if (mine !== attempt) {
+        // disconnect() was called meanwhile (and maybe connect() again): end just this one.
+        if (url) void endSession(url)
+        return
+      }
+      sessionUrl = url
+      if (!url) {
+        report(problem('no_location', 'The gateway did not expose the session Location: '
+          + 'the session ends only when this page disconnects.'))
+      }
+      await peer.setRemoteDescription({ type: 'answer', sdp: answer.sdp })
+    }
+    catch (err) {
+      if (mine !== attempt) return
+      report(describe(err))
+      await teardown('failed')
+    }
+  }
+
+  function describe(err: unknown): GatewayError {
+    if (err instanceof GatewayFailure) return err.detail
+    if (err instanceof DOMException && err.name === 'NotAllowedError') {
+      return problem('microphone_blocked', 'The microphone is blocked: allow it in the site settings.')
+    }
+    if (err instanceof DOMException && err.name === 'TimeoutError') {
+      return problem('timeout', `No answer from the gateway at ${baseUrl()}: is it running, and the VPN up?`, true)
+    }
+    if (err instanceof TypeError) {
+      // What fetch() throws for every network-level failure, CORS refusals included.
+      const message = `Cannot reach the gateway at ${baseUrl()}: not running, its certificate not trusted, `
+        + 'this page\'s origin not in its --cors-origin, or local network access not allowed for this site.'
+      return problem('unreachable', message, true)
+    }
+    return problem('connect_failed', err instanceof Error ? err.message : String(err), true)
+  }
+
+  async function endSession(url: string): Promise<void> {
+    // keepalive: it still goes out while the page unloads.
+    const signal = AbortSignal.timeout(3000)
+    await fetch(url, { method: 'DELETE', headers: headers(), keepalive: true, signal }).catch(() => undefined)
+  }
+
+  async function teardown(final: ConnectionState): Promise<void> {
+    const [peer, dc, mic, url] = [pc, channel, microphone.value, sessionUrl]
+    pc = channel = sessionUrl = null // from here on, the old connection's events are ignored
+    microphone.value = remoteAudio.value = null
+    hearing.value = false
+    state.value = final
+    mic?.getTracks().forEach(t => t.stop())
+    // DELETE before closing, or the gateway may see the peer leave first and answer 404.
+    if (url && final !== 'closed') await endSession(url)
+    dc?.close()
+    peer?.close()
+  }
+
+  async function disconnect(): Promise<void> {
+    attempt++
+    await teardown('idle')
+  }
+
+  function send(message: Record<string, unknown>): boolean {
+    if (channel?.readyState !== 'open') {
+      report(problem('not_connected', 'Not connected to the gateway', true))
+      return false
+    }
+    channel.send(JSON.stringify(message))
+    return true
+  }
+
+  /** A typed question, answered like speech. */
+  function sendText(text: string): void {
+    const trimmed = text.trim()
+    if (trimmed && send({ type: 'text', text: trimmed })) {
+      turns.value.push({ role: 'user', id: `text-${turns.value.length}`, text: trimmed, source: 'text' })
+    }
+  }
+
+  /** Stops the reply in progress. */
+  function cancel(): void {
+    send({ type: 'cancel' })
+  }
+
+  function clear(): void {
+    turns.value = []
+    errors.value = []
+    if (channel?.readyState === 'open') send({ type: 'history.clear' })
+  }
+
+  if (getCurrentInstance()) onBeforeUnmount(() => void disconnect())
+
+  return {
+    state: readonly(state),
+    session: readonly(session),
+    turns: readonly(turns),
+    transcripts,
+    replyText,
+    replying,
+    hearing: readonly(hearing),
+    errors: readonly(errors),
+    microphone: computed(() => microphone.value),
+    remoteAudio: computed(() => remoteAudio.value),
+    gatewayUrl: computed(baseUrl),
+    connect,
+    disconnect,
+    sendText,
+    cancel,
+    clear,
+  }
+}
