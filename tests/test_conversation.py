@@ -313,6 +313,7 @@ async def test_real_ollama(gateway: GatewayFactory) -> None:
     client = await gateway(
         ollama_host=os.environ["GATEWAY_TEST_OLLAMA_HOST"],
         ollama_model=os.environ.get("GATEWAY_TEST_OLLAMA_MODEL", "llama3.2"),
+        allow_remote_ollama=True,  # the test host may be another machine
         llm_first_token_timeout=120.0,
     )
     peer = await ws_session(client)
