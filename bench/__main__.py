@@ -8,13 +8,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import transcript
+from bench import asr, e2e, media, setup, transcript
 from bench.common import Benchmark
 
 logger = logging.getLogger("bench")
 
 # A new benchmark is a module with a BENCHMARK and one entry here.
-BENCHMARKS: tuple[Benchmark, ...] = (transcript.BENCHMARK,)
+BENCHMARKS: tuple[Benchmark, ...] = (
+    transcript.BENCHMARK,
+    e2e.BENCHMARK,
+    setup.BENCHMARK,
+    asr.BENCHMARK,
+    media.BENCHMARK,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
