@@ -48,13 +48,13 @@ from bench.transcript import (
     SENTENCES,
     WARMUP_TEXT,
     Sentence,
-    _bounded,
-    _connect,
-    _end_session,
-    _engine_name,
-    _received_at,
-    _silence_ms,
+    bounded,
+    connect,
+    end_session,
+    engine_name,
     make_sentences,
+    received_at,
+    silence_ms,
 )
 from gateway.app import build_app
 from gateway.config import ASR_ENGINES, AsrEngineName, Config
@@ -150,7 +150,7 @@ async def _turn(client: LoopbackClient, sentence: Sentence) -> Turn:
             event = await asyncio.wait_for(client.events.get(), min(POLL_S, left))
         except TimeoutError:
             continue
-        at = _received_at(client, event)
+        at = received_at(client, event)
         kind = event.get("type")
         if kind == "speech.started":
             begun.add(str(event["utterance_id"]))
@@ -213,7 +213,7 @@ async def converse(
             client = LoopbackClient()
             try:
                 started = time.perf_counter()
-                session_id = await asyncio.wait_for(_connect(http, client), 2 * CONNECT_TIMEOUT_S)
+                session_id = await asyncio.wait_for(connect(http, client), 2 * CONNECT_TIMEOUT_S)
                 run.connect_s = time.perf_counter() - started
                 await _turn(client, warmup)  # one-off costs: ONNX, Opus, SCTP, HTTP pool
                 for i, sentence in enumerate(sentences, 1):
@@ -226,11 +226,11 @@ async def converse(
                         f"overhead {fmt(turn.overhead_ms, 1)} ms",
                         flush=True,
                     )
-                await _bounded("DELETE /sessions", _end_session(http, session_id))
+                await bounded("DELETE /sessions", end_session(http, session_id))
             finally:
-                await _bounded("closing the client", client.close())
+                await bounded("closing the client", client.close())
     finally:
-        await _bounded("closing the gateway", runner.cleanup())
+        await bounded("closing the gateway", runner.cleanup())
 
 
 async def run_with_ollama(
@@ -380,7 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vad-silence-ms",
-        type=_silence_ms,
+        type=silence_ms,
         default=Config().vad_silence_ms,
         metavar="MS",
         help="the gateway's VAD silence hangover (default %(default)s, the gateway's own)",
@@ -389,7 +389,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     engines: tuple[AsrEngineName, ...] = (
-        ASR_ENGINES if args.engine == "both" else (_engine_name(args.engine),)
+        ASR_ENGINES if args.engine == "both" else (engine_name(args.engine),)
     )
     texts = SENTENCES[:QUICK_COUNT] if args.quick else SENTENCES
     started_at, started = now_iso(), time.perf_counter()

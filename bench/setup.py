@@ -45,7 +45,7 @@ from bench.common import (
     percentile,
     write_json,
 )
-from bench.transcript import _bounded, _received_at
+from bench.transcript import bounded, received_at
 from gateway.app import build_app
 from gateway.config import Config
 from media.asr.base import Float32Array, Transcription
@@ -205,7 +205,7 @@ async def open_one(http: ClientSession, server: str, mode: str) -> Opened:
         opened.session_id = str(answer["session_id"])
         await asyncio.wait_for(client.accept(answer), STAGE_TIMEOUT_S)
         ready = await client.next_event("session.ready", within=STAGE_TIMEOUT_S)
-        marks["ready"] = _received_at(client, ready)
+        marks["ready"] = received_at(client, ready)
         opened.setup.stages = {k: 1000 * (marks[k] - posted) for k in STAGES if k in marks}
     except (SetupError, TimeoutError, OSError, ValueError, KeyError) as exc:
         opened.setup.error = f"{type(exc).__name__}: {exc}"
@@ -220,8 +220,8 @@ async def close_one(http: ClientSession, opened: Opened) -> None:
                 if response.status != 204:
                     raise SetupError(f"DELETE: {response.status}")
 
-        await _bounded("DELETE /sessions", delete())
-    await _bounded("closing the client", opened.client.close())
+        await bounded("DELETE /sessions", delete())
+    await bounded("closing the client", opened.client.close())
 
 
 async def measure(
@@ -273,7 +273,7 @@ async def serve_both(sessions: int, concurrent: int, rounds: int) -> list[Setup]
                 return await measure({GATEWAY: gateway, BARE: bare}, sessions, concurrent, rounds)
         finally:
             for runner in reversed(runners):
-                await _bounded("closing a server", runner.cleanup())
+                await bounded("closing a server", runner.cleanup())
 
 
 # --- summary ---

@@ -174,7 +174,7 @@ def make_sentences(texts: Sequence[str]) -> list[Sentence]:
 # --- the streamed path ---
 
 
-async def _connect(http: ClientSession, client: LoopbackClient) -> str:
+async def connect(http: ClientSession, client: LoopbackClient) -> str:
     sdp = await asyncio.wait_for(client.offer(), CONNECT_TIMEOUT_S)
     async with http.post("/offer", json={"sdp": sdp, "type": "offer"}) as response:
         if response.status != 200:
@@ -185,7 +185,7 @@ async def _connect(http: ClientSession, client: LoopbackClient) -> str:
     return str(answer["session_id"])
 
 
-def _received_at(client: LoopbackClient, event: dict[str, Any]) -> float:
+def received_at(client: LoopbackClient, event: dict[str, Any]) -> float:
     """When the data channel delivered ``event`` (not when this coroutine got to it)."""
     for at, seen in reversed(client.received):
         if seen is event:
@@ -240,7 +240,7 @@ async def _hear(client: LoopbackClient, sentence: Sentence) -> Heard:
         elif kind == "speech.stopped":
             ended.add(str(event["utterance_id"]))
         elif kind == "transcript.final":
-            finals.append((_received_at(client, event), event))
+            finals.append((received_at(client, event), event))
         elif kind == "error" and _is_transcript_event(event):
             errors.append(f"{event.get('code')}: {event.get('message')}")
 
@@ -260,13 +260,13 @@ async def _hear(client: LoopbackClient, sentence: Sentence) -> Heard:
     )
 
 
-async def _end_session(http: ClientSession, session_id: str) -> None:
+async def end_session(http: ClientSession, session_id: str) -> None:
     async with http.delete(f"/sessions/{session_id}") as response:
         if response.status != 204:
             logger.warning("DELETE /sessions/%s: %s", session_id, response.status)
 
 
-async def _bounded(what: str, coro: Awaitable[object]) -> None:
+async def bounded(what: str, coro: Awaitable[object]) -> None:
     """Teardown that cannot hang the run; a failure is logged, not raised."""
     try:
         await asyncio.wait_for(coro, CLOSE_TIMEOUT_S)
@@ -336,7 +336,7 @@ async def _serve_and_listen(
             client = LoopbackClient()
             try:
                 started = time.perf_counter()
-                session_id = await _connect(http, client)
+                session_id = await connect(http, client)
                 run.connect_s = time.perf_counter() - started
                 await _hear(client, warmup)
                 for i, sentence in enumerate(sentences, 1):
@@ -357,11 +357,11 @@ async def _serve_and_listen(
                         offline.asr_ms,
                         offline.text,
                     )
-                await _bounded("DELETE /sessions", _end_session(http, session_id))
+                await bounded("DELETE /sessions", end_session(http, session_id))
             finally:
-                await _bounded("closing the client", client.close())
+                await bounded("closing the client", client.close())
     finally:
-        await _bounded("closing the gateway", runner.cleanup())
+        await bounded("closing the gateway", runner.cleanup())
 
 
 # --- the offline baseline ---
@@ -566,7 +566,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vad-silence-ms",
-        type=_silence_ms,
+        type=silence_ms,
         default=Config().vad_silence_ms,
         metavar="MS",
         help="the gateway's VAD silence hangover (default %(default)s, the gateway's own)",
@@ -575,7 +575,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     engines: tuple[AsrEngineName, ...] = (
-        ASR_ENGINES if args.engine == "both" else (_engine_name(args.engine),)
+        ASR_ENGINES if args.engine == "both" else (engine_name(args.engine),)
     )
     texts = SENTENCES[:QUICK_COUNT] if args.quick else SENTENCES
     started_at, started = now_iso(), time.perf_counter()
@@ -645,14 +645,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in runs) else 0
 
 
-def _silence_ms(text: str) -> int:
+def silence_ms(text: str) -> int:
     value = int(text)
     if not 100 <= value <= 5000:  # the gateway's own bounds for --vad-silence-ms
         raise argparse.ArgumentTypeError(f"must be between 100 and 5000, got {value}")
     return value
 
 
-def _engine_name(text: str) -> AsrEngineName:
+def engine_name(text: str) -> AsrEngineName:
     for name in ASR_ENGINES:
         if name == text:
             return name
