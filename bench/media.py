@@ -931,15 +931,17 @@ def stage_costs(frames: int = STAGE_FRAMES) -> dict[str, float]:
     """CPU µs per 20 ms frame of each stage the gateway adds to aiortc's receive path,
     measured here in one thread on the same noise (Opus decoding, which both servers do,
     for scale). Divide by 200 for % of a core per stream."""
-    from media.audio import MonoResampler  # deferred: see _run_server
-    from media.endpointer import EndpointerSettings
-    from media.listener import AudioListener
+    from media.audio import Chunker, MonoResampler  # deferred: see _run_server
+    from media.endpointer import Endpointer
     from media.vad import SileroModel
 
     packets = encode_noise(frames)
     decoder = OpusDecoder()
     resampler = MonoResampler()
-    listener = AudioListener(SileroModel(), EndpointerSettings(), on_event=lambda _: None)
+    # One stream, unbatched: the VadBatcher in the server shares calls across streams.
+    stream = SileroModel().stream()
+    chunker = Chunker()
+    endpointer = Endpointer()
     decoded: list[av.AudioFrame] = []
     samples: list[npt.NDArray[np.float32]] = []
 
@@ -949,8 +951,9 @@ def stage_costs(frames: int = STAGE_FRAMES) -> dict[str, float]:
             decoded.extend(f for f in frames_out if isinstance(f, av.AudioFrame))
 
     def detect() -> None:
-        for chunk in samples:
-            listener.feed(chunk)
+        for piece in samples:
+            for chunk in chunker.push(piece):
+                endpointer.process(chunk, stream.probability(chunk))
 
     def per_frame(work: Callable[[], object]) -> float:
         cpu = time.process_time()

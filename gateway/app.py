@@ -36,7 +36,7 @@ from gateway.state import (
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
-from media.vad import SileroModel
+from media.vad import SileroModel, VadBatcher
 from signalling.ice import IcePolicy, check_policy
 from signalling.registry import SessionRegistry
 
@@ -91,10 +91,11 @@ def _models(
                 load_engine, config.asr_engine, config.asr_model, config.asr_device
             )
         logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
-        app[VAD] = await asyncio.to_thread(SileroModel)
+        app[VAD] = vad = VadBatcher(await asyncio.to_thread(SileroModel))
         app[ASR] = service = ASRService(loaded)
         app[METRICS].asr_queue_depth.set_function(lambda: service.pending)
         yield
+        vad.close()
         await service.close()
 
     return ctx

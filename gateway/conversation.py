@@ -148,10 +148,6 @@ class Conversation:
 
     # --- replies ---
 
-    @property
-    def replying(self) -> bool:
-        return self._reply is not None
-
     def start_reply(self, text: str, *, utterance_id: str | None, origin: float) -> None:
         self.cancel_reply("barge-in" if utterance_id else "client")
         self.history.add_user(text)
@@ -175,6 +171,12 @@ class Conversation:
         self.metrics.replies.labels("cancelled").inc()
         self.sink.send(protocol.reply_cancelled(reply.id, reason))
 
+    def _fail(self, reply: _Reply, code: str, message: str, retryable: bool) -> None:
+        if self._reply is reply:  # not already cancelled by barge-in or the client
+            self._reply = None
+            self._end_cancelled(reply, "error")
+            self.report_error(code, message, retryable=retryable)
+
     async def _run(self, reply: _Reply) -> None:
         messages = self.history.messages(self.system_prompt)
         started = self._clock()
@@ -187,11 +189,12 @@ class Conversation:
                     reply.parts.append(piece)
                     self.sink.send(protocol.reply_delta(reply.id, piece))
         except LLMError as exc:
-            if self._reply is reply:
-                self._reply = None
-                self._end_cancelled(reply, "error")
-                self.report_error(exc.code, str(exc), retryable=exc.retryable)
+            self._fail(reply, exc.code, str(exc), exc.retryable)
             logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
+            return
+        except Exception:  # a bug: the reply must still end, and the session go on
+            logger.exception("[%s] reply %s failed", self.sink.id, reply.id)
+            self._fail(reply, "internal", "the answer failed; try again", True)
             return
         if self._reply is not reply:
             return  # cancelled while the last piece was being handled

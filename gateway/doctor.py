@@ -355,6 +355,8 @@ async def _ollama_checks(
     checks: list[Check]
     if status.ok:
         checks = [Check("ollama", "ok", status.message)]
+    elif status.answered_with_error:
+        checks = [Check("ollama", "fail", status.message, "see the log of `ollama serve`")]
     elif status.reachable:
         checks = [
             Check(
@@ -364,7 +366,7 @@ async def _ollama_checks(
                 f"`ollama pull {model}` (or choose another with --ollama-model)",
             )
         ]
-    elif status.message.startswith("cannot reach"):
+    else:
         checks = [
             Check(
                 "ollama",
@@ -373,8 +375,6 @@ async def _ollama_checks(
                 "start it with `ollama serve`, or point --ollama-host at it",
             )
         ]
-    else:  # it answered, with an error
-        checks = [Check("ollama", "fail", status.message, "see the log of `ollama serve`")]
 
     if is_loopback(ollama_hostname(config.ollama_host)) and addresses:
         port = ollama_port(config.ollama_host)

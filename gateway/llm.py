@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import ollama
+import pydantic
 
 from gateway.errors import (
     LLMError,
@@ -43,6 +44,7 @@ class LLMStatus:
     reachable: bool
     model_present: bool
     message: str
+    answered_with_error: bool = False  # Ollama answered, but with an error status
 
     @property
     def ok(self) -> bool:
@@ -88,7 +90,16 @@ class OllamaChat:
             return LLMStatus(False, False, self._unreachable(exc).args[0])
         except ollama.ResponseError as exc:
             self.available = False
-            return LLMStatus(False, False, f"Ollama at {host} answered {exc.status_code}: {exc}")
+            return LLMStatus(
+                True, False, f"Ollama at {host} answered {exc.status_code}: {exc}", True
+            )
+        except (ValueError, pydantic.ValidationError) as exc:  # something else on that port
+            self.available = False
+            return LLMStatus(
+                False,
+                False,
+                f"{host} does not answer like Ollama ({type(exc).__name__}): check --ollama-host",
+            )
         names = [m.model or "" for m in listing.models]
         present = any(_same_model(model, n) for n in names)
         self.available = present
@@ -111,6 +122,9 @@ class OllamaChat:
                 options=dict(s.options) or None,
                 keep_alive=s.keep_alive,
             )
+            # A deadline per step, not a timeout context around the loop: this generator
+            # yields to its consumer, and a context would cancel whatever the consumer
+            # was doing when it fired.
             while True:
                 limit = s.total_timeout_s if produced else s.first_token_timeout_s
                 left = started + limit - loop.time()
@@ -146,6 +160,10 @@ class OllamaChat:
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise LLMStreamBroken(
                 f"the connection to Ollama broke mid-answer ({type(exc).__name__})"
+            ) from exc
+        except (ValueError, pydantic.ValidationError) as exc:  # a line that is not Ollama's
+            raise LLMStreamBroken(
+                f"Ollama sent something unreadable ({type(exc).__name__})"
             ) from exc
         finally:
             if chunks is not None:

@@ -13,13 +13,13 @@ from gateway.llm import OllamaChat
 from gateway.metrics import Metrics
 from gateway.ratelimit import ConcurrencyLimiter, RateLimiter
 from media.asr.service import ASRService
-from media.vad import SileroModel
+from media.vad import VadBatcher
 from signalling.ice import IcePolicy
 from signalling.registry import SessionRegistry
 
 CONFIG = web.AppKey("config", Config)
 ASR = web.AppKey("asr", ASRService)
-VAD = web.AppKey("vad", SileroModel)
+VAD = web.AppKey("vad", VadBatcher)
 SESSIONS = web.AppKey("sessions", SessionRegistry)
 LLM = web.AppKey("llm", OllamaChat)
 METRICS = web.AppKey("metrics", Metrics)

@@ -32,7 +32,7 @@ from media.asr.filters import clean_transcript
 from media.asr.service import ASRBusyError, ASRService
 from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechPaused, SpeechStarted
 from media.listener import AudioListener
-from media.vad import SileroModel
+from media.vad import VadBatcher
 from signalling import protocol
 from signalling.session import Session
 
@@ -66,7 +66,7 @@ class VoicePipeline:
         session: Session,
         conversation: Conversation,
         asr: ASRService,
-        vad: SileroModel,
+        vad: VadBatcher,
         endpointer: EndpointerSettings,
         metrics: Metrics,
         *,
@@ -183,7 +183,13 @@ class VoicePipeline:
     async def _transcribe_loop(self) -> None:
         while True:
             utterance = await self._utterances.get()
-            await self._transcribe(utterance)
+            try:
+                await self._transcribe(utterance)
+            except Exception:  # a bug with one utterance must not deafen the session
+                logger.exception("[%s] %s: transcription failed", self.session.id, utterance.id)
+                self.conversation.report_error(
+                    "internal", "this utterance could not be transcribed", retryable=True
+                )
 
     async def _transcribe(self, utterance: Utterance) -> None:
         early = utterance.early

@@ -19,12 +19,12 @@ from gateway.cors import websocket_origin_allowed
 from gateway.state import CONFIG, new_conversation
 from signalling import protocol
 from signalling.registry import new_session_id
+from signalling.tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_S = 20.0
 OUTBOX_LIMIT = 256
-CLOSE_TIMEOUT_S = 5.0
 
 
 class WebSocketSink:
@@ -35,7 +35,7 @@ class WebSocketSink:
         self.dropped_events = 0
         self._ws = ws
         self._outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_LIMIT)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner(self.id)
 
     def send(self, event: protocol.Event) -> None:
         try:
@@ -45,22 +45,16 @@ class WebSocketSink:
             logger.warning("[%s] client not reading: dropped a %s event", self.id, event["type"])
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self.tasks.spawn(coro, name)
 
     async def write(self) -> None:
-        while True:
-            text = await self._outbox.get()
-            await self._ws.send_str(text)
-
-    async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        try:
+            while True:
+                text = await self._outbox.get()
+                await self._ws.send_str(text)
+        except (ConnectionError, RuntimeError) as exc:  # the client went away mid-send
+            logger.info("[%s] cannot send: %s", self.id, exc)
+            await self._ws.close()  # ends the read loop, which ends the conversation
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -96,6 +90,6 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 )
     finally:
         conversation.cancel_reply("client")
-        await sink.close()
+        await sink.tasks.cancel_all()
         logger.info("[%s] websocket closed", sink.id)
     return ws

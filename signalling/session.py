@@ -19,6 +19,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 
 from signalling.lifecycle import SessionLimits, expiry
 from signalling.protocol import Event, encode
+from signalling.tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 OUTBOX_LIMIT = 64
 # Beyond this many bytes queued in SCTP for a slow client, events are dropped, not queued.
 MAX_BUFFERED_BYTES = 1024 * 1024
-TASK_CANCEL_TIMEOUT_S = 5.0
 PC_CLOSE_TIMEOUT_S = 5.0
 
 
@@ -55,7 +55,7 @@ class Session:
         self.on_closed: list[Callable[[Session], None]] = []  # called once, in order
         self._channel: RTCDataChannel | None = None
         self._outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = TaskOwner(session_id)
         self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -74,15 +74,7 @@ class Session:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a task this session owns: it is cancelled and awaited when the session ends."""
-        task = asyncio.get_running_loop().create_task(coro, name=f"{self.id}:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            logger.error("[%s] task %s failed", self.id, task.get_name(), exc_info=exc)
+        return self.tasks.spawn(coro, name)
 
     # --- events ---
 
@@ -160,14 +152,8 @@ class Session:
     async def _close(self, reason: str) -> None:
         self.close_reason = reason
         logger.info("[%s] closing: %s", self.id, reason)
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_S)
-            for task in pending:
-                logger.error("[%s] task %s ignored cancellation", self.id, task.get_name())
+        self.on_message = lambda data: None  # nothing a client sends now starts new work
+        await self.tasks.cancel_all()
         try:
             await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
         except Exception:  # aiortc can raise from close() after a mangled negotiation

@@ -87,7 +87,7 @@ async def test_delete_ends_the_session(gateway: GatewayFactory) -> None:
     assert response.status == 204
     assert len(registry) == 0
     assert session.pc.connectionState == "closed"
-    assert not session._tasks
+    assert len(session.tasks) == 0
     again = await client.delete(f"/sessions/{session_id}")
     assert again.status == 404
     assert (await again.json())["error"]["code"] == "not_found"
@@ -108,7 +108,7 @@ async def test_peer_disconnect_ends_the_session(gateway: GatewayFactory) -> None
 
     assert len(registry) == 0
     assert session.pc.connectionState == "closed"
-    assert not session._tasks
+    assert len(session.tasks) == 0
 
 
 async def test_session_limit_gives_503(gateway: GatewayFactory) -> None:

@@ -37,25 +37,30 @@ class ASRService:
 
     @property
     def pending(self) -> int:
+        """Calls queued or running in the worker: a call whose caller gave up (a discarded
+        early ASR, a timeout) still holds the worker until Whisper returns, so it counts."""
         return self._pending
 
     async def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         if self._pending >= self._max_pending:
             raise ASRBusyError(f"speech recogniser busy: {self._pending} utterances waiting")
-        self._pending += 1
         loop = asyncio.get_running_loop()
+        work = self._executor.submit(self.engine.transcribe, audio, language)
+        self._pending += 1
+        # Counted down when the worker is done, not when this coroutine stops waiting.
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
         try:
-            future = loop.run_in_executor(self._executor, self.engine.transcribe, audio, language)
-            return await asyncio.wait_for(future, self._timeout_s)
+            return await asyncio.wait_for(asyncio.wrap_future(work, loop=loop), self._timeout_s)
         except TimeoutError as exc:
-            raise ASRError(f"transcription took longer than {self._timeout_s:.0f} s") from exc
+            raise ASRError(f"transcription took longer than {self._timeout_s:g} s") from exc
         except ASRError:
             raise
         except Exception as exc:
             logger.exception("ASR engine %s failed", self.engine.name)
             raise ASRError(f"transcription failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self._pending -= 1
+
+    def _finished(self) -> None:
+        self._pending -= 1
 
     async def close(self) -> None:
         # A running Whisper call cannot be interrupted; waiting for it happens off the loop.
