@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -32,19 +33,18 @@ from gateway.state import (
     OFFER_LIMITER,
     SESSIONS,
     VAD,
+    WEBSOCKETS,
 )
+from gateway.ws import close_websockets
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
 from media.vad import SileroModel, VadBatcher
 from signalling.ice import IcePolicy, check_policy
+from signalling.offer import MAX_BODY_BYTES
 from signalling.registry import SessionRegistry
 
 logger = logging.getLogger(__name__)
-
-
-# The offer is the largest body we accept; 64 KiB of SDP plus its JSON envelope.
-MAX_BODY_BYTES = 80 * 1024
 
 
 def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Application:
@@ -56,12 +56,15 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     if not config.tls:
         middlewares.insert(0, loopback_host_middleware)
     app = web.Application(
-        middlewares=[*middlewares, error_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[*middlewares, error_middleware],
+        client_max_size=MAX_BODY_BYTES,  # the offer is the largest body
     )
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
     app[OFFER_LIMITER] = RateLimiter(rate_per_minute=config.offer_rate, burst=config.offer_rate)
     app[CLIENT_SESSIONS] = ConcurrencyLimiter(config.sessions_per_client)
+    app[WEBSOCKETS] = weakref.WeakSet()
+    app.on_shutdown.append(close_websockets)
     app[ICE_POLICY] = policy = IcePolicy(config.ice_addresses, config.udp_ports)
     if policy.active:
         addresses = check_policy(policy)  # ConfigError for an unknown interface or address

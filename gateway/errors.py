@@ -1,6 +1,6 @@
 """The gateway's one error tree.
 
-Lower layers (``signalling``, ``media``, ``certs``) raise these; ``gateway.routes`` maps
+Lower layers (``signalling``, ``media``, ``certs``) raise these; ``gateway.middleware`` maps
 them to HTTP statuses and the session loop maps them to ``error`` events. Third-party
 exceptions are converted at the boundary with ``raise ... from exc``::
 

@@ -55,13 +55,28 @@ def content_security_policy(host: str, secure: bool) -> str:
     )
 
 
+def host_name(host: str) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower case:
+    ``[::1]:8001`` → ``::1``, ``Example.LAN:8001`` → ``example.lan``."""
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        name = host.rsplit(":", 1)[0]
+    else:
+        name = host  # a bare name, or a bare IPv6 literal
+    return name.lower().rstrip(".")
+
+
+def _is_localhost(name: str) -> bool:
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def _hsts_applies(host: str) -> bool:
     # Browsers remember HSTS per host name for every port: on ``localhost`` it would force
     # HTTPS onto the user's other local servers (a Nuxt dev server on :3000). IP literals
     # are ignored by browsers anyway (RFC 6797 section 8.1).
-    name = host if host.endswith("]") else host.rsplit(":", 1)[0]
-    name = name.lower().rstrip(".")
-    return bool(name) and name != "localhost" and not name.endswith(".localhost")
+    name = host_name(host)
+    return bool(name) and not _is_localhost(name)
 
 
 def apply_security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -91,9 +106,8 @@ async def security_headers_middleware(request: web.Request, handler: Handler) ->
 
 
 def _is_local_name(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-    name = name.strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
+    name = host_name(host)
+    if _is_localhost(name):
         return True
     try:
         ipaddress.ip_address(name)

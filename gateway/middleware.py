@@ -1,7 +1,8 @@
 """Turns every failure into the JSON error shape of the contract; never a traceback.
 
 ``{"error": {"code": "...", "message": "..."}}`` with the status that fits. HTTP statuses
-live here and in ``gateway.routes`` only.
+belong to ``gateway`` alone: lower layers raise the error tree of ``gateway.errors``, and
+this maps it; a few gateway modules answer directly (429, 403, 415).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import logging
 import time
@@ -114,7 +115,9 @@ async def end_session(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@functools.cache
 def _web_file(name: str) -> bytes:
+    # Read once: a few small files, and no disk access on the event loop after the first.
     return importlib.resources.files("gateway").joinpath("web", name).read_bytes()
 
 

@@ -9,6 +9,7 @@ import time
 from aiohttp import web
 
 from gateway import state as keys
+from gateway.errors import OfferError
 from gateway.state import new_conversation
 from gateway.voice import VoicePipeline
 from media.endpointer import EndpointerSettings
@@ -46,6 +47,8 @@ async def open_session(app: web.Application, offer: Offer) -> tuple[Session, str
         except BaseException:  # a bad offer, a timeout, or the client going away
             await asyncio.shield(session.close("negotiation-failed"))
             raise
+        if session.state is SessionState.CLOSED:  # ended while negotiating
+            raise OfferError("the session ended before it was answered")
         registry.add(session)
         session.on_closed.append(lambda s: _closed(app, s))
     metrics.sessions_started.labels("webrtc").inc()

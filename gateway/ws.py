@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.auth import WS_SUBPROTOCOL
+from gateway.config import Config
 from gateway.cors import websocket_origin_allowed
-from gateway.state import CONFIG, new_conversation
+from gateway.middleware import SESSION_RETRY_AFTER_S
+from gateway.ratelimit import client_key, rate_limited
+from gateway.state import CLIENT_SESSIONS, CONFIG, METRICS, WEBSOCKETS, new_conversation
 from signalling import protocol
 from signalling.registry import new_session_id
 from signalling.tasks import TaskOwner
@@ -57,13 +61,31 @@ class WebSocketSink:
             await self._ws.close()  # ends the read loop, which ends the conversation
 
 
-async def websocket(request: web.Request) -> web.WebSocketResponse:
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    config = app[CONFIG]
     # A browser sends Origin; a page on a foreign site must not ride on the user's
     # network position or credentials (cross-site WebSocket hijacking).
-    if not websocket_origin_allowed(request, request.app[CONFIG].cors_origins):
+    if not websocket_origin_allowed(request, config.cors_origins):
         raise web.HTTPForbidden(reason="WebSocket from an origin that is not allowed")
+    # A text session costs Ollama time like a WebRTC one: the same per-address cap.
+    client = client_key(request.remote)
+    limiter = app[CLIENT_SESSIONS]
+    if not limiter.acquire(client):
+        return rate_limited(
+            SESSION_RETRY_AFTER_S, "too many sessions from your address; end one first"
+        )
+    try:
+        return await _serve(request, config)
+    finally:
+        limiter.release(client)
+
+
+async def _serve(request: web.Request, config: Config) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         heartbeat=HEARTBEAT_S,
+        # The idle limit: no message for this long ends the socket.
+        receive_timeout=config.idle_timeout_s,
         # Bigger than a valid message, so an oversized one gets a readable error event;
         # beyond this aiohttp closes the socket with 1009 (message too big).
         max_msg_size=4 * protocol.MAX_MESSAGE_BYTES,
@@ -75,21 +97,48 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         protocols=(WS_SUBPROTOCOL,),
     )
     await ws.prepare(request)
+    app = request.app
+    sockets = app[WEBSOCKETS]
+    sockets.add(ws)
+    metrics = app[METRICS]
+    metrics.sessions_started.labels("ws").inc()
+    metrics.sessions_active.inc()
     sink = WebSocketSink(ws)
-    conversation = new_conversation(request.app, sink, {})
+    conversation = new_conversation(app, sink, {})
     sink.spawn(sink.write(), "writer")
     logger.info("[%s] websocket from %s", sink.id, request.remote)
     conversation.send_ready()
+    reason = "closed"
     try:
-        async for message in ws:
-            if message.type is WSMsgType.TEXT:
-                conversation.on_message(message.data, plain_text=True)
-            elif message.type is WSMsgType.BINARY:
-                conversation.report_error(
-                    "not_supported", "binary audio frames are not supported yet"
-                )
+        async with asyncio.timeout(config.max_session_s):
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    conversation.on_message(message.data, plain_text=True)
+                elif message.type is WSMsgType.BINARY:
+                    conversation.report_error(
+                        "not_supported", "binary audio frames are not supported yet"
+                    )
+    except TimeoutError:
+        # receive_timeout (idle) or the session's maximum duration
+        reason = "timeout"
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"session time limit")
+    except asyncio.CancelledError:
+        reason = "disconnected"  # aiohttp cancels the handler when the connection drops
+        raise
     finally:
+        # Bookkeeping first, without awaiting: a second cancellation must not skip it.
+        sockets.discard(ws)
         conversation.cancel_reply("client")
+        metrics.sessions_active.dec()
+        metrics.sessions_ended.labels(reason).inc()
+        logger.info("[%s] websocket ended (%s)", sink.id, reason)
         await sink.tasks.cancel_all()
-        logger.info("[%s] websocket closed", sink.id)
     return ws
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown: tell every client the server is going away, instead of letting the
+    shutdown wait for them."""
+    sockets: weakref.WeakSet[web.WebSocketResponse] = app[WEBSOCKETS]
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")

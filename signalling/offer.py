@@ -50,9 +50,9 @@ MAX_SDP_LINES = 1000
 MAX_MEDIA_SECTIONS = 8
 """Most ``m=`` sections accepted."""
 
-MAX_BODY_BYTES = 4 * MAX_SDP_BYTES
-"""Largest JSON body accepted: room for a maximal SDP with every CRLF escaped, plus the
-session overrides. The HTTP layer should apply the same limit (and answer 413)."""
+MAX_BODY_BYTES = MAX_SDP_BYTES + 16 * 1024
+"""Largest JSON body accepted: a maximal SDP, its escaped line ends and the session
+overrides. ``gateway.app`` gives aiohttp the same limit, which answers 413 beyond it."""
 
 MAX_SYSTEM_PROMPT_CHARS = 8000
 MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use

@@ -64,7 +64,7 @@ async def test_backlog_beyond_the_limit_is_refused_at_once() -> None:
 async def test_a_slow_call_times_out_with_a_readable_error() -> None:
     engine = GatedEngine()
     service = ASRService(engine, timeout_s=0.1)
-    with pytest.raises(ASRError, match="longer than 0.1 s"):
+    with pytest.raises(ASRError, match=r"longer than 0\.1 s"):
         await service.transcribe(AUDIO, None)
     engine.release.set()
     await service.close()

@@ -237,14 +237,20 @@ async def test_ollama_model_present() -> None:
 
 
 async def test_ollama_answering_beyond_loopback_warns() -> None:
-    # Stand-in for "this machine's other address": the server answers there too.
+    # Stand-in for "this machine's other address": a listening socket on 127.0.0.2 at the
+    # same port, never accepted (the kernel completes the probe's handshake), so the probe
+    # leaves no half-accepted connection in the fake server at shutdown.
     async with fake_ollama() as (_state, url):
-        config = replace(BASE, ollama_host=url)
-        checks = await asyncio.to_thread(
-            check_ollama, config, addresses=lambda: ["127.0.0.1"], probe_timeout_s=2.0
-        )
+        port = ollama_port(url)
+        with socket.socket() as other:
+            other.bind(("127.0.0.2", port))
+            other.listen()
+            config = replace(BASE, ollama_host=url)
+            checks = await asyncio.to_thread(
+                check_ollama, config, addresses=lambda: ["127.0.0.2"], probe_timeout_s=2.0
+            )
     assert statuses(checks) == ["ok", "warn"]
-    assert checks[1].detail == f"Ollama also answers on 127.0.0.1:{ollama_port(url)}"
+    assert checks[1].detail == f"Ollama also answers on 127.0.0.2:{port}"
     assert "set OLLAMA_HOST=127.0.0.1" in checks[1].fix
 
 

@@ -165,3 +165,35 @@ def test_well_formed_hosts_are_named(host: str) -> None:
         "'self'",
         f"wss://{host}",
     ]
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("[::1]:8001", "::1"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("127.0.0.1:8001", "127.0.0.1"),
+        ("Example.LAN.:8001", "example.lan"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_host_name(host: str, name: str) -> None:
+    from gateway.headers import host_name
+
+    assert host_name(host) == name
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("[::1]:8001", True),
+        ("127.0.0.1:8001", True),
+        ("app.localhost:3000", True),
+        ("evil.example:8001", False),
+    ],
+)
+def test_local_names_without_tls(host: str, local: bool) -> None:
+    from gateway.headers import _is_local_name
+
+    assert _is_local_name(host) is local

@@ -45,6 +45,8 @@ async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> 
     assert timings["endpoint_to_final_ms"] == pytest.approx(
         timings["asr_ms"] - timings["asr_head_start_ms"], abs=5
     )
+    metrics = await (await client.get("/metrics")).text()
+    assert 'gateway_early_asr_total{outcome="used"} 1.0' in metrics
     await peer.close()
 
 
@@ -73,6 +75,11 @@ async def test_silence_and_noise_give_no_transcript(gateway: GatewayFactory) -> 
     events = await peer.collect(4.5)
 
     assert [e for e in events if e["type"] == "transcript.final"] == []
+    metrics = await (await client.get("/metrics")).text()
+    received = next(
+        line for line in metrics.splitlines() if line.startswith("gateway_audio_frames_received")
+    )
+    assert float(received.split()[-1]) > 150  # the audio did arrive: 4.5 s is 225 frames
     await peer.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ssl
 from collections.abc import Sequence
@@ -177,12 +178,17 @@ async def test_metrics_count_sessions_and_turns(gateway: GatewayFactory, ollama:
     await client.delete(f"/sessions/{session_id}")
     await peer.close()
 
-    response = await client.get("/metrics")
-    text = await response.text()
+    for _ in range(50):  # the socket's handler finishes just after the client has gone
+        response = await client.get("/metrics")
+        text = await response.text()
+        if "gateway_sessions_active 0.0" in text:
+            break
+        await asyncio.sleep(0.05)
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/plain")
     assert 'gateway_sessions_started_total{transport="webrtc"} 1.0' in text
     assert 'gateway_sessions_ended_total{reason="deleted"} 1.0' in text
+    assert 'gateway_sessions_started_total{transport="ws"} 1.0' in text
     assert "gateway_sessions_active 0.0" in text
     assert 'gateway_replies_total{outcome="done"} 1.0' in text
     assert "gateway_llm_first_token_seconds_count 1.0" in text
