@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.auth import setup_auth
-from gateway.config import Config
+from gateway.config import Config, is_loopback, ollama_hostname
 from gateway.cors import cors_middleware
+from gateway.exposure import exposed_on, local_addresses, ollama_port
 from gateway.headers import loopback_host_middleware, security_headers_middleware
 from gateway.llm import LLMSettings, OllamaChat
 from gateway.metrics import Metrics, loop_lag_context
@@ -123,11 +124,22 @@ def llm_settings(config: Config) -> LLMSettings:
 async def _llm(app: web.Application) -> AsyncIterator[None]:
     app[LLM] = llm = OllamaChat(llm_settings(app[CONFIG]))
     # Transcripts work without a language model, so a missing Ollama is a warning.
+    config = app[CONFIG]
     status = await llm.check()
     if status.ok:
         logger.info("LLM ready: %s", status.message)
     else:
         logger.warning("LLM not ready (transcripts still work): %s", status.message)
+    if is_loopback(ollama_hostname(config.ollama_host)):
+        port = ollama_port(config.ollama_host)
+        addresses = await asyncio.to_thread(local_addresses)
+        exposed = await exposed_on(addresses, port)
+        if exposed:
+            logger.warning(
+                "Ollama also answers on %s and has no authentication: set "
+                "OLLAMA_HOST=127.0.0.1 for `ollama serve` and restart it",
+                ", ".join(f"{a}:{port}" for a in exposed),
+            )
     yield
     await llm.close()
 

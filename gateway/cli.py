@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -24,6 +25,12 @@ from gateway.errors import CertificateError, ConfigError, GatewayError
 from gateway.logs import configure_logging
 
 logger = logging.getLogger("gateway")
+
+# An idle keep-alive connection is closed after this; browsers reconnect cheaply.
+KEEPALIVE_TIMEOUT_S = 30.0
+# The request line and each header at most 8 KiB, at most 64 headers: far above what a
+# browser sends, and small enough that nobody makes the gateway parse megabytes of them.
+HEADER_LIMITS: dict[str, Any] = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 64}
 
 USAGE = """\
 usage: local-ai-gateway serve [flags]    run the gateway (flags: serve --help)
@@ -120,6 +127,8 @@ def serve(config: Config) -> int:
             ssl_context=ssl_context,
             print=None,
             access_log_class=GatewayAccessLogger,  # never logs query strings (tickets)
+            keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+            **HEADER_LIMITS,
         )
     except GatewayError as exc:  # e.g. the ASR model cannot be loaded
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from certs.authority import (
 from gateway.app import llm_settings
 from gateway.config import Config, is_loopback, load_config, ollama_hostname
 from gateway.errors import CertificateError, ConfigError, ModelLoadError
+from gateway.exposure import exposed_on, local_addresses, ollama_port
 from gateway.llm import OllamaChat
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
@@ -92,7 +92,6 @@ MIN_PYTHON = (3, 10)
 # A first run downloads a named model; beyond this the doctor reports it rather than hang.
 ASR_LOAD_TIMEOUT_S = 600.0
 OLLAMA_PROBE_TIMEOUT_S = 0.5  # a local address answers at once or not at all
-OLLAMA_DEFAULT_PORT = 11434
 SUBPROCESS_TIMEOUT_S = 3.0
 GPU_FIX = "install the CUDA build of torch: see README GPUs"
 OUR_RULE = "Local AI Gateway"
@@ -298,50 +297,6 @@ def check_vad(config: Config, *, locate: Callable[[], Path] = silero_model_path)
 # --- Ollama ------------------------------------------------------------------------------
 
 
-def local_addresses() -> list[str]:
-    """This machine's addresses other than loopback and IPv6 link-local (which need a
-    scope to be reached)."""
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            try:
-                address = ipaddress.ip_address(text)
-            except ValueError:
-                continue
-            if address.is_loopback or (address.version == 6 and address.is_link_local):
-                continue
-            found.append(text)
-    return list(dict.fromkeys(found))
-
-
-def ollama_port(url: str) -> int:
-    """The port the ``ollama`` client connects to for ``url`` (it defaults a bare host to
-    11434, and a scheme without a port to that scheme's port)."""
-    has_scheme = "://" in url
-    try:
-        parts = urllib.parse.urlsplit(url if has_scheme else f"http://{url}")
-        port = parts.port
-    except ValueError:
-        return OLLAMA_DEFAULT_PORT
-    if port is not None:
-        return port
-    if not has_scheme:
-        return OLLAMA_DEFAULT_PORT
-    return 443 if parts.scheme == "https" else 80
-
-
-async def _answers(address: str, port: int, timeout_s: float) -> bool:
-    try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout_s)
-    except (TimeoutError, OSError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await asyncio.wait_for(writer.wait_closed(), timeout_s)
-    return True
-
-
 async def _ollama_checks(
     config: Config, addresses: Sequence[str], probe_timeout_s: float
 ) -> list[Check]:
@@ -378,8 +333,7 @@ async def _ollama_checks(
 
     if is_loopback(ollama_hostname(config.ollama_host)) and addresses:
         port = ollama_port(config.ollama_host)
-        answered = await asyncio.gather(*(_answers(a, port, probe_timeout_s) for a in addresses))
-        exposed = [a for a, yes in zip(addresses, answered, strict=True) if yes]
+        exposed = await exposed_on(addresses, port, probe_timeout_s)
         if exposed:
             where = ", ".join(f"{a}:{port}" for a in exposed)
             checks.append(

@@ -35,11 +35,10 @@ from gateway.doctor import (
     check_udp,
     check_vad,
     doctor_command,
-    local_addresses,
-    ollama_port,
     run_doctor,
 )
 from gateway.errors import ModelLoadError
+from gateway.exposure import local_addresses, ollama_port
 from media.asr.base import ASREngine, Float32Array, Transcription
 from tests.ollama_server import fake_ollama
 
