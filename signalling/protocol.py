@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.errors import ProtocolError
+from gateway.errors import OfferError, ProtocolError
+from signalling.offer import parse_session
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024
 MAX_TEXT_CHARS = 4000
-MAX_SYSTEM_PROMPT_CHARS = 4000
-MAX_LANGUAGE_CHARS = 16
 
 Event = dict[str, Any]
 
@@ -154,17 +153,18 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
             _check_unicode(ident, "id")
         return Ping(ident)
     if kind == "session.update":
-        unknown = set(obj) - {"type", "system_prompt", "language", "tts"}
-        if unknown:
-            names = ", ".join(repr(name[:40]) for name in sorted(unknown)[:10])
-            raise ProtocolError(f"session.update has unknown fields: {names}")
-        tts = obj.get("tts")
-        if tts is not None and not isinstance(tts, bool):
-            raise ProtocolError('"tts" must be true or false')
+        # The same rules as the "session" overrides of an offer: one validator for both.
+        # null leaves a setting as it is.
+        fields = {k: v for k, v in obj.items() if k != "type" and v is not None}
+        try:
+            checked = parse_session(fields)
+        except OfferError as exc:
+            raise ProtocolError(str(exc).replace('"session', '"session.update', 1)) from None
+        language, prompt, tts = (checked.get(k) for k in ("language", "system_prompt", "tts"))
         return SessionUpdate(
-            system_prompt=_text(obj, "system_prompt", MAX_SYSTEM_PROMPT_CHARS),
-            language=_text(obj, "language", MAX_LANGUAGE_CHARS),
-            tts=tts,
+            system_prompt=prompt if isinstance(prompt, str) else None,
+            language=language if isinstance(language, str) else None,
+            tts=tts if isinstance(tts, bool) else None,
         )
     if not isinstance(kind, str):
         raise ProtocolError('message has no "type" string')

@@ -126,24 +126,28 @@ def test_a_message_of_exactly_the_limit_is_accepted() -> None:
         ('{"type": "ping", "id": {}}', '"id" of ping must be a string or an integer'),
         (dumps({"type": "ping", "id": "x" * 129}), '"id" of ping is longer than 128 characters'),
         ('{"type": "ping", "id": "\\udc00"}', '"id" holds a lone surrogate'),
-        ('{"type": "session.update", "tts": "yes"}', '"tts" must be true or false'),
-        ('{"type": "session.update", "tts": 1}', '"tts" must be true or false'),
-        ('{"type": "session.update", "language": 5}', '"language" must be a non-empty string'),
+        ('{"type": "session.update", "tts": "yes"}', '"session.update.tts" must be true or false'),
+        ('{"type": "session.update", "tts": 1}', '"session.update.tts" must be true or false'),
+        ('{"type": "session.update", "language": 5}', '"session.update.language" must be a string'),
         (
-            dumps({"type": "session.update", "language": "x" * 17}),
-            '"language" is longer than 16 characters',
+            dumps({"type": "session.update", "language": "x" * 36}),
+            '"session.update.language" is too long: 36 characters, limit 35',
         ),
         (
-            dumps({"type": "session.update", "system_prompt": "x" * 4001}),
-            '"system_prompt" is longer than 4000 characters',
+            dumps({"type": "session.update", "language": "en us"}),
+            '"session.update.language" is not a language code',
+        ),
+        (
+            dumps({"type": "session.update", "system_prompt": "x" * 8001}),
+            '"session.update.system_prompt" is too long: 8001 characters, limit 8000',
         ),
         (
             '{"type": "session.update", "voice": "x", "speed": 2}',
-            "session.update has unknown fields: 'speed', 'voice'",
+            '"session.update" has unknown keys "speed", "voice"',
         ),
         (
             '{"type": "session.update", "\\ud800": 1}',
-            "session.update has unknown fields: '\\ud800'",
+            '"session.update" has unknown key',
         ),
     ],
 )
