@@ -48,7 +48,8 @@ from bench.common import (
 from bench.transcript import bounded, received_at
 from gateway.app import build_app
 from gateway.config import Config
-from media.asr.base import Float32Array, Transcription
+from media import Float32Array
+from media.asr.base import Transcription
 from tests.loopback import LoopbackClient
 from tests.ollama_server import fake_ollama
 

@@ -50,7 +50,8 @@ from bench.common import (
 )
 from gateway.app import build_app
 from gateway.config import ASR_ENGINES, AsrEngineName, Config
-from media.asr.base import ASREngine, Float32Array
+from media import Float32Array
+from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.filters import clean_transcript
 from scripts.make_test_speech import (

@@ -53,6 +53,7 @@ class ConversationSettings:
     history_turns: int = 10
     language: str | None = None
     asr: dict[str, str] = field(default_factory=dict)  # engine and model, for session.ready
+    tts_requested: bool = False
 
 
 @dataclass
@@ -101,6 +102,11 @@ class Conversation:
                 tts_enabled=False,
             )
         )
+        if self._settings.tts_requested:  # asked for in the offer's "session" overrides
+            self._tts_unavailable()
+
+    def _tts_unavailable(self) -> None:
+        self.report_error("not_supported", "spoken replies (tts) are not available yet")
 
     def on_message(self, data: str | bytes, *, plain_text: bool = False) -> None:
         """A client message from the data channel or (``plain_text``) a WebSocket."""
@@ -132,7 +138,7 @@ class Conversation:
             self.history.clear()
         elif isinstance(message, protocol.SessionUpdate):
             if message.tts:
-                self.report_error("not_supported", "spoken replies (tts) are not available yet")
+                self._tts_unavailable()
             if message.system_prompt is not None:
                 self.system_prompt = message.system_prompt
             if message.language is not None:

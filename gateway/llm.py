@@ -63,6 +63,8 @@ class OllamaChat:
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
         self.available: bool | None = None  # last known; None before any contact
+        self._status: tuple[float, LLMStatus] | None = None
+        self._status_lock = asyncio.Lock()
         self._client = ollama.AsyncClient(
             host=settings.host,
             # Our own timers bound the first token and the whole answer; httpx bounds
@@ -77,6 +79,15 @@ class OllamaChat:
 
     async def close(self) -> None:
         await self._client.close()  # type: ignore[no-untyped-call]
+
+    async def recent_status(self, max_age_s: float = 2.0) -> LLMStatus:
+        """``check()``, at most once per ``max_age_s`` however often it is asked (``/ready``
+        is open to anyone who can reach the port: it must not drive Ollama)."""
+        async with self._status_lock:
+            now = asyncio.get_running_loop().time()
+            if self._status is None or now - self._status[0] > max_age_s:
+                self._status = (now, await self.check())
+            return self._status[1]
 
     async def check(self) -> LLMStatus:
         """Is Ollama reachable, and is the model pulled?"""

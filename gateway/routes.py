@@ -42,7 +42,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the ASR model is loaded and Ollama answers with the model present."""
     engine = request.app[keys.ASR].engine
-    status = await request.app[keys.LLM].check()
+    status = await request.app[keys.LLM].recent_status()
     checks = {
         "asr": {
             "ok": True,  # the app does not serve at all until the model is loaded

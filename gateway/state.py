@@ -48,5 +48,6 @@ def new_conversation(
             history_turns=config.history_turns,
             language=language if isinstance(language, str) else None,
             asr={"engine": engine.name, "model": engine.model},
+            tts_requested=overrides.get("tts") is True,
         ),
     )

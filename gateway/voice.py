@@ -27,7 +27,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from gateway.conversation import Conversation
 from gateway.errors import ASRError
 from gateway.metrics import Metrics
-from media.asr.base import Float32Array, Transcription
+from media import Float32Array
+from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
 from media.asr.service import ASRBusyError, ASRService
 from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechPaused, SpeechStarted

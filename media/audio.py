@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import av
 import numpy as np
-import numpy.typing as npt
 
+from media import Float32Array
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
 
-Float32Array = npt.NDArray[np.float32]
 _SQRT_HALF = 0.7071067811865476
 
 

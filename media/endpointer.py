@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
 
-Float32Array = npt.NDArray[np.float32]
+from media import Float32Array
+
 EndReason = Literal["silence", "max_length", "flush"]
 
 

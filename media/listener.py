@@ -13,7 +13,8 @@ from collections.abc import Callable
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.audio import Chunker, Float32Array, MonoResampler
+from media import Float32Array
+from media.audio import Chunker, MonoResampler
 from media.endpointer import Endpointer, EndpointerEvent, EndpointerSettings
 from media.vad import VadBatcher
 

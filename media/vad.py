@@ -20,12 +20,11 @@ import numpy.typing as npt
 import onnxruntime
 
 from gateway.errors import ModelLoadError
+from media import Float32Array
 
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 512  # 32 ms: the only size Silero accepts at 16 kHz
 _CONTEXT_SAMPLES = 64
-
-Float32Array = npt.NDArray[np.float32]
 
 
 def silero_model_path() -> Path:

@@ -15,11 +15,11 @@ from typing import Any
 
 import av
 import numpy as np
-import numpy.typing as npt
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-Float32Array = npt.NDArray[np.float32]
+from media import Float32Array
+
 DATA = Path(__file__).parent / "data"
 RATE = 48_000
 FRAME = 960  # 20 ms, what browsers send

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from gateway.errors import ASRError
-from media.asr.base import Float32Array, Segment, Transcription
+from media import Float32Array
+from media.asr.base import Segment, Transcription
 from media.asr.service import ASRBusyError, ASRService
 
 

@@ -7,7 +7,8 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from media.audio import Chunker, Float32Array, MonoResampler
+from media import Float32Array
+from media.audio import Chunker, MonoResampler
 
 RATE_IN = 48_000
 FRAME = 960  # 20 ms, as aiortc decodes Opus

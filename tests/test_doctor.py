@@ -39,7 +39,8 @@ from gateway.doctor import (
 )
 from gateway.errors import ModelLoadError
 from gateway.exposure import local_addresses, ollama_port
-from media.asr.base import ASREngine, Float32Array, Transcription
+from media import Float32Array
+from media.asr.base import ASREngine, Transcription
 from tests.ollama_server import fake_ollama
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

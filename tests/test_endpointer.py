@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from media import Float32Array
 from media.endpointer import (
     Endpointer,
     EndpointerEvent,
     EndpointerSettings,
-    Float32Array,
     SpeechEnded,
     SpeechPaused,
     SpeechStarted,

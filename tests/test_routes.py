@@ -147,6 +147,10 @@ async def test_ready_reports_each_check(gateway: GatewayFactory, ollama: Ollama)
     assert body["checks"]["llm"]["model_present"] is True
 
     state.models = ["mistral:latest"]
+    calls = state.calls["GET /api/tags"]
+    assert (await client.get("/ready")).status == 200  # cached: Ollama is not asked again
+    assert state.calls["GET /api/tags"] == calls
+    await asyncio.sleep(2.1)
     missing = await client.get("/ready")
     assert missing.status == 503
     llm = (await missing.json())["checks"]["llm"]

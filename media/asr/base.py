@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
-Float32Array = npt.NDArray[np.float32]
+from media import Float32Array
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ModelLoadError
+from media import Float32Array
 from media.asr.base import (
     ASREngine,
-    Float32Array,
     Segment,
     Transcription,
     default_language,

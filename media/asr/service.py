@@ -7,7 +7,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway.errors import ASRError
-from media.asr.base import ASREngine, Float32Array, Transcription
+from media import Float32Array
+from media.asr.base import ASREngine, Transcription
 
 logger = logging.getLogger(__name__)
 
