@@ -33,10 +33,9 @@ import numpy as np
 
 from bench.common import (
     Benchmark,
+    Recording,
     fmt,
-    machine_info,
     markdown_table,
-    now_iso,
     percentile,
     write_json,
 )
@@ -495,8 +494,7 @@ def run(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             print("--device cuda: torch sees no CUDA device (a CPU build, or no driver)")
             return 1
-    started_at, started = now_iso(), time.perf_counter()
-    machine_before = machine_info()
+    recording = Recording("asr")
 
     print("synthesising the Piper clips…", flush=True)
     clips = make_clips()
@@ -511,8 +509,7 @@ def run(args: argparse.Namespace) -> int:
     notes = [n for m in models for n in m["notes"]]
     summary = engine_summary(models)
 
-    machine = machine_info()
-    machine["load_average_before"] = machine_before["load_average"]
+    machine = recording.machine_after()
     if device == "cuda":
         import torch
 
@@ -521,10 +518,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(
         out_path,
         {
-            "benchmark": "asr",
-            "started_at": started_at,
-            "duration_s": round(time.perf_counter() - started, 1),
-            "machine": machine,
+            **recording.header(machine),
             "settings": {
                 "quick": args.quick,
                 "engines": engine_names,

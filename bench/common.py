@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+class Recording:
+    """A benchmark run's common record: when it started, how long it took, and the machine
+    before and after (the load average tells a reader whether other work shared the
+    cores)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started_at = now_iso()
+        self._started = time.perf_counter()
+        self._before = machine_info()
+
+    def machine_after(self) -> dict[str, Any]:
+        machine = machine_info()
+        machine["load_average_before"] = self._before["load_average"]
+        return machine
+
+    def header(self, machine: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "benchmark": self.name,
+            "started_at": self.started_at,
+            "duration_s": round(time.perf_counter() - self._started, 1),
+            "machine": machine,
+        }

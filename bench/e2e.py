@@ -34,30 +34,28 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from bench.common import (
     Benchmark,
+    Recording,
     fmt,
-    machine_info,
     markdown_table,
     mean,
-    now_iso,
     percentile,
     write_json,
 )
 from bench.transcript import (
     CONNECT_TIMEOUT_S,
     POLL_S,
-    SENTENCES,
     WARMUP_TEXT,
     Sentence,
+    add_engine_arguments,
     bounded,
     connect,
     end_session,
-    engine_name,
-    make_sentences,
+    prepare_sentences,
     received_at,
-    silence_ms,
+    selected_engines,
 )
 from gateway.app import build_app
-from gateway.config import ASR_ENGINES, AsrEngineName, Config
+from gateway.config import AsrEngineName, Config
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from tests.loopback import LoopbackClient
@@ -365,12 +363,7 @@ def table(summaries: Sequence[dict[str, Any]], first_token_ms: int) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--engine",
-        choices=(*ASR_ENGINES, "both"),
-        default=Config().asr_engine,
-        help="ASR engine (default %(default)s, the gateway's own)",
-    )
+    add_engine_arguments(parser, Config().asr_engine)
     parser.add_argument(
         "--first-token-ms",
         type=int,
@@ -378,41 +371,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="the test Ollama's fixed time to first token (default %(default)s)",
     )
-    parser.add_argument(
-        "--vad-silence-ms",
-        type=silence_ms,
-        default=Config().vad_silence_ms,
-        metavar="MS",
-        help="the gateway's VAD silence hangover (default %(default)s, the gateway's own)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
-    engines: tuple[AsrEngineName, ...] = (
-        ASR_ENGINES if args.engine == "both" else (engine_name(args.engine),)
-    )
-    texts = SENTENCES[:QUICK_COUNT] if args.quick else SENTENCES
-    started_at, started = now_iso(), time.perf_counter()
-    machine_before = machine_info()
-
-    print(f"synthesising {len(texts)} sentences with Piper…", flush=True)
-    warmup, *sentences = make_sentences((WARMUP_TEXT, *texts))
+    engines = selected_engines(args.engine)
+    recording = Recording("e2e")
+    warmup, sentences = prepare_sentences(args.quick)
     runs = []
     for name in engines:
         print(f"{name}: {len(sentences)} turns over WebRTC to the test Ollama…", flush=True)
         runs.append(run_engine(name, warmup, sentences, args))
     summaries = [summarise(r) for r in runs]
 
-    machine = machine_info()
-    machine["load_average_before"] = machine_before["load_average"]
+    machine = recording.machine_after()
     out_path: Path = args.out / "e2e.json"
     write_json(
         out_path,
         {
-            "benchmark": "e2e",
-            "started_at": started_at,
-            "duration_s": round(time.perf_counter() - started, 1),
-            "machine": machine,
+            **recording.header(machine),
             "settings": {
                 "quick": args.quick,
                 "engines": list(engines),

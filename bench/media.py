@@ -81,10 +81,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     Benchmark,
+    Recording,
     fmt,
-    machine_info,
     markdown_table,
-    now_iso,
     write_json,
 )
 
@@ -1018,8 +1017,7 @@ def run(args: argparse.Namespace) -> int:
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    started_at, started = now_iso(), time.perf_counter()
-    machine_before = machine_info()
+    recording = Recording("media")
     ctx = multiprocessing.get_context("spawn")
     top = max(levels)
     server_life = SERVER_START_TIMEOUT_S + len(kinds) * sum(
@@ -1045,16 +1043,12 @@ def run(args: argparse.Namespace) -> int:
     rows.sort(key=lambda r: (r.streams, SERVERS.index(r.server)))
     summary = summarise(rows, cores)
 
-    machine = machine_info()
-    machine["load_average_before"] = machine_before["load_average"]
+    machine = recording.machine_after()
     out_path: Path = args.out / "media.json"
     write_json(
         out_path,
         {
-            "benchmark": "media",
-            "started_at": started_at,
-            "duration_s": round(time.perf_counter() - started, 1),
-            "machine": machine,
+            **recording.header(machine),
             "settings": {
                 "quick": args.quick,
                 "streams": list(levels),

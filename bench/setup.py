@@ -38,10 +38,9 @@ from aiortc.contrib.media import MediaBlackhole
 
 from bench.common import (
     Benchmark,
+    Recording,
     fmt,
-    machine_info,
     markdown_table,
-    now_iso,
     percentile,
     write_json,
 )
@@ -352,8 +351,7 @@ def run(args: argparse.Namespace) -> int:
     sessions: int = args.sessions or (QUICK_SESSIONS if args.quick else SESSIONS)
     rounds: int = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
     concurrent: int = max(args.concurrent, 1)
-    started_at, started = now_iso(), time.perf_counter()
-    machine_before = machine_info()
+    recording = Recording("setup")
     print(
         f"{sessions} sessions one at a time and {rounds} round(s) of {concurrent} at once, "
         "per server…",
@@ -363,16 +361,12 @@ def run(args: argparse.Namespace) -> int:
     summary = summarise(results)
     errors = [s for s in results if s.error]
 
-    machine = machine_info()
-    machine["load_average_before"] = machine_before["load_average"]
+    machine = recording.machine_after()
     out_path: Path = args.out / "setup.json"
     write_json(
         out_path,
         {
-            "benchmark": "setup",
-            "started_at": started_at,
-            "duration_s": round(time.perf_counter() - started, 1),
-            "machine": machine,
+            **recording.header(machine),
             "settings": {
                 "quick": args.quick,
                 "sessions": sessions,

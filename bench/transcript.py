@@ -40,11 +40,10 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from bench.common import (
     Benchmark,
+    Recording,
     fmt,
-    machine_info,
     markdown_table,
     mean,
-    now_iso,
     percentile,
     write_json,
 )
@@ -558,12 +557,13 @@ def _pct(value: float | None) -> float | None:
 # --- the subcommand ---
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_engine_arguments(parser: argparse.ArgumentParser, default_engine: str) -> None:
+    """``--engine`` and ``--vad-silence-ms``, shared by the benchmarks that stream speech."""
     parser.add_argument(
         "--engine",
         choices=(*ASR_ENGINES, "both"),
-        default="both",
-        help="which ASR engine to measure (default both)",
+        default=default_engine,
+        help="which ASR engine to measure (default %(default)s)",
     )
     parser.add_argument(
         "--vad-silence-ms",
@@ -574,16 +574,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    engines: tuple[AsrEngineName, ...] = (
-        ASR_ENGINES if args.engine == "both" else (engine_name(args.engine),)
-    )
-    texts = SENTENCES[:QUICK_COUNT] if args.quick else SENTENCES
-    started_at, started = now_iso(), time.perf_counter()
-    machine_before = machine_info()
+def selected_engines(choice: str) -> tuple[AsrEngineName, ...]:
+    return ASR_ENGINES if choice == "both" else (engine_name(choice),)
 
+
+def prepare_sentences(quick: bool) -> tuple[Sentence, list[Sentence]]:
+    """The warm-up sentence and the measured ones, synthesised."""
+    texts = SENTENCES[:QUICK_COUNT] if quick else SENTENCES
     print(f"synthesising {len(texts)} sentences with Piper…", flush=True)
     warmup, *sentences = make_sentences((WARMUP_TEXT, *texts))
+    return warmup, sentences
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_engine_arguments(parser, "both")
+
+
+def run(args: argparse.Namespace) -> int:
+    engines = selected_engines(args.engine)
+    recording = Recording("transcript")
+    warmup, sentences = prepare_sentences(args.quick)
     normalise = english_normaliser()
 
     runs, all_records, summaries = [], [], []
@@ -595,16 +605,12 @@ def run(args: argparse.Namespace) -> int:
         all_records += recs
         summaries.append(summarise(engine_run, recs))
 
-    machine = machine_info()
-    machine["load_average_before"] = machine_before["load_average"]
+    machine = recording.machine_after()
     out_path: Path = args.out / "transcript.json"
     write_json(
         out_path,
         {
-            "benchmark": "transcript",
-            "started_at": started_at,
-            "duration_s": round(time.perf_counter() - started, 1),
-            "machine": machine,
+            **recording.header(machine),
             "settings": {
                 "quick": args.quick,
                 "engines": list(engines),
