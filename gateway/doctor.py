@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import errno
 import importlib.metadata
-import ipaddress
 import os
 import queue
 import re
@@ -53,6 +52,7 @@ from gateway.llm import OllamaChat
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.vad import silero_model_path
+from signalling.ice import IcePolicy, resolve_addresses
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -518,27 +518,13 @@ def check_port(
     return [Check("port", "ok", f"TCP {host}:{port} is free")]
 
 
-def interface_addresses(name: str) -> list[str]:
-    """The addresses of the network interface called ``name`` (``wg0``), if any."""
-    found: list[str] = []
-    for adapter in ifaddr.get_adapters():
-        if name not in (adapter.name, adapter.nice_name):
-            continue
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            with contextlib.suppress(ValueError):
-                if not ipaddress.ip_address(text).is_link_local:
-                    found.append(text)
-    return found
-
-
 def resolve_ice_address(value: str) -> list[str]:
-    """An address as is; an interface name as its addresses; [] when it is neither."""
+    """The addresses the gateway itself will use for this ``--ice-address`` entry (the ICE
+    adapter's own rules); ``[]`` when it names nothing on this machine."""
     try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return interface_addresses(value)
-    return [value]
+        return resolve_addresses(IcePolicy((value,)))
+    except ConfigError:
+        return []
 
 
 def _sample_ports(lo: int, hi: int) -> list[int]:
