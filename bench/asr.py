@@ -40,13 +40,13 @@ from bench.common import (
     write_json,
 )
 from bench.transcript import Normaliser, english_normaliser, make_sentences, score
-from gateway.config import ASR_DEVICES, ASR_ENGINES
 from gateway.errors import ModelLoadError
+from gateway.ops.config import ASR_DEVICES, ASR_ENGINES
+from gateway.testing.loopback import DATA, read_wav
 from media import Float32Array
 from media.asr.base import ASREngine, default_language, resolve_device
 from media.asr.engines import OpenAIWhisperEngine, load_engine
 from media.asr.filters import clean_transcript
-from tests.loopback import DATA, read_wav
 
 logger = logging.getLogger(__name__)
 

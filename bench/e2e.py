@@ -1,10 +1,10 @@
 """End to end, at the client: end of speech → ``transcript.final`` → first ``reply.delta``.
 
 The real gateway app is served on 127.0.0.1 with a preloaded tiny.en, and its
-``ollama_host`` points at the Ollama-compatible test server (``tests.ollama_server``) with
+``ollama_host`` points at the Ollama-compatible test server (``gateway.testing.ollama_server``) with
 a fixed time to first token (``--first-token-ms``, 200 ms by default) and a piece every
 20 ms after it. So the language model's share is known exactly and everything else is the
-gateway's and the transport's. One aiortc client (``tests.loopback.LoopbackClient``) plays
+gateway's and the transport's. One aiortc client (``gateway.testing.loopback.LoopbackClient``) plays
 Piper speech (the transcript benchmark's sentences) in real time over WebRTC and waits for
 each reply to finish before the next sentence, so that no reply is cancelled by barge-in.
 
@@ -54,12 +54,12 @@ from bench.transcript import (
     received_at,
     selected_engines,
 )
-from gateway.app import build_app
-from gateway.config import AsrEngineName, Config
+from gateway.http.app import build_app
+from gateway.ops.config import AsrEngineName, Config
+from gateway.testing.loopback import LoopbackClient
+from gateway.testing.ollama_server import FakeOllama, fake_ollama
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
-from tests.loopback import LoopbackClient
-from tests.ollama_server import FakeOllama, fake_ollama
 
 MODEL = "tiny.en"
 DEVICE = "cpu"
@@ -395,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
                 "model": MODEL,
                 "device": DEVICE,
                 "vad_silence_ms": args.vad_silence_ms,
-                "ollama": "tests.ollama_server (Ollama-compatible, no model)",
+                "ollama": "gateway.testing.ollama_server (Ollama-compatible, no model)",
                 "first_token_delay_ms": args.first_token_ms,
                 "token_interval_ms": 1000 * TOKEN_INTERVAL_S,
                 "overhead_target_ms": OVERHEAD_TARGET_MS,

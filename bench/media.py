@@ -2,7 +2,7 @@
 
 Two servers, each in its own process on 127.0.0.1, take the same senders in turn:
 
-- ``gateway``: the real application (``gateway.app.build_app``, no TLS, its configured ASR
+- ``gateway``: the real application (``gateway.http.app.build_app``, no TLS, its configured ASR
   engine loaded on the CPU as ``serve`` loads it, Ollama pointed at a closed port). Every
   frame goes through its whole media path: Opus decode, resampling to 16 kHz mono, Silero
   per 32 ms chunk, the endpointer, frame and loss counters.
@@ -231,7 +231,7 @@ def _child_logging(verbose: bool) -> None:
     )
     if not verbose:
         # Ollama is unreachable on purpose; the gateway rightly warns about it at start-up.
-        logging.getLogger("gateway.app").setLevel(logging.ERROR)
+        logging.getLogger("gateway.http.app").setLevel(logging.ERROR)
         logging.getLogger("asyncio").addFilter(_DropTeardownNoise())
 
 
@@ -414,9 +414,9 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 async def _run_server(kind: ServerKind, conn: Connection, streams: int, lifetime_s: float) -> None:
     # Deferred: sender processes import this module too and need none of the gateway.
-    from gateway.app import build_app
-    from gateway.config import Config
-    from gateway.state import SESSIONS
+    from gateway.http.app import build_app
+    from gateway.http.state import SESSIONS
+    from gateway.ops.config import Config
 
     with closed_port() as ollama_host:
         baseline = BaselineServer()

@@ -7,7 +7,7 @@ MediaBlackhole; no validation, limits, sessions or VAD), which sends ``session.r
 soon as the client's data channel arrives. Both are given no ICE servers (the gateway's
 default; aiortc's own default, a public STUN server, would stall gathering offline).
 
-The client is ``tests.loopback.LoopbackClient`` (a microphone track playing silence and an
+The client is ``gateway.testing.loopback.LoopbackClient`` (a microphone track playing silence and an
 ``events`` data channel, as a browser opens them). Every time is taken at the client, from
 just before the POST: the answer received, ICE connected, the peer connection connected
 (DTLS done), the data channel open, and ``session.ready`` received. The client's own offer
@@ -45,12 +45,12 @@ from bench.common import (
     write_json,
 )
 from bench.transcript import bounded, received_at
-from gateway.app import build_app
-from gateway.config import Config
+from gateway.http.app import build_app
+from gateway.ops.config import Config
+from gateway.testing.loopback import LoopbackClient
+from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
 from media.asr.base import Transcription
-from tests.loopback import LoopbackClient
-from tests.ollama_server import fake_ollama
 
 SESSIONS = 30
 QUICK_SESSIONS = 10

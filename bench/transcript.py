@@ -1,8 +1,8 @@
 """End of speech → ``transcript.final``, measured by a real WebRTC client, per ASR engine.
 
 For each engine the real gateway app is served on 127.0.0.1 with a preloaded tiny.en, and
-one aiortc client (``tests.loopback.LoopbackClient``) plays Piper speech that no test uses,
-paced in real time like a browser microphone, each sentence followed by silence. The client
+one aiortc client (``gateway.testing.loopback.LoopbackClient``) plays Piper speech that no
+test uses, paced in real time like a browser microphone, each sentence followed by silence. The client
 records when the last audible sample left it and when ``transcript.final`` arrived; the
 difference is the latency a user feels. It includes the VAD's silence hangover
 (``--vad-silence-ms``, 500 ms by default) by design: that is how the gateway knows the
@@ -47,8 +47,9 @@ from bench.common import (
     percentile,
     write_json,
 )
-from gateway.app import build_app
-from gateway.config import ASR_ENGINES, AsrEngineName, Config
+from gateway.http.app import build_app
+from gateway.ops.config import ASR_ENGINES, AsrEngineName, Config
+from gateway.testing.loopback import LoopbackClient, speech_end_offset
 from media import Float32Array
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
@@ -60,7 +61,6 @@ from scripts.make_test_speech import (
     synthesize,
     with_silence,
 )
-from tests.loopback import LoopbackClient, speech_end_offset
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ async def stream_pass(
     vad_silence_ms: int,
     run: EngineRun,
 ) -> None:
-    with _no_llm() as ollama_host, _quiet_llm("gateway.app", "gateway.conversation"):
+    with _no_llm() as ollama_host, _quiet_llm("gateway.http.app", "gateway.conversation.dialogue"):
         config = Config(
             no_tls=True, asr_engine=name, vad_silence_ms=vad_silence_ms, ollama_host=ollama_host
         )

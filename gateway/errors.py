@@ -1,33 +1,77 @@
-"""The gateway's one error tree.
+"""The gateway's own errors, and the whole tree in one place for readers.
 
-Lower layers (``signalling``, ``media``, ``certs``) raise these; ``gateway.middleware`` maps
-them to HTTP statuses and the session loop maps them to ``error`` events. Third-party
-exceptions are converted at the boundary with ``raise ... from exc``::
+Each layer defines its errors at its bottom and knows nothing of HTTP; ``gateway`` alone
+maps them (``gateway.http.middleware`` to statuses, the conversation to ``error`` events).
+Third-party exceptions are converted where they are caught, with ``raise ... from exc``::
 
-    GatewayError
-    ├── ConfigError          a bad flag, variable or TOML key (names the flag)
-    ├── CertificateError     the local CA or server certificate cannot be made or read
-    ├── OfferError           an SDP offer or its JSON envelope is unacceptable (400)
-    ├── SessionLimitError    --max-sessions reached (503 + Retry-After)
-    ├── SessionNotFound      no session with that id (404)
-    ├── ProtocolError        a client message that is not JSON, too big or unknown
-    ├── AuthError            missing or unacceptable credentials (401)
-    ├── ASRError             the speech recogniser failed
-    │   └── ModelLoadError   the model cannot be found, downloaded or converted
-    └── LLMError             the language model (Ollama) failed
-        ├── LLMUnavailable   Ollama cannot be reached (retryable)
-        ├── LLMModelMissing  the model is not pulled
-        ├── LLMTimeout       no first token, or no end, in time (retryable)
-        └── LLMStreamBroken  the answer stopped mid-stream (retryable)
+    certs.errors.CertificateError        the local CA or server certificate
+    signalling.errors.SignallingError
+    ├── OfferError                       an SDP offer or its envelope (400)
+    ├── SessionLimitError                --max-sessions reached (503 + Retry-After)
+    ├── SessionNotFound                  no session with that id (404)
+    ├── ProtocolError                    a bad client message (error event, or 400)
+    └── IcePolicyError                   a bad --ice-address / --udp-ports
+    media.errors.MediaError
+    └── ASRError                         the speech recogniser failed
+        ├── ASRBusyError                 too much speech waiting (retryable)
+        ├── ModelLoadError               a model cannot be found, downloaded or converted
+        └── UnsupportedLanguage          the model cannot do that language
+    gateway.errors.GatewayError
+    ├── ConfigError                      a bad flag, variable or TOML key (names the flag)
+    ├── AuthError                        missing or unacceptable credentials (401)
+    └── LLMError                         the language model (Ollama) failed
+        ├── LLMUnavailable               Ollama cannot be reached (retryable)
+        ├── LLMModelMissing              the model is not pulled
+        ├── LLMTimeout                   no first token, or no end, in time (retryable)
+        └── LLMStreamBroken              the answer stopped mid-stream (retryable)
 """
 
 from __future__ import annotations
 
+from certs.errors import CertificateError
+from media.errors import ASRBusyError, ASRError, MediaError, ModelLoadError, UnsupportedLanguage
+from signalling.errors import (
+    IcePolicyError,
+    OfferError,
+    ProtocolError,
+    SessionLimitError,
+    SessionNotFound,
+    SignallingError,
+)
+
+__all__ = [
+    "KNOWN_ERRORS",
+    "ASRBusyError",
+    "ASRError",
+    "AuthError",
+    "CertificateError",
+    "ConfigError",
+    "GatewayError",
+    "IcePolicyError",
+    "LLMError",
+    "LLMModelMissing",
+    "LLMStreamBroken",
+    "LLMTimeout",
+    "LLMUnavailable",
+    "MediaError",
+    "ModelLoadError",
+    "OfferError",
+    "ProtocolError",
+    "SessionLimitError",
+    "SessionNotFound",
+    "SignallingError",
+    "UnsupportedLanguage",
+]
+
 
 class GatewayError(Exception):
-    """Base of every error the gateway raises on purpose."""
+    """Base of the errors the gateway package itself raises on purpose."""
 
     code = "internal"
+
+
+# Every error any layer raises on purpose: what a boundary catches to answer readably.
+KNOWN_ERRORS = (GatewayError, SignallingError, MediaError, CertificateError)
 
 
 class ConfigError(GatewayError):
@@ -36,26 +80,6 @@ class ConfigError(GatewayError):
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
         self.flag = flag
-
-
-class CertificateError(GatewayError):
-    code = "certificate"
-
-
-class OfferError(GatewayError):
-    code = "bad_offer"
-
-
-class SessionLimitError(GatewayError):
-    code = "session_limit"
-
-
-class SessionNotFound(GatewayError):
-    code = "not_found"
-
-
-class ProtocolError(GatewayError):
-    code = "bad_message"
 
 
 class AuthError(GatewayError):
@@ -67,14 +91,6 @@ class AuthError(GatewayError):
         super().__init__(message)
         # No credentials at all, as opposed to bad ones (RFC 6750 omits the error code then).
         self.missing = missing
-
-
-class ASRError(GatewayError):
-    code = "asr_failed"
-
-
-class ModelLoadError(ASRError):
-    code = "asr_model"
 
 
 class LLMError(GatewayError):

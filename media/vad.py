@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime
 
-from gateway.errors import ModelLoadError
 from media import Float32Array
+from media.errors import ModelLoadError
 
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 512  # 32 ms: the only size Silero accepts at 16 kHz

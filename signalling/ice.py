@@ -52,7 +52,7 @@ from aioice.ice import StunProtocol, server_reflexive_candidate
 from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from gateway.errors import ConfigError, OfferError
+from signalling.errors import IcePolicyError, OfferError
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def resolve_addresses(policy: IcePolicy) -> list[str]:
     An interface name (``wg0``; on Windows also the friendly name, ``WireGuard Tunnel``)
     stands for its IPv4 addresses and its IPv6 addresses that are not link-local (as aioice,
     which cannot bind a link-local address without its scope). An empty list means "no
-    restriction": aioice picks the addresses. Raises ConfigError naming the bad entry.
+    restriction": aioice picks the addresses. Raises IcePolicyError naming the bad entry.
     """
     adapters = list(ifaddr.get_adapters())
     local = {_normalise(ip) for adapter in adapters for ip in adapter.ips}
@@ -115,7 +115,7 @@ def _interface_addresses(adapters: Sequence[ifaddr.Adapter], name: str) -> list[
     matches = [a for a in adapters if name in (a.name, a.nice_name)]
     if not matches:
         known = ", ".join(sorted({a.nice_name for a in adapters}))
-        raise ConfigError(
+        raise IcePolicyError(
             ADDRESS_FLAG,
             f"{name!r} is neither an IP address nor a network interface of this machine "
             f"(interfaces: {known})",
@@ -127,7 +127,7 @@ def _interface_addresses(adapters: Sequence[ifaddr.Adapter], name: str) -> list[
         if isinstance(ip.ip, str) or ip.ip[2] == 0  # IPv4, or IPv6 with no scope
     ]
     if not found:
-        raise ConfigError(ADDRESS_FLAG, f"interface {name!r} has no usable IP address")
+        raise IcePolicyError(ADDRESS_FLAG, f"interface {name!r} has no usable IP address")
     return found
 
 
@@ -135,13 +135,13 @@ def _check_address(
     address: ipaddress.IPv4Address | ipaddress.IPv6Address, entry: str, local: set[str]
 ) -> str:
     if address.is_unspecified:
-        raise ConfigError(
+        raise IcePolicyError(
             ADDRESS_FLAG, f"{entry} means every address: leave {ADDRESS_FLAG} out for that"
         )
     if address.version == 6 and address.is_link_local:
-        raise ConfigError(ADDRESS_FLAG, f"{entry} is link-local, which ICE cannot use")
+        raise IcePolicyError(ADDRESS_FLAG, f"{entry} is link-local, which ICE cannot use")
     if str(address) not in local:
-        raise ConfigError(ADDRESS_FLAG, f"{entry} is not an address of this machine")
+        raise IcePolicyError(ADDRESS_FLAG, f"{entry} is not an address of this machine")
     return str(address)
 
 
@@ -152,7 +152,7 @@ def _normalise(ip: ifaddr.IP) -> str:
 
 def check_ports(ports: tuple[int, int] | None) -> None:
     if ports is not None and not 1 <= ports[0] <= ports[1] <= 65535:
-        raise ConfigError(PORTS_FLAG, f"expected 1 <= LO <= HI <= 65535, got {ports}")
+        raise IcePolicyError(PORTS_FLAG, f"expected 1 <= LO <= HI <= 65535, got {ports}")
 
 
 def check_versions(installed: dict[str, str] | None = None, flag: str = ADDRESS_FLAG) -> None:
@@ -165,7 +165,7 @@ def check_versions(installed: dict[str, str] | None = None, flag: str = ADDRESS_
         match = re.match(r"(\d+)\.(\d+)", version)
         release = (int(match[1]), int(match[2])) if match else (-1, -1)
         if not lowest <= release < untested:
-            raise ConfigError(
+            raise IcePolicyError(
                 flag,
                 f"{package} {version} is installed, but restricting ICE addresses or ports "
                 f"relies on {package} internals tested only with "
@@ -175,7 +175,7 @@ def check_versions(installed: dict[str, str] | None = None, flag: str = ADDRESS_
     # A fork or vendored copy may carry a tested version number with other internals.
     parameters = inspect.signature(Connection.get_component_candidates).parameters
     if not {"component", "addresses", "timeout"} <= parameters.keys():
-        raise ConfigError(flag, "this aioice build's candidate gathering is not supported")
+        raise IcePolicyError(flag, "this aioice build's candidate gathering is not supported")
 
 
 def _installed_version(package: str) -> str:
@@ -190,7 +190,7 @@ def _dotted(release: tuple[int, int]) -> str:
 
 
 def check_policy(policy: IcePolicy) -> list[str]:
-    """Startup check: a bad policy stops the gateway with a clear message (ConfigError).
+    """Startup check: a bad policy stops the gateway with a clear message (IcePolicyError).
 
     Returns the resolved addresses, for logging. An inactive policy checks nothing: it does
     not touch aioice at all.
@@ -292,7 +292,7 @@ async def _gather_component(
     if policy.addresses:
         try:
             addresses = resolve_addresses(policy)  # again: an interface's address may change
-        except ConfigError as exc:
+        except IcePolicyError as exc:
             raise OfferError(f"cannot gather ICE candidates: {exc}") from exc
 
     loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
-from gateway.errors import OfferError
+from signalling.errors import OfferError
 
 __all__ = [
     "DIGEST_BYTES",
@@ -52,7 +52,7 @@ MAX_MEDIA_SECTIONS = 8
 
 MAX_BODY_BYTES = MAX_SDP_BYTES + 16 * 1024
 """Largest JSON body accepted: a maximal SDP, its escaped line ends and the session
-overrides. ``gateway.app`` gives aiohttp the same limit, which answers 413 beyond it."""
+overrides. ``gateway.http.app`` gives aiohttp the same limit, which answers 413 beyond it."""
 
 MAX_SYSTEM_PROMPT_CHARS = 8000
 MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use

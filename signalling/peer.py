@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from gateway.errors import OfferError
+from signalling.errors import OfferError
 from signalling.ice import IcePolicy, create_peer_connection
 
 NEGOTIATION_TIMEOUT_S = 10.0

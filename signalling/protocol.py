@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.errors import OfferError, ProtocolError
+from signalling.errors import OfferError, ProtocolError
 from signalling.offer import parse_session
 
 PROTOCOL_VERSION = 1

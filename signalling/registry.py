@@ -8,7 +8,7 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from gateway.errors import SessionLimitError, SessionNotFound
+from signalling.errors import SessionLimitError, SessionNotFound
 from signalling.session import Session
 
 logger = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from playwright.async_api import (
     async_playwright,
 )
 
-from tests.loopback import read_wav, upsample
+from gateway.testing.loopback import read_wav, upsample
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import build_app
-from gateway.config import Config
+from gateway.http.app import build_app
+from gateway.ops.config import Config
+from gateway.testing.loopback import LoopbackClient
+from gateway.testing.ollama_server import FakeOllama, fake_ollama
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
-from tests.loopback import LoopbackClient
-from tests.ollama_server import FakeOllama, fake_ollama
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
 GatewayFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]

@@ -12,7 +12,8 @@ import pytest
 from gateway.errors import ASRError
 from media import Float32Array
 from media.asr.base import Segment, Transcription
-from media.asr.service import ASRBusyError, ASRService
+from media.asr.service import ASRService
+from media.errors import ASRBusyError
 
 
 class GatedEngine:

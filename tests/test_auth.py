@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.auth import (
+from gateway.errors import AuthError, ConfigError
+from gateway.http.auth import (
     BEARER_SUBPROTOCOL,
     JWT_LEEWAY_S,
     TICKET_PATH,
@@ -38,9 +39,8 @@ from gateway.auth import (
     principal_of,
     setup_auth,
 )
-from gateway.config import Config
-from gateway.errors import AuthError, ConfigError
-from gateway.middleware import error_middleware
+from gateway.http.middleware import error_middleware
+from gateway.ops.config import Config
 from tests.conftest import AiohttpClient
 
 AUDIENCE = "local-ai-gateway"

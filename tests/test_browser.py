@@ -16,7 +16,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, expect
 
-from gateway.state import SESSIONS
+from gateway.http.state import SESSIONS
+from gateway.testing.loopback import DATA
+from gateway.testing.ollama_server import FakeOllama
 from tests.browser import (
     PHONE_VIEWPORT,
     Microphone,
@@ -26,8 +28,6 @@ from tests.browser import (
     watch_console,
 )
 from tests.conftest import GatewayFactory
-from tests.loopback import DATA
-from tests.ollama_server import FakeOllama
 
 Ollama = tuple[FakeOllama, str]
 API_KEY = "browser-test-key-0123456789abcdef"

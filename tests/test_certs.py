@@ -411,7 +411,7 @@ def test_tls_handshake_with_python_ssl(tmp_path: Path) -> None:
 def test_certs_command_renews_the_server_certificate_with_the_same_ca(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gateway.cli import main
+    from gateway.ops.cli import main
 
     assert main(["certs", "--cert-dir", str(tmp_path), "--host", "10.8.0.5"]) == 0
     ca_before = (tmp_path / CA_CERT_NAME).read_bytes()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
-from gateway.cli import main
-from gateway.config import Config, load_config
 from gateway.errors import ConfigError
+from gateway.ops.cli import main
+from gateway.ops.config import Config, load_config
 
 # --- helpers ---
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.history import INTERRUPTED_MARK
+from gateway.conversation.history import INTERRUPTED_MARK
+from gateway.testing.loopback import load_clips
+from gateway.testing.ollama_server import FakeOllama, start_fake_ollama
 from tests.conftest import GatewayFactory, connect
-from tests.loopback import load_clips
-from tests.ollama_server import FakeOllama, start_fake_ollama
 
 Ollama = tuple[FakeOllama, str]
 

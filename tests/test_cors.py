@@ -12,15 +12,15 @@ from aiohttp.typedefs import Handler
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.cors import (
+from gateway.errors import OfferError
+from gateway.http.cors import (
     allowed_origins,
     cors_middleware,
     normalize_origin,
     websocket_origin_allowed,
 )
-from gateway.errors import OfferError
-from gateway.headers import security_headers_middleware
-from gateway.middleware import error_middleware, json_error
+from gateway.http.headers import security_headers_middleware
+from gateway.http.middleware import error_middleware, json_error
 from tests.conftest import AiohttpClient
 
 NUXT = "https://nuxt.example:3000"

@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from certs.authority import CA_KEY_NAME, SERVER_CERT_NAME, SERVER_KEY_NAME, ensure_certificates
-from gateway import doctor
-from gateway.config import Config
-from gateway.doctor import (
+from gateway.errors import ModelLoadError
+from gateway.ops import doctor
+from gateway.ops.config import Config
+from gateway.ops.doctor import (
     GPU_FIX,
     Check,
     TorchInfo,
@@ -37,11 +38,10 @@ from gateway.doctor import (
     doctor_command,
     run_doctor,
 )
-from gateway.errors import ModelLoadError
-from gateway.exposure import local_addresses, ollama_port
+from gateway.ops.exposure import local_addresses, ollama_port
+from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
 from media.asr.base import ASREngine, Transcription
-from tests.ollama_server import fake_ollama
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 BASE = Config()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gateway.testing.loopback import DATA, load_clips, read_wav
 from media import Float32Array
 from media.endpointer import (
     Endpointer,
@@ -25,7 +26,6 @@ from media.endpointer import (
     SpeechStarted,
 )
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE, SileroModel
-from tests.loopback import DATA, load_clips, read_wav
 
 CHUNK = 512
 SPEECH = 0.9

@@ -7,8 +7,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import OfferError
-from gateway.headers import content_security_policy, security_headers_middleware
-from gateway.middleware import error_middleware
+from gateway.http.headers import content_security_policy, security_headers_middleware
+from gateway.http.middleware import error_middleware
 from tests.conftest import AiohttpClient
 
 COMMON = {
@@ -179,7 +179,7 @@ def test_well_formed_hosts_are_named(host: str) -> None:
     ],
 )
 def test_host_name(host: str, name: str) -> None:
-    from gateway.headers import host_name
+    from gateway.http.headers import host_name
 
     assert host_name(host) == name
 
@@ -194,6 +194,6 @@ def test_host_name(host: str, name: str) -> None:
     ],
 )
 def test_local_names_without_tls(host: str, local: bool) -> None:
-    from gateway.headers import _is_local_name
+    from gateway.http.headers import _is_local_name
 
     assert _is_local_name(host) is local

@@ -28,7 +28,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import AudioStreamTrack
 
-from gateway.errors import ConfigError, OfferError
+from signalling.errors import IcePolicyError, OfferError
 from signalling.ice import (
     IcePolicy,
     PolicyPeerConnection,
@@ -339,8 +339,8 @@ def test_an_interface_name_resolves_to_its_addresses() -> None:
         ("fe80::1", "link-local"),
     ],
 )
-def test_a_bad_address_is_a_config_error_naming_it(entry: str, reason: str) -> None:
-    with pytest.raises(ConfigError, match=reason) as caught:
+def test_a_bad_address_is_a_policy_error_naming_it(entry: str, reason: str) -> None:
+    with pytest.raises(IcePolicyError, match=reason) as caught:
         resolve_addresses(IcePolicy(addresses=("127.0.0.1", entry)))
     assert caught.value.flag == "--ice-address"
     assert entry in str(caught.value)
@@ -349,7 +349,7 @@ def test_a_bad_address_is_a_config_error_naming_it(entry: str, reason: str) -> N
 def test_check_policy_at_startup() -> None:
     assert check_policy(IcePolicy()) == []  # inactive: aioice is not even looked at
     assert check_policy(IcePolicy(("127.0.0.1",), (50_000, 50_010))) == ["127.0.0.1"]
-    with pytest.raises(ConfigError, match="LO <= HI") as caught:
+    with pytest.raises(IcePolicyError, match="LO <= HI") as caught:
         check_policy(IcePolicy(ports=(50_010, 50_000)))
     assert caught.value.flag == "--udp-ports"
 
@@ -371,7 +371,7 @@ def test_untested_versions_are_refused(aioice: str, aiortc: str, refused: str | 
     if refused is None:
         check_versions(installed)
         return
-    with pytest.raises(ConfigError, match=refused):
+    with pytest.raises(IcePolicyError, match=refused):
         check_versions(installed)
 
 

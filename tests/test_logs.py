@@ -3,17 +3,17 @@ from __future__ import annotations
 import json
 import logging
 
-from gateway.logs import JsonFormatter
+from gateway.ops.logs import JsonFormatter
 
 
 def test_json_lines_carry_the_formatted_message() -> None:
     record = logging.LogRecord(
-        "gateway.webrtc", logging.INFO, __file__, 1, "[%s] ended", ("abc",), None
+        "gateway.http.webrtc", logging.INFO, __file__, 1, "[%s] ended", ("abc",), None
     )
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "[abc] ended"
     assert entry["level"] == "info"
-    assert entry["logger"] == "gateway.webrtc"
+    assert entry["logger"] == "gateway.http.webrtc"
     assert entry["time"].endswith("+00:00")
 
 

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from gateway.state import SESSIONS
+from gateway.http.state import SESSIONS
+from gateway.testing.loopback import DATA, LoopbackClient, load_clips, read_wav
 from tests.conftest import GatewayFactory, connect
-from tests.loopback import DATA, LoopbackClient, load_clips, read_wav
 
 
 def words(text: str) -> list[str]:

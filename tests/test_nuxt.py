@@ -30,7 +30,9 @@ from aiohttp.test_utils import TestClient
 from playwright.async_api import Page, async_playwright, expect
 from pytest_aiohttp import AiohttpServer
 
-from gateway.state import SESSIONS
+from gateway.http.state import SESSIONS
+from gateway.testing.loopback import DATA
+from gateway.testing.ollama_server import FakeOllama
 from tests.browser import (
     CHROMIUM,
     chromium,
@@ -40,8 +42,6 @@ from tests.browser import (
     watch_console,
 )
 from tests.conftest import GatewayFactory
-from tests.loopback import DATA
-from tests.ollama_server import FakeOllama
 
 NUXT_DIR = Path(__file__).resolve().parents[1] / "examples" / "nuxt"
 PUBLIC = NUXT_DIR / ".output" / "public"

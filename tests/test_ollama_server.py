@@ -15,7 +15,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.ollama_server import (
+from gateway.testing.ollama_server import (
     FakeOllama,
     fake_ollama,
     split_pieces,

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ratelimit import ConcurrencyLimiter, RateLimiter, client_key, rate_limited
+from gateway.http.middleware import rate_limited
+from signalling.limits import ConcurrencyLimiter, RateLimiter, client_key
 
 # Float refills may round a hair over an exact integer boundary.
 EPS = 1e-6

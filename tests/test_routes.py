@@ -13,15 +13,15 @@ import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from gateway.app import build_app
-from gateway.cli import _tls_context
-from gateway.config import Config
-from gateway.state import SESSIONS
+from gateway.http.app import build_app
+from gateway.http.state import SESSIONS
+from gateway.ops.cli import _tls_context
+from gateway.ops.config import Config
+from gateway.testing.loopback import LoopbackClient
+from gateway.testing.ollama_server import FakeOllama
 from signalling.ice import IcePolicy
 from signalling.peer import new_peer_connection
 from tests.conftest import EngineCache, GatewayFactory, connect
-from tests.loopback import LoopbackClient
-from tests.ollama_server import FakeOllama
 
 Ollama = tuple[FakeOllama, str]
 
@@ -91,7 +91,7 @@ async def test_offer_the_webrtc_stack_rejects_is_400_and_closes_the_peer(
     async def explode(self: RTCPeerConnection, description: object) -> None:
         raise AssertionError("mangled media section")
 
-    monkeypatch.setattr("gateway.webrtc.new_peer_connection", tracked)
+    monkeypatch.setattr("gateway.http.webrtc.new_peer_connection", tracked)
     monkeypatch.setattr(RTCPeerConnection, "setRemoteDescription", explode)
     client = await gateway()
     peer = LoopbackClient()

@@ -11,9 +11,9 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.state import SESSIONS
+from gateway.http.state import SESSIONS
+from gateway.testing.loopback import LoopbackClient
 from tests.conftest import GatewayFactory
-from tests.loopback import LoopbackClient
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -35,7 +35,7 @@ async def test_refused_offer_makes_no_peer_connection(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     made: list[object] = []
-    monkeypatch.setattr("gateway.webrtc.new_peer_connection", lambda *args: made.append(args))
+    monkeypatch.setattr("gateway.http.webrtc.new_peer_connection", lambda *args: made.append(args))
     peer = LoopbackClient()
     offer = {"type": "offer", "sdp": await peer.offer()}
     await peer.close()

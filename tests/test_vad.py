@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
+from gateway.testing.loopback import load_clips
 from media.vad import CHUNK_SAMPLES, SileroModel, VadBatcher
-from tests.loopback import load_clips
 
 
 @pytest.fixture(scope="module")

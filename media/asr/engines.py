@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ModelLoadError
 from media import Float32Array
 from media.asr.base import (
     ASREngine,
@@ -23,6 +22,7 @@ from media.asr.base import (
     resolve_device,
 )
 from media.asr.weights import bundled_model_dir, ensure_openai_checkpoint
+from media.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

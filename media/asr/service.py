@@ -6,15 +6,11 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from gateway.errors import ASRError
 from media import Float32Array
 from media.asr.base import ASREngine, Transcription
+from media.errors import ASRBusyError, ASRError
 
 logger = logging.getLogger(__name__)
-
-
-class ASRBusyError(ASRError):
-    code = "asr_busy"
 
 
 class ASRService:

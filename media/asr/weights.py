@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from gateway.errors import ModelLoadError
+from media.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch

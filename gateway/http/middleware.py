@@ -8,13 +8,14 @@ this maps it; a few gateway modules answer directly (429, 403, 415).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.errors import (
+    KNOWN_ERRORS,
     AuthError,
-    GatewayError,
     OfferError,
     ProtocolError,
     SessionLimitError,
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_STATUS: dict[type[GatewayError], int] = {
+_STATUS: dict[type[Exception], int] = {
     AuthError: 401,
     OfferError: 400,
     ProtocolError: 400,
@@ -56,7 +57,7 @@ def json_error(
     )
 
 
-def _error_headers(exc: GatewayError) -> dict[str, str] | None:
+def _error_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, SessionLimitError):
         return {"Retry-After": str(SESSION_RETRY_AFTER_S)}
     if isinstance(exc, AuthError):
@@ -72,7 +73,7 @@ def _error_headers(exc: GatewayError) -> dict[str, str] | None:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except GatewayError as exc:
+    except KNOWN_ERRORS as exc:
         status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 500)
         headers = _error_headers(exc)
         if status >= 500 and status != 503:
@@ -87,3 +88,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         logger.exception("unhandled error in %s %s", request.method, request.path)
         return json_error(500, "internal", "internal error; the gateway log has details")
+
+
+def rate_limited(retry_after_s: float, message: str) -> web.Response:
+    """429 in the contract's error shape; ``Retry-After`` is whole seconds, at least 1."""
+    seconds = max(1, math.ceil(retry_after_s))
+    return json_error(429, "rate_limited", message, {"Retry-After": str(seconds)})

@@ -1,5 +1,5 @@
 """What hangs off the application (typed keys), and building a session's conversation
-from it. Separate from ``gateway.app`` so that route modules can import it."""
+from it. Separate from ``gateway.http.app`` so that route modules can import it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.config import Config
-from gateway.conversation import Conversation, ConversationSettings, EventSink
-from gateway.llm import OllamaChat
-from gateway.metrics import Metrics
-from gateway.ratelimit import ConcurrencyLimiter, RateLimiter
+from gateway.conversation.dialogue import Conversation, ConversationSettings, EventSink
+from gateway.conversation.llm import OllamaChat
+from gateway.ops.config import Config
+from gateway.ops.metrics import Metrics
 from media.asr.service import ASRService
 from media.vad import VadBatcher
 from signalling.ice import IcePolicy
+from signalling.limits import ConcurrencyLimiter, RateLimiter
 from signalling.registry import SessionRegistry
 
 CONFIG = web.AppKey("config", Config)

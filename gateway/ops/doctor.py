@@ -44,11 +44,11 @@ from certs.authority import (
     SERVER_KEY_NAME,
     certificate_warnings,
 )
-from gateway.app import llm_settings
-from gateway.config import Config, is_loopback, load_config, ollama_hostname
-from gateway.errors import CertificateError, ConfigError, ModelLoadError
-from gateway.exposure import exposed_on, local_addresses, ollama_port
-from gateway.llm import OllamaChat
+from gateway.conversation.llm import OllamaChat
+from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
+from gateway.http.app import llm_settings
+from gateway.ops.config import Config, is_loopback, load_config, ollama_hostname
+from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.vad import silero_model_path
@@ -523,7 +523,7 @@ def resolve_ice_address(value: str) -> list[str]:
     adapter's own rules); ``[]`` when it names nothing on this machine."""
     try:
         return resolve_addresses(IcePolicy((value,)))
-    except ConfigError:
+    except IcePolicyError:
         return []
 
 

@@ -1,7 +1,7 @@
 """The conversation of one session: turns (transcripts and typed text) → Ollama → replies.
 
 Transport-agnostic: it speaks to an :class:`EventSink` (a WebRTC session's data channel, or
-a WebSocket) and is fed transcripts by :class:`gateway.voice.VoicePipeline`.
+a WebSocket) and is fed transcripts by :class:`gateway.conversation.voice.VoicePipeline`.
 
 Rules, one reply at a time:
 - A new turn while a reply streams cancels that reply first (``reply.cancelled``, reason
@@ -24,12 +24,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.conversation.history import History
+from gateway.conversation.llm import OllamaChat
 from gateway.errors import LLMError, ProtocolError
-from gateway.history import History
-from gateway.llm import OllamaChat
-from gateway.metrics import Metrics
-from gateway.ratelimit import RateLimiter
+from gateway.ops.metrics import Metrics
 from signalling import protocol
+from signalling.limits import RateLimiter
 
 logger = logging.getLogger(__name__)
 

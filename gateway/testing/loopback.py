@@ -20,7 +20,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import Float32Array
 
-DATA = Path(__file__).parent / "data"
+# The committed test speech lives with the tests (this module is shared with bench/).
+DATA = Path(__file__).resolve().parents[2] / "tests" / "data"
 RATE = 48_000
 FRAME = 960  # 20 ms, what browsers send
 

@@ -13,7 +13,7 @@ import re
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-from gateway.middleware import json_error
+from gateway.http.middleware import json_error
 
 # On every response. The microphone is the page's job; nothing may frame the page
 # (clickjacking a "Start" button would switch the microphone on).

@@ -11,13 +11,8 @@ purpose: failing closed would let whoever fills the table lock everyone else out
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
-
-from aiohttp import web
-
-from gateway.middleware import json_error
 
 DEFAULT_MAX_KEYS = 10_000
 # Full buckets are pruned from the least-recently-used end; a few per call keeps each
@@ -137,9 +132,3 @@ class ConcurrencyLimiter:
             self._held.pop(key, None)
         else:
             self._held[key] = count - 1
-
-
-def rate_limited(retry_after_s: float, message: str) -> web.Response:
-    """429 in the contract's error shape; ``Retry-After`` is whole seconds, at least 1."""
-    seconds = max(1, math.ceil(retry_after_s))
-    return json_error(429, "rate_limited", message, {"Retry-After": str(seconds)})

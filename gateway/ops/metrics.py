@@ -4,11 +4,8 @@ two apps in one test process never share counters)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
 
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -88,16 +85,3 @@ async def watch_loop_lag(gauge: Gauge, interval_s: float = LOOP_LAG_INTERVAL_S) 
         start = loop.time()
         await asyncio.sleep(interval_s)
         gauge.set(max(0.0, loop.time() - start - interval_s))
-
-
-def loop_lag_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(
-            watch_loop_lag(metrics.loop_lag), name="loop-lag"
-        )
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return ctx

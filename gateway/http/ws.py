@@ -15,13 +15,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.auth import WS_SUBPROTOCOL
-from gateway.config import Config
-from gateway.cors import websocket_origin_allowed
-from gateway.middleware import SESSION_RETRY_AFTER_S
-from gateway.ratelimit import client_key, rate_limited
-from gateway.state import CLIENT_SESSIONS, CONFIG, METRICS, WEBSOCKETS, new_conversation
+from gateway.http.auth import WS_SUBPROTOCOL
+from gateway.http.cors import websocket_origin_allowed
+from gateway.http.middleware import SESSION_RETRY_AFTER_S, rate_limited
+from gateway.http.state import CLIENT_SESSIONS, CONFIG, METRICS, WEBSOCKETS, new_conversation
+from gateway.ops.config import Config
 from signalling import protocol
+from signalling.limits import client_key
 from signalling.registry import new_session_id
 from signalling.tasks import TaskOwner
 

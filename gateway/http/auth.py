@@ -46,9 +46,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.config import Config
 from gateway.errors import AuthError, ConfigError
-from gateway.middleware import Handler
+from gateway.http.middleware import Handler
+from gateway.ops.config import Config
 
 logger = logging.getLogger(__name__)
 

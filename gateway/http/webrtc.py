@@ -8,10 +8,10 @@ import time
 
 from aiohttp import web
 
-from gateway import state as keys
+from gateway.conversation.voice import VoicePipeline
 from gateway.errors import OfferError
-from gateway.state import new_conversation
-from gateway.voice import VoicePipeline
+from gateway.http import state as keys
+from gateway.http.state import new_conversation
 from media.endpointer import EndpointerSettings
 from signalling.lifecycle import SessionLimits
 from signalling.offer import Offer

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from aiortc import RTCDataChannel
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.conversation import Conversation
-from gateway.errors import ASRError
-from gateway.metrics import Metrics
+from gateway.conversation.dialogue import Conversation
+from gateway.ops.metrics import Metrics
 from media import Float32Array
 from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
-from media.asr.service import ASRBusyError, ASRService
+from media.asr.service import ASRService
 from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechPaused, SpeechStarted
+from media.errors import ASRBusyError, ASRError
 from media.listener import AudioListener
 from media.vad import VadBatcher
 from signalling import protocol

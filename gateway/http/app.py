@@ -8,23 +8,21 @@ closes every peer connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gateway.auth import setup_auth
-from gateway.config import Config, is_loopback, ollama_hostname
-from gateway.cors import cors_middleware
-from gateway.exposure import exposed_on, local_addresses, ollama_port
-from gateway.headers import loopback_host_middleware, security_headers_middleware
-from gateway.llm import LLMSettings, OllamaChat
-from gateway.metrics import Metrics, loop_lag_context
-from gateway.middleware import error_middleware
-from gateway.ratelimit import ConcurrencyLimiter, RateLimiter
-from gateway.routes import add_routes
-from gateway.state import (
+from gateway.conversation.llm import LLMSettings, OllamaChat
+from gateway.errors import ConfigError, IcePolicyError
+from gateway.http.auth import setup_auth
+from gateway.http.cors import cors_middleware
+from gateway.http.headers import loopback_host_middleware, security_headers_middleware
+from gateway.http.middleware import error_middleware
+from gateway.http.routes import add_routes
+from gateway.http.state import (
     ASR,
     CLIENT_SESSIONS,
     CONFIG,
@@ -36,12 +34,16 @@ from gateway.state import (
     VAD,
     WEBSOCKETS,
 )
-from gateway.ws import close_websockets
+from gateway.http.ws import close_websockets
+from gateway.ops.config import Config, is_loopback, ollama_hostname
+from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
+from gateway.ops.metrics import Metrics, watch_loop_lag
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
 from media.vad import SileroModel, VadBatcher
 from signalling.ice import IcePolicy, check_policy
+from signalling.limits import ConcurrencyLimiter, RateLimiter
 from signalling.offer import MAX_BODY_BYTES
 from signalling.registry import SessionRegistry
 
@@ -68,7 +70,10 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     app.on_shutdown.append(close_websockets)
     app[ICE_POLICY] = policy = IcePolicy(config.ice_addresses, config.udp_ports)
     if policy.active:
-        addresses = check_policy(policy)  # ConfigError for an unknown interface or address
+        try:
+            addresses = check_policy(policy)
+        except IcePolicyError as exc:  # an unknown interface or address, a bad range
+            raise ConfigError(exc.flag, exc.detail) from exc
         logger.info(
             "WebRTC media only on %s, UDP ports %s",
             ", ".join(addresses) or "every address",
@@ -148,3 +153,16 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = registry = SessionRegistry(app[CONFIG].max_sessions)
     yield
     await registry.close_all("shutdown")
+
+
+def loop_lag_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(
+            watch_loop_lag(metrics.loop_lag), name="loop-lag"
+        )
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx

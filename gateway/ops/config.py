@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 from gateway.errors import ConfigError
-from gateway.logs import LogFormat
+from gateway.ops.logs import LogFormat
 
 AsrEngineName = Literal["openai-whisper", "faster-whisper"]
 AsrDevice = Literal["auto", "cpu", "cuda"]

@@ -17,12 +17,12 @@ from aiohttp import web
 from certs.authority import certificate_warnings, ensure_certificates
 from certs.trust import trust_instructions
 from gateway import __version__
-from gateway.app import build_app
-from gateway.auth import GatewayAccessLogger
-from gateway.config import Config, load_config
-from gateway.doctor import doctor_command
-from gateway.errors import CertificateError, ConfigError, GatewayError
-from gateway.logs import configure_logging
+from gateway.errors import KNOWN_ERRORS, CertificateError, ConfigError
+from gateway.http.app import build_app
+from gateway.http.auth import GatewayAccessLogger
+from gateway.ops.config import Config, load_config
+from gateway.ops.doctor import doctor_command
+from gateway.ops.logs import configure_logging
 
 logger = logging.getLogger("gateway")
 
@@ -130,7 +130,7 @@ def serve(config: Config) -> int:
             keepalive_timeout=KEEPALIVE_TIMEOUT_S,
             **HEADER_LIMITS,
         )
-    except GatewayError as exc:  # e.g. the ASR model cannot be loaded
+    except KNOWN_ERRORS as exc:  # e.g. the ASR model cannot be loaded
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. the port is taken

@@ -10,12 +10,12 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import state as keys
-from gateway.middleware import SESSION_RETRY_AFTER_S
-from gateway.ratelimit import client_key, rate_limited
-from gateway.webrtc import open_session
-from gateway.ws import websocket
+from gateway.http import state as keys
+from gateway.http.middleware import SESSION_RETRY_AFTER_S, rate_limited
+from gateway.http.webrtc import open_session
+from gateway.http.ws import websocket
 from signalling import protocol
+from signalling.limits import client_key
 from signalling.offer import parse_offer
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,31 @@
+"""Errors of the media layer: speech recognition and the models it loads."""
+
+from __future__ import annotations
+
+
+class MediaError(Exception):
+    code = "media"
+
+
+class ASRError(MediaError):
+    """The speech recogniser failed."""
+
+    code = "asr_failed"
+
+
+class ASRBusyError(ASRError):
+    """Too many utterances are already waiting for the recogniser (retryable)."""
+
+    code = "asr_busy"
+
+
+class ModelLoadError(ASRError):
+    """A model cannot be found, downloaded or converted."""
+
+    code = "asr_model"
+
+
+class UnsupportedLanguage(ASRError):
+    """The loaded model cannot transcribe the language asked for."""
+
+    code = "unsupported_language"
