@@ -2,9 +2,9 @@
 
 For each engine the real gateway app is served on 127.0.0.1 with a preloaded tiny.en, and
 one aiortc client (``gateway.testing.loopback.LoopbackClient``) plays Piper speech that no
-test uses, paced in real time like a browser microphone, each sentence followed by silence. The client
-records when the last audible sample left it and when ``transcript.final`` arrived; the
-difference is the latency a user feels. It includes the VAD's silence hangover
+test uses, paced in real time like a browser microphone, each sentence followed by silence.
+The client records when the last audible sample left it and when ``transcript.final``
+arrived; the difference is the latency a user feels. It includes the VAD's silence hangover
 (``--vad-silence-ms``, 500 ms by default) by design: that is how the gateway knows the
 person has finished.
 

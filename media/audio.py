@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import av
 import numpy as np
 
@@ -46,3 +48,33 @@ class Chunker:
         chunks = [data[i : i + self._size] for i in range(0, whole, self._size)]
         self._pending = data[whole:].copy()
         return chunks
+
+
+class SampleClock:
+    """When each position of a stream arrived (``time.monotonic`` seconds), so that timings
+    can start at the end of speech itself rather than at the endpointer's decision, which
+    comes a hangover later. Pure: the caller marks each frame's end and its arrival time.
+
+    A sample is taken to have arrived when the frame that ends with it did, less the rest
+    of that frame: what a client played at a steady pace arrives at that pace.
+    """
+
+    def __init__(self, rate: int = SAMPLE_RATE, horizon_frames: int = 3000) -> None:
+        self._rate = rate
+        self._marks: deque[tuple[int, float]] = deque(maxlen=horizon_frames)  # (end, at)
+
+    def mark(self, end_sample: int, at: float) -> None:
+        self._marks.append((end_sample, at))
+
+    def time_of(self, sample: int) -> float | None:
+        """None before any frame has arrived."""
+        if not self._marks:
+            return None
+        end, at = self._marks[-1]
+        if end < sample:
+            return at  # not arrived yet as far as we know: the latest arrival
+        for earlier_end, earlier_at in reversed(self._marks):
+            if earlier_end < sample:
+                break  # the previous mark was the first frame that holds the sample
+            end, at = earlier_end, earlier_at
+        return at - (end - sample) / self._rate

@@ -8,13 +8,14 @@ the audio yet. Silero runs on the loop, batched across streams by :class:`VadBat
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import Float32Array
-from media.audio import Chunker, MonoResampler
+from media.audio import Chunker, MonoResampler, SampleClock
 from media.endpointer import Endpointer, EndpointerEvent, EndpointerSettings
 from media.vad import VadBatcher
 
@@ -29,6 +30,7 @@ class AudioListener:
         on_event: Callable[[EndpointerEvent], None],
         *,
         on_frame: Callable[[int], None] = lambda lost: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resampler = MonoResampler(settings.sample_rate)
         self._chunker = Chunker()
@@ -38,6 +40,9 @@ class AudioListener:
         self._on_event = on_event
         self._on_frame = on_frame
         self._next_pts: int | None = None
+        self._clock = clock
+        self._received = 0  # samples of the 16 kHz stream so far
+        self.arrivals = SampleClock(settings.sample_rate)  # stream position → arrival time
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Reads until the track ends; an utterance in progress is then delivered."""
@@ -50,7 +55,10 @@ class AudioListener:
                 continue  # aiortc yields packets only for pass-through codecs
             try:
                 self._on_frame(self._count_lost(frame))
-                await self.feed(self._resampler.resample(frame))
+                samples = self._resampler.resample(frame)
+                self._received += len(samples)
+                self.arrivals.mark(self._received, self._clock())
+                await self.feed(samples)
             except Exception:
                 # Keep reading whatever went wrong with one frame: a track nobody reads
                 # buffers without bound.

@@ -66,6 +66,15 @@ class RateLimiter:
         elapsed = max(0.0, now - bucket.updated)
         return min(float(self.burst), bucket.tokens + elapsed * self._per_s)
 
+    def wait(self, key: str, now: float) -> float | None:
+        """Like :meth:`check`, but takes no token and stores nothing: for a bucket that is
+        spent on failures, looked at before each attempt."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return None
+        level = self._level(bucket, now)
+        return None if level >= 1.0 else (1.0 - level) / self._per_s
+
     def check(self, key: str, now: float) -> float | None:
         """None if allowed (a token is taken); else the seconds until one is available."""
         bucket = self._buckets.get(key)

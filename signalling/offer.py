@@ -7,12 +7,13 @@ makes its parser raise whatever the line happened to trip (``ValueError``,
 raises :class:`~gateway.errors.OfferError` with a message that names the problem, and
 nothing else, for any input.
 
-Beyond what the HTTP contract asks (an Opus audio section, ICE credentials, a DTLS
-fingerprint), every line that aiortc's SDP parser reads with ``int()``, ``split()`` or a
-table lookup is checked here with a stricter grammar, and every media section must carry
-what aiortc's ``setRemoteDescription`` and ``createAnswer`` rely on (ICE credentials,
-``a=setup``, a unique ``a=mid``; ``a=rtcp-mux`` and a direction for RTP; ``a=sctp-port`` for
-the data channel). Pure code, no I/O.
+An offer must give the gateway something to use: audio the client sends (``a=sendrecv`` or
+``a=sendonly``, port not 0), which must offer Opus, or a data channel for typed text. Beyond
+that and what the HTTP contract asks (ICE credentials, a DTLS fingerprint), every line that
+aiortc's SDP parser reads with ``int()``, ``split()`` or a table lookup is checked here with a
+stricter grammar, and every media section must carry what aiortc's ``setRemoteDescription``
+and ``createAnswer`` rely on (ICE credentials, ``a=setup``, a unique ``a=mid``; ``a=rtcp-mux``
+and a direction for RTP; ``a=sctp-port`` for the data channel). Pure code, no I/O.
 """
 
 from __future__ import annotations
@@ -303,8 +304,8 @@ def _check_sdp(sdp: str) -> str:
     for section in sections:
         _check_lines(section.lines, section)
         _check_payload_types(section)
-    _check_audio(sections)
     _check_transport(session_lines, sections)
+    _check_media(sections)
     return "\r\n".join(line.text for line in lines) + "\r\n"
 
 
@@ -324,7 +325,7 @@ def _group(lines: list[_Line]) -> tuple[list[_Line], list[_Section]]:
         else:
             session.append(line)
     if not sections:
-        raise OfferError("offer has no audio section (no 'm=' line at all)")
+        raise OfferError("offer has no media section (no 'm=' line at all)")
     applications = [s for s in sections if s.kind == "application"]
     if len(applications) > 1:
         raise OfferError(
@@ -539,29 +540,45 @@ def _check_payload_types(section: _Section) -> None:
             )
 
 
-def _check_audio(sections: list[_Section]) -> None:
+def _check_media(sections: list[_Section]) -> None:
+    """The gateway listens to audio the client sends and talks over a data channel; an offer
+    with neither would hold a session slot that nothing can use."""
     audio = [section for section in sections if section.kind == "audio"]
-    if not audio:
-        kinds = ", ".join(section.kind for section in sections)
-        raise OfferError(f"offer has no audio section (it has: {kinds})")
-    opus = [section for section in audio if _offers_opus(section)]
-    if not opus:
-        codecs: list[str] = []
-        for section in audio:
-            for _, value in section.attributes("rtpmap"):
-                codec = (value or "").split(" ", 1)[-1]
-                if codec not in codecs:
-                    codecs.append(codec)
-        found = ", ".join(codecs[:6]) if codecs else "no a=rtpmap"
-        raise OfferError(f"offer has no audio section offering Opus (found: {found})")
-    for section in opus:
-        if section.port != 0 and _direction(section) != "inactive":
-            return
-    section = opus[0]
-    why = "rejected (port 0)" if section.port == 0 else "inactive (a=inactive)"
+    sent = [s for s in audio if not _rejected(s) and _direction(s) in ("sendrecv", "sendonly")]
+    if sent:
+        if not any(_offers_opus(section) for section in sent):
+            codecs: list[str] = []
+            for section in sent:
+                for codec in _codecs(section):
+                    if codec not in codecs:
+                        codecs.append(codec)
+            found = ", ".join(codecs[:6]) if codecs else "no a=rtpmap"
+            raise OfferError(f"the audio the client sends does not offer Opus (found: {found})")
+        return
+    channel = next((s for s in sections if s.kind == "application"), None)
+    if channel is not None and not _rejected(channel):
+        return  # a text session; audio the client only receives waits for spoken replies
+    talk = "no data channel" if channel is None else f"the {channel.label()} is rejected (port 0)"
+    if audio:
+        # Every RTP section has a direction by now (_check_transport): not sent means this.
+        why = {
+            "recvonly": "recvonly (the client only listens)",
+            "inactive": "inactive (a=inactive)",
+        }.get(_direction(audio[0]) or "", "rejected (port 0)")
+        heard = f"the {audio[0].label()} is {why}"
+        talk = f"there is {talk}" if channel is None else talk
+    else:
+        heard = f"there is no audio section (it has: {', '.join(s.kind for s in sections)})"
     raise OfferError(
-        f"offer has no usable audio section offering Opus: the {section.label()} is {why}"
+        f"offer gives the gateway nothing to use: {heard} and {talk}; it needs audio the"
+        " client sends (a=sendrecv or a=sendonly, port not 0) or a data channel for typed text"
     )
+
+
+def _rejected(section: _Section) -> bool:
+    """Port 0 refuses a section, unless ``a=bundle-only`` marks it as riding on the bundle's
+    transport (what browsers offer with bundlePolicy "max-bundle")."""
+    return section.port == 0 and not section.attributes("bundle-only")
 
 
 def _direction(section: _Section) -> str | None:
@@ -571,6 +588,16 @@ def _direction(section: _Section) -> str | None:
         if line.text in ("a=inactive", "a=sendonly", "a=recvonly", "a=sendrecv"):
             direction = line.text[2:]
     return direction
+
+
+def _codecs(section: _Section) -> list[str]:
+    """The codecs (``name/rate[/channels]``) of the payload types the m-line lists."""
+    formats = {int(pt) for pt in section.formats}
+    return [
+        codec
+        for pt, codec in ((value or "").split(" ", 1) for _, value in section.attributes("rtpmap"))
+        if int(pt) in formats
+    ]
 
 
 def _offers_opus(section: _Section) -> bool:

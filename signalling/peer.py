@@ -52,9 +52,31 @@ async def answer_offer(
 
 async def _negotiate(pc: RTCPeerConnection, sdp: str) -> None:
     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-    if not any(t.kind == "audio" and t.receiver is not None for t in pc.getTransceivers()):
-        raise OfferError("offer has no audio the gateway can receive")
+    if not decline_unused_media(pc) and pc.sctp is None:
+        raise OfferError("offer has no audio the gateway can hear and no data channel")
     answer = await pc.createAnswer()
     if answer is None:  # pragma: no cover
         raise OfferError("no answer was produced")
     await pc.setLocalDescription(answer)
+
+
+def decline_unused_media(pc: RTCPeerConnection) -> bool:
+    """Answer ``inactive`` to every section the gateway would receive but not use (video,
+    audio beyond the first); returns whether audio remains for it to hear.
+
+    Call between ``setRemoteDescription`` and ``createAnswer``. aiortc starts a receiver, a
+    decoder thread and an unbounded queue of decoded frames for every section it receives,
+    whether or not anyone reads the track: one unread 640x480 camera grew the process by
+    300 MB in 12 s. Inactive, the client sends nothing there and aiortc starts no receiver.
+    """
+    heard = False
+    for transceiver in pc.getTransceivers():
+        track = transceiver.receiver.track
+        if track is None:  # the client sends nothing here: no receiver will run
+            continue
+        if transceiver.kind == "audio" and not heard:
+            heard = True  # the track the voice pipeline listens to (the first, in m-line order)
+            continue
+        transceiver.direction = "inactive"
+        track.stop()  # nothing will arrive: a reader's recv() ends instead of waiting forever
+    return heard

@@ -18,6 +18,9 @@ from signalling.offer import parse_session
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024
+# What one event may weigh: RFC 8841's default max-message-size, which every WebRTC client
+# accepts (Chrome takes 256 KiB, Firefox more). A longer text is cut, and says so.
+MAX_EVENT_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 4000
 
 Event = dict[str, Any]
@@ -84,7 +87,31 @@ def pong(message_id: object) -> Event:
 
 
 def encode(event: Event) -> str:
+    """JSON text of at most :data:`MAX_EVENT_BYTES` bytes. An event over it (a very long
+    ``reply.done``) keeps as much of its ``text`` as fits and gains ``"truncated": true``;
+    the client has had every piece of a reply as ``reply.delta`` already."""
+    text = _dumps(event)
+    if len(text) * 4 <= MAX_EVENT_BYTES or _size(text) <= MAX_EVENT_BYTES:
+        return text
+    whole = event.get("text")
+    if not isinstance(whole, str):
+        return _dumps(error("event_too_large", f"a {event.get('type')} event was too large"))
+    lo, hi = 0, len(whole)  # the longest prefix that fits: binary search on characters
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _size(_dumps({**event, "text": whole[:mid], "truncated": True})) <= MAX_EVENT_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _dumps({**event, "text": whole[:lo], "truncated": True})
+
+
+def _dumps(event: Event) -> str:
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 # --- client → server ---

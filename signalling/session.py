@@ -1,8 +1,15 @@
-"""One WebRTC session: its peer connection, its data channel, and the tasks it owns.
+"""One client session, whatever carries it: its state and clocks, the tasks it owns, and the
+events waiting for the client. Transports (a WebRTC data channel, a WebSocket) are thin
+adapters behind :class:`Transport`.
 
-A session ends exactly once (``close``), whatever ends it — ``DELETE``, ICE failure, the
-peer closing, a connect timeout, shutdown — and ending it cancels and awaits every task
-it owns, closes the peer connection and forgets its buffers.
+A session ends exactly once (``close``), whatever ends it — ``DELETE``, the client going
+away, a clock running out, shutdown — and ending it cancels and awaits every task it
+owns, closes the transport and forgets its buffers.
+
+Events go through one bounded :class:`~signalling.outbox.Outbox` drained by one writer
+task: ``send`` never blocks and never raises, so the code that produces events (a reply
+streaming from Ollama) cannot be broken by a slow or vanished client. The transport
+applies back-pressure by making ``write`` wait; the outbox's drop policy absorbs it.
 """
 
 from __future__ import annotations
@@ -11,23 +18,38 @@ import asyncio
 import enum
 import logging
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Callable, Coroutine
-from typing import Any
-
-from aiortc import RTCDataChannel, RTCPeerConnection
+from typing import Any, Protocol
 
 from signalling.lifecycle import SessionLimits, expiry
+from signalling.outbox import Outbox
 from signalling.protocol import Event, encode
 from signalling.tasks import TaskOwner
 
 logger = logging.getLogger(__name__)
 
-# Events produced before the data channel opens wait here; the oldest go first when full.
-OUTBOX_LIMIT = 64
-# Beyond this many bytes queued in SCTP for a slow client, events are dropped, not queued.
-MAX_BUFFERED_BYTES = 1024 * 1024
-PC_CLOSE_TIMEOUT_S = 5.0
+OUTBOX_LIMIT = 256
+TRANSPORT_CLOSE_TIMEOUT_S = 5.0
+
+
+class TransportClosed(Exception):
+    """The client is gone: nothing more can be written."""
+
+
+class Transport(Protocol):
+    kind: str  # "webrtc" | "ws": a metrics label
+
+    async def opened(self) -> None:
+        """Returns once events can be written (a data channel has opened)."""
+        ...
+
+    async def write(self, text: str) -> None:
+        """Write one encoded event, waiting while the client is behind. Raises
+        :class:`TransportClosed` once the client is gone."""
+        ...
+
+    async def close(self, reason: str) -> None: ...
 
 
 class SessionState(enum.Enum):
@@ -41,34 +63,42 @@ class Session:
     def __init__(
         self,
         session_id: str,
-        pc: RTCPeerConnection,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.id = session_id
-        self.pc = pc
+        self.transport = transport
         self.state = SessionState.NEGOTIATING
         self.close_reason: str | None = None
-        self.created_at = time.monotonic()
+        self._clock = clock
+        self.created_at = clock()
         self.last_activity = self.created_at
         self.on_message: Callable[[str | bytes], None] = lambda data: None
-        self.on_channel_open: Callable[[], None] = lambda: None
-        self.dropped_events = 0
+        self.on_dropped: Callable[[str], None] = lambda kind: None  # an event type lost
+        self.dropped = Counter[str]()
         self.on_closed: list[Callable[[Session], None]] = []  # called once, in order
-        self._channel: RTCDataChannel | None = None
-        self._outbox: deque[str] = deque(maxlen=OUTBOX_LIMIT)
         self.tasks = TaskOwner(session_id)
+        self._outbox = Outbox(OUTBOX_LIMIT)
+        self._queued = asyncio.Event()
         self._closing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<Session {self.id} {self.state.value}>"
+        return f"<Session {self.id} {self.transport.kind} {self.state.value}>"
 
     def touch(self) -> None:
         """Something happened (speech, a client message): the session is not idle."""
-        self.last_activity = time.monotonic()
+        self.last_activity = self._clock()
 
     def set_state(self, state: SessionState) -> None:
-        if state is not self.state:
+        if state is not self.state and self.state is not SessionState.CLOSED:
             logger.info("[%s] %s -> %s", self.id, self.state.value, state.value)
             self.state = state
+
+    def start(self, limits: SessionLimits) -> None:
+        """Start writing events and watching the clocks (after negotiation)."""
+        self.spawn(self._write_loop(), "writer")
+        self.spawn(self._watch(limits), "watchdog")
 
     # --- tasks ---
 
@@ -78,45 +108,39 @@ class Session:
 
     # --- events ---
 
-    def attach_channel(self, channel: RTCDataChannel) -> bool:
-        """The first channel the client opens carries events; others are ignored."""
-        if self._channel is not None or self.state is SessionState.CLOSED:
-            return False
-        self._channel = channel
-        channel.on("message", self._message)
-        if channel.readyState == "open":
-            self._channel_open()
-        else:
-            channel.on("open", self._channel_open)
-        return True
-
-    def _message(self, data: str | bytes) -> None:
+    def receive(self, data: str | bytes) -> None:
+        """A message from the client (the transport calls this)."""
+        if self.state is SessionState.CLOSED or self._closing is not None:
+            return  # nothing a client sends now starts new work
         self.touch()
         self.on_message(data)
 
-    def _channel_open(self) -> None:
-        self.on_channel_open()
-        while self._outbox:
-            self._transmit(self._outbox.popleft())
-
     def send(self, event: Event) -> None:
-        if self.state is SessionState.CLOSED:
+        """Queue an event for the client. Never blocks, never raises."""
+        if self._closing is not None:
             return
-        text = encode(event)
-        if self._channel is None or self._channel.readyState != "open":
-            if len(self._outbox) == self._outbox.maxlen:
-                self.dropped_events += 1
-            self._outbox.append(text)
-            return
-        self._transmit(text)
+        kind = str(event.get("type"))
+        dropped = self._outbox.push(kind, encode(event))
+        if dropped is not None:
+            self.dropped[dropped] += 1
+            self.on_dropped(dropped)
+            logger.warning("[%s] client not reading: dropped a %s event", self.id, dropped)
+        self._queued.set()
 
-    def _transmit(self, text: str) -> None:
-        assert self._channel is not None
-        if self._channel.bufferedAmount > MAX_BUFFERED_BYTES:
-            self.dropped_events += 1
-            logger.warning("[%s] client not reading events: dropped one", self.id)
-            return
-        self._channel.send(text)
+    async def _write_loop(self) -> None:
+        await self.transport.opened()
+        while True:
+            item = self._outbox.pop()
+            if item is None:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            try:
+                await self.transport.write(item.text)
+            except TransportClosed as exc:
+                logger.info("[%s] cannot send: %s", self.id, exc)
+                self.request_close("disconnected")
+                return
 
     # --- ending ---
 
@@ -133,7 +157,7 @@ class Session:
         """Idempotent; concurrent callers all wait for the one close to finish."""
         await asyncio.shield(self.request_close(reason))
 
-    async def watch(self, limits: SessionLimits) -> None:
+    async def _watch(self, limits: SessionLimits) -> None:
         """Ends the session when one of its clocks runs out (see ``signalling.lifecycle``)."""
         while True:
             verdict = expiry(
@@ -141,7 +165,7 @@ class Session:
                 created=self.created_at,
                 connected=self.state is SessionState.CONNECTED,
                 last_activity=self.last_activity,
-                now=time.monotonic(),
+                now=self._clock(),
             )
             if verdict.reason is not None:
                 self.request_close(verdict.reason)
@@ -152,13 +176,11 @@ class Session:
     async def _close(self, reason: str) -> None:
         self.close_reason = reason
         logger.info("[%s] closing: %s", self.id, reason)
-        self.on_message = lambda data: None  # nothing a client sends now starts new work
         await self.tasks.cancel_all()
         try:
-            await asyncio.wait_for(self.pc.close(), PC_CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self.transport.close(reason), TRANSPORT_CLOSE_TIMEOUT_S)
         except Exception:  # aiortc can raise from close() after a mangled negotiation
-            logger.warning("[%s] peer connection close failed", self.id, exc_info=True)
-        self._channel = None
+            logger.warning("[%s] transport close failed", self.id, exc_info=True)
         self._outbox.clear()
         self.set_state(SessionState.CLOSED)
         for callback in self.on_closed:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from aiortc import RTCPeerConnection
 
 from gateway.http.app import build_app
 from gateway.ops.config import Config
@@ -15,6 +16,8 @@ from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
+from signalling.datachannel import PeerTransport
+from signalling.session import Session
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
 GatewayFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
@@ -60,6 +63,12 @@ async def connect(client: TestClient) -> tuple[LoopbackClient, str]:  # type: ig
     ready = await peer.next_event("session.ready", within=10)
     assert ready["session_id"] == answer["session_id"]
     return peer, answer["session_id"]
+
+
+def peer_connection(session: Session) -> RTCPeerConnection:
+    """The gateway side of a WebRTC session."""
+    assert isinstance(session.transport, PeerTransport), session
+    return session.transport.pc
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ from __future__ import annotations
 import av
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from media import Float32Array
-from media.audio import Chunker, MonoResampler
+from media.audio import Chunker, MonoResampler, SampleClock
 
 RATE_IN = 48_000
 FRAME = 960  # 20 ms, as aiortc decodes Opus
@@ -141,3 +142,24 @@ def test_chunker_with_another_size() -> None:
     assert [len(c) for c in out] == [320, 320, 320]
     (nxt,) = chunker.push(np.arange(1000, 1280, dtype=np.float32))
     np.testing.assert_array_equal(nxt, np.arange(960, 1280, dtype=np.float32))
+
+
+def test_sample_clock_maps_positions_to_arrival_times() -> None:
+    clock = SampleClock(rate=16_000)
+    assert clock.time_of(0) is None  # nothing has arrived yet
+    for frame in range(1, 6):  # 20 ms frames of 320 samples arriving every 20 ms
+        clock.mark(frame * 320, at=10.0 + 0.02 * frame)
+    # The last sample of frame 3 arrived with it; one 10 ms before its end, 10 ms earlier.
+    assert clock.time_of(960) == pytest.approx(10.06)
+    assert clock.time_of(800) == pytest.approx(10.05)
+    assert clock.time_of(1) == pytest.approx(10.02 - 319 / 16_000)
+    # Not arrived yet: the latest arrival is the best answer there is.
+    assert clock.time_of(10_000) == pytest.approx(10.10)
+
+
+def test_sample_clock_forgets_beyond_its_horizon() -> None:
+    clock = SampleClock(rate=16_000, horizon_frames=2)
+    for frame in range(1, 5):
+        clock.mark(frame * 320, at=float(frame))
+    assert clock.time_of(1280) == pytest.approx(4.0)
+    assert clock.time_of(960) == pytest.approx(3.0)

@@ -289,7 +289,7 @@ ALICE = Principal("alice", "jwt")
 
 def test_ticket_is_single_use() -> None:
     book = TicketBook()
-    ticket = book.issue(ALICE, now=100.0)
+    ticket = book.issue(ALICE, now=100.0, client="192.0.2.1")
     assert len(ticket) >= 40  # 32 random bytes, base64url
     assert book.redeem(ticket, now=101.0) == ALICE
     with pytest.raises(AuthError, match="already used"):
@@ -300,7 +300,7 @@ def test_ticket_is_single_use() -> None:
 
 def test_ticket_expires_after_its_ttl() -> None:
     book = TicketBook(ttl_s=30.0)
-    early, late = book.issue(ALICE, now=0.0), book.issue(ALICE, now=0.0)
+    early, late = book.issue(ALICE, 0.0, client="a"), book.issue(ALICE, 0.0, client="a")
     assert book.redeem(early, now=29.9) == ALICE
     with pytest.raises(AuthError, match="expired"):
         book.redeem(late, now=30.0)
@@ -308,15 +308,48 @@ def test_ticket_expires_after_its_ttl() -> None:
 
 def test_ticket_book_is_bounded_and_sweeps_expired() -> None:
     book = TicketBook(ttl_s=30.0, limit=3)
-    first, *rest = [book.issue(ALICE, now=float(t)) for t in range(4)]
+    first, *rest = [book.issue(ALICE, float(t), client=f"c{t}") for t in range(4)]
     assert len(book) == 3
     assert book.dropped == 1
     with pytest.raises(AuthError):
         book.redeem(first, now=5.0)
     assert book.redeem(rest[0], now=5.0) == ALICE
-    book.issue(ALICE, now=100.0)  # the others expired: swept, not counted as dropped
+    book.issue(ALICE, now=100.0, client="c0")  # the others expired: swept, not dropped
     assert len(book) == 1
     assert book.dropped == 1
+
+
+def test_a_client_at_its_ticket_cap_waits_and_evicts_nobody() -> None:
+    book = TicketBook(ttl_s=30.0, limit=8, per_client=2)
+    bob = book.issue(ALICE, now=0.0, client="192.0.2.9")
+    mine = [book.issue(ALICE, now=float(t), client="192.0.2.1") for t in (1, 2)]
+    # At its cap: wait until its oldest expires (issued at 1 s, so at 31 s).
+    assert book.retry_after("192.0.2.1", now=10.0) == pytest.approx(21.0)
+    assert book.retry_after("192.0.2.9", now=10.0) is None
+    assert book.retry_after("192.0.2.77", now=10.0) is None
+    # Redeeming one frees a place.
+    assert book.redeem(mine[0], now=11.0) == ALICE
+    assert book.retry_after("192.0.2.1", now=11.0) is None
+    book.issue(ALICE, now=11.0, client="192.0.2.1")
+    assert book.retry_after("192.0.2.1", now=11.0) == pytest.approx(21.0)
+    # Issued regardless (a caller that did not ask first), a client loses its own oldest.
+    latest = [book.issue(ALICE, now=20.0 + t, client="192.0.2.1") for t in range(5)]
+    assert book.redeem(bob, now=25.0) == ALICE
+    assert book.dropped == 0
+    assert len(book) == 2
+    with pytest.raises(AuthError):
+        book.redeem(latest[2], now=25.0)
+    # Expiry frees places too.
+    assert book.retry_after("192.0.2.1", now=52.0) == pytest.approx(1.0)
+    assert book.retry_after("192.0.2.1", now=53.0) is None
+
+
+def test_ticket_book_memory_is_bounded_by_both_caps() -> None:
+    book = TicketBook(ttl_s=30.0, limit=4, per_client=2)
+    for n in range(40):
+        book.issue(ALICE, now=0.0, client=f"198.51.100.{n % 10}")
+        assert len(book) <= 4
+    assert book.dropped == 36
 
 
 # --- over HTTP ---

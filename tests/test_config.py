@@ -5,6 +5,7 @@ flag in one line."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from gateway import __version__
 from gateway.errors import ConfigError
 from gateway.ops.cli import main
-from gateway.ops.config import Config, load_config
+from gateway.ops.config import Config, load_config, parse_origin
 
 # --- helpers ---
 
@@ -292,6 +293,10 @@ BAD = [
     ([], {"GATEWAY_NO_TLS": "maybe"}, "--no-tls", "expected true or false, got 'maybe'"),
     (["--ollama-temperature", "nan"], {}, "--ollama-temperature", "between 0 and 2"),
     (["--llm-timeout", "fast"], {}, "--llm-timeout", "expected a number"),
+    (["--cors-origin", "http://user@host:3000"], {}, "--cors-origin", "has user info"),
+    (["--cors-origin", "https://app.example/x"], {}, "--cors-origin", "has a path"),
+    (["--cors-origin", "app.example:3000"], {}, "--cors-origin", "is not an origin like"),
+    ([], {"GATEWAY_CORS_ORIGINS": "https://ok.example,ftp://x"}, "--cors-origin", "'ftp://x'"),
 ]
 
 
@@ -484,3 +489,86 @@ def test_cli_version(capsys: pytest.CaptureFixture[str], flag: str) -> None:
     out, err = capsys.readouterr()
     assert out == f"local-ai-gateway {__version__}\n"
     assert err == ""
+
+
+def test_cli_bad_cors_origin_is_one_line_and_exit_2(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    served: list[Config] = []
+
+    def serve(config: Config) -> int:
+        served.append(config)
+        return 0
+
+    clean_env.setattr("gateway.ops.cli.serve", serve)
+    assert main(["serve", "--no-tls", "--cors-origin", "http://user@host:3000"]) == 2
+    assert served == []
+    _, err = capsys.readouterr()
+    assert err == (
+        "local-ai-gateway: error: --cors-origin: 'http://user@host:3000' has user info (user@); "
+        "an origin is scheme://host[:port] (from command line)\n"
+    )
+
+
+# --- origins: the one parser behind --cors-origin and the CORS checks ---
+
+
+@pytest.mark.parametrize(
+    ("text", "origin"),
+    [
+        ("https://app.example", "https://app.example"),
+        ("HTTPS://App.Example:443", "https://app.example"),
+        ("http://app.example:80", "http://app.example"),
+        ("http://app.example:443", "http://app.example:443"),
+        ("https://app.example:03000", "https://app.example:3000"),
+        ("  http://localhost:3000  ", "http://localhost:3000"),
+        ("http://10.8.0.2:3000", "http://10.8.0.2:3000"),
+        ("https://[FD00:0:0::1]:8001", "https://[fd00::1]:8001"),
+        ("https://[::1]:443", "https://[::1]"),
+    ],
+)
+def test_parse_origin(text: str, origin: str) -> None:
+    assert parse_origin(text) == origin
+    assert parse_origin(origin) == origin
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "is not an origin like"),
+        ("null", "is not an origin like"),
+        ("app.example", "is not an origin like"),
+        ("ws://app.example", "is not an origin like"),
+        ("file:///etc", "is not an origin like"),
+        ("https://", "has no host"),
+        ("https://:3000", "has no host"),
+        ("http://user@host:3000", "has user info"),
+        ("http://user:pw@host", "has user info"),
+        ("https://app.example/", "has a path, query or fragment"),
+        ("https://app.example/path", "has a path, query or fragment"),
+        ("https://app.example?x=1", "has a path, query or fragment"),
+        ("https://app.example#top", "has a path, query or fragment"),
+        ("https://app.example:", "has no valid port"),
+        ("https://app.example:0", "has no valid port"),
+        ("https://app.example:65536", "has no valid port"),
+        ("https://app.example:http", "has no valid port"),
+        ("https://app.example:\uff13", "has no valid port"),  # a fullwidth digit
+        ("https://app example", "has no valid host"),
+        ("https://app\n.example", "has no valid host"),
+        ("https://bücher.example", "has no valid host"),  # browsers send xn--
+        ("https://[::1", "has no valid host"),
+        ("https://[::1]x", "has no valid port"),
+        ("https://[fe80::1%eth0]", "has no valid host"),
+        ("https://[not-v6]", "has no valid host"),
+    ],
+)
+def test_parse_origin_refuses(text: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)) as caught:
+        parse_origin(text)
+    assert "\n" not in str(caught.value)  # the text is quoted, so one line
+
+
+def test_cors_origins_are_stored_normalised_and_a_trailing_slash_is_forgiven() -> None:
+    argv = ["--cors-origin", "HTTP://LocalHost:3000/", "--cors-origin", "https://app.example:443"]
+    config = load_config(argv, {})
+    assert config.cors_origins == ("http://localhost:3000", "https://app.example")

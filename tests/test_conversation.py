@@ -71,6 +71,7 @@ async def test_ws_plain_text_streams_the_answer(gateway: GatewayFactory, ollama:
     assert set(done["timings"]) == {
         "llm_first_token_ms",
         "llm_total_ms",
+        "speech_end_to_first_token_ms",
         "endpoint_to_first_token_ms",
     }
     sent = state.requests[-1]

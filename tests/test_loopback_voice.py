@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import DATA, LoopbackClient, load_clips, read_wav
-from tests.conftest import GatewayFactory, connect
+from tests.conftest import GatewayFactory, connect, peer_connection
 
 
 def words(text: str) -> list[str]:
@@ -93,7 +93,7 @@ async def test_delete_ends_the_session(gateway: GatewayFactory) -> None:
 
     assert response.status == 204
     assert len(registry) == 0
-    assert session.pc.connectionState == "closed"
+    assert peer_connection(session).connectionState == "closed"
     assert len(session.tasks) == 0
     again = await client.delete(f"/sessions/{session_id}")
     assert again.status == 404
@@ -114,7 +114,7 @@ async def test_peer_disconnect_ends_the_session(gateway: GatewayFactory) -> None
         await asyncio.sleep(0.1)
 
     assert len(registry) == 0
-    assert session.pc.connectionState == "closed"
+    assert peer_connection(session).connectionState == "closed"
     assert len(session.tasks) == 0
 
 

@@ -335,6 +335,86 @@ def test_other_valid_shape_is_accepted(name: str) -> None:
     assert parse_offer(body(sdp)).sdp == sdp
 
 
+# --- what the gateway can use: audio the client sends, or a data channel ------------------
+
+
+def no_channel(sdp: str) -> str:
+    """``sdp`` without its data channel (the audio keeps a=mid:0)."""
+    return replaced(without_section(sdp, "application"), "BUNDLE 0 1", "BUNDLE 0")
+
+
+def audio_direction(sdp: str, direction: str) -> str:
+    return replaced(sdp, "a=sendrecv", f"a={direction}")
+
+
+def channel_port_zero(sdp: str, *extra: str) -> str:
+    """``sdp`` with its data channel at port 0, followed by ``extra`` lines."""
+    start, _ = section(sdp, "application")
+    lines = lines_of(sdp)
+    lines[start] = lines[start].replace("m=application 49203", "m=application 0")
+    return join(lines[: start + 1] + list(extra) + lines[start + 1 :])
+
+
+ACCEPTED_USES = {
+    "sendrecv audio": no_channel(CHROME_OFFER),
+    "sendonly audio": no_channel(audio_direction(CHROME_OFFER, "sendonly")),
+    "data channel only": replaced(without_section(CHROME_OFFER, "audio"), "BUNDLE 0 1", "BUNDLE 1"),
+    "recvonly audio and data channel": audio_direction(CHROME_OFFER, "recvonly"),
+    "inactive audio and data channel": audio_direction(CHROME_OFFER, "inactive"),
+    "video and data channel": replaced(video_only(), "BUNDLE 0", "BUNDLE 0 1")
+    + only_section(CHROME_OFFER, "application"),
+    # Firefox with bundlePolicy "max-bundle": port 0 marks a section bundled, not rejected
+    "bundle-only data channel": channel_port_zero(
+        audio_direction(CHROME_OFFER, "recvonly"), "a=bundle-only"
+    ),
+}
+
+_NEEDS = (
+    "; it needs audio the client sends (a=sendrecv or a=sendonly, port not 0)"
+    " or a data channel for typed text"
+)
+REFUSED_USES = {
+    "recvonly audio only": (
+        no_channel(audio_direction(CHROME_OFFER, "recvonly")),
+        "offer gives the gateway nothing to use: the audio section at line 8 is"
+        " recvonly (the client only listens) and there is no data channel" + _NEEDS,
+    ),
+    "inactive audio only": (
+        no_channel(audio_direction(CHROME_OFFER, "inactive")),
+        "the audio section at line 8 is inactive (a=inactive) and there is no data channel",
+    ),
+    "port-0 audio only": (
+        no_channel(replaced(CHROME_OFFER, "m=audio 49203", "m=audio 0")),
+        "the audio section at line 8 is rejected (port 0) and there is no data channel",
+    ),
+    "video only": (
+        video_only(),
+        "offer gives the gateway nothing to use: there is no audio section (it has: video)"
+        " and no data channel" + _NEEDS,
+    ),
+    "recvonly audio, port-0 data channel": (
+        channel_port_zero(audio_direction(CHROME_OFFER, "recvonly")),
+        "is recvonly (the client only listens) and the application section at line 41 is"
+        " rejected (port 0)",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED_USES))
+def test_offer_with_something_to_use_is_accepted(name: str) -> None:
+    sdp = ACCEPTED_USES[name]
+    assert parse_offer(body(sdp)).sdp == sdp
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED_USES))
+def test_offer_with_nothing_to_use_is_refused(name: str) -> None:
+    sdp, phrase = REFUSED_USES[name]
+    with pytest.raises(OfferError) as caught:
+        parse_offer(body(sdp))
+    assert phrase in str(caught.value)
+    assert len(str(caught.value)) < 300
+
+
 def test_session_overrides_are_returned() -> None:
     overrides = {"language": "en", "system_prompt": "Answer in one sentence.\n", "tts": False}
     offer = parse_offer(body(CHROME_OFFER, session=overrides))
@@ -419,30 +499,22 @@ BAD_OFFERS: list[tuple[str, bytes, str]] = [
     ("second v=", body(CHROME_OFFER + "v=0\r\n"), "repeats the 'v=' line"),
     ("no o=", body(without(CHROME_OFFER, "o=")), "no 'o=' line"),
     ("no s=", body(without(CHROME_OFFER, "s=")), "no 's=' line"),
-    ("no m=", body(join(lines_of(CHROME_OFFER)[:7])), "no audio section"),
-    # media sections
-    ("video only", body(video_only()), "offer has no audio section (it has: video)"),
-    ("data channel only", body(without_section(CHROME_OFFER, "audio")), "no audio section"),
-    ("audio without Opus", body(pcmu_only()), "no audio section offering Opus (found: PCMU/8000)"),
+    ("no m=", body(join(lines_of(CHROME_OFFER)[:7])), "no media section (no 'm=' line"),
+    # media sections (what the gateway can use: see ACCEPTED_USES and REFUSED_USES)
+    (
+        "audio without Opus",
+        body(pcmu_only()),
+        "the audio the client sends does not offer Opus (found: PCMU/8000)",
+    ),
     (
         "Opus not in m-line",
         body(replaced(CHROME_OFFER, _AUDIO_M, "m=audio 49203 UDP/TLS/RTP/SAVPF 0 8")),
-        "no audio section offering Opus",
+        "does not offer Opus (found: PCMU/8000, PCMA/8000)",
     ),
     (
         "Opus mono",
         body(replaced(CHROME_OFFER, "opus/48000/2", "opus/48000/1")),
-        "no audio section offering Opus",
-    ),
-    (
-        "port-0 audio only",
-        body(replaced(CHROME_OFFER, "m=audio 49203", "m=audio 0")),
-        "no usable audio section offering Opus: the audio section at line 8 is rejected (port 0)",
-    ),
-    (
-        "inactive audio only",
-        body(replaced(CHROME_OFFER, "a=sendrecv", "a=inactive")),
-        "is inactive",
+        "does not offer Opus (found: opus/48000/1,",
     ),
     (
         "too many media sections",
@@ -785,7 +857,7 @@ async def test_aiortc_answers_what_the_validator_passes(
 ) -> None:
     # The real and browser-shaped offers must be answered end to end (not the mDNS one:
     # aioice would spend a second trying to resolve its made-up name over multicast).
-    answerable = {**base_offers, **VALID_VARIANTS}
+    answerable = {**base_offers, **VALID_VARIANTS, **ACCEPTED_USES}
     del answerable["mDNS candidate"]
     for name, sdp in answerable.items():
         assert await answer(parse_offer(body(sdp)).sdp) == (None, None), name

@@ -33,6 +33,20 @@ def test_refused_checks_take_nothing() -> None:
     assert limiter.check("a", 1.0) is None
 
 
+def test_wait_looks_without_taking() -> None:
+    limiter = RateLimiter(rate_per_minute=20, burst=2)
+    assert limiter.wait("a", 0.0) is None  # an unknown key has its whole burst
+    assert len(limiter) == 0  # and looking stored nothing
+    assert limiter.check("a", 0.0) is None
+    for _ in range(5):
+        assert limiter.wait("a", 0.0) is None  # a token left, and looking takes none
+    assert limiter.check("a", 0.0) is None
+    assert limiter.wait("a", 0.0) == pytest.approx(3.0)
+    assert limiter.wait("a", 2.0) == pytest.approx(1.0)
+    assert limiter.wait("a", 3.0) is None
+    assert limiter.wait("b", 0.0) is None
+
+
 def test_keys_are_independent() -> None:
     limiter = RateLimiter(rate_per_minute=1, burst=1)
     assert limiter.check("a", 0.0) is None

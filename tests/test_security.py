@@ -3,17 +3,29 @@ token talks over WebRTC and /ws."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.http.app import build_app
+from gateway.http.auth import (
+    AUTH_FAILURE_BURST,
+    AUTH_FAILURES,
+    MAX_TICKETS_PER_CLIENT,
+    TICKETS,
+    GatewayAccessLogger,
+    Principal,
+)
 from gateway.http.state import SESSIONS
+from gateway.ops.config import Config
 from gateway.testing.loopback import LoopbackClient
-from tests.conftest import GatewayFactory
+from tests.conftest import AiohttpClient, EngineCache, GatewayFactory
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -85,6 +97,62 @@ async def test_ws_ticket_is_single_use(secured: TestClient) -> None:  # type: ig
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         await secured.ws_connect(f"/ws?ticket={ticket}")
     assert refused.value.status == 401
+
+
+async def test_failed_logins_are_rate_limited_per_address(
+    secured: TestClient,  # type: ignore[type-arg]
+) -> None:
+    auth = {"Authorization": f"Bearer {token(aud='gateway')}"}
+    # Asking without credentials is not guessing: it does not count.
+    for _ in range(AUTH_FAILURE_BURST + 2):
+        assert (await secured.get("/metrics")).status == 401
+    assert (await secured.get("/metrics", headers=auth)).status == 200
+
+    guesses = [
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": f"Bearer {token(aud='someone-else')}"},
+    ]
+    statuses = [
+        (await secured.get("/metrics", headers=guesses[n % 2])).status
+        for n in range(AUTH_FAILURE_BURST)
+    ]
+    assert statuses == [401] * AUTH_FAILURE_BURST
+    # Bad /ws tickets are guesses too; and past the burst every attempt is refused unread,
+    # a right one included, or guessing would go on behind the 429s.
+    for path, headers in [
+        ("/metrics", guesses[0]),
+        ("/ws?ticket=made-up", {}),
+        ("/ws-ticket", auth),
+        ("/metrics", auth),
+    ]:
+        response = await secured.request(
+            "POST" if path == "/ws-ticket" else "GET", path, headers=headers
+        )
+        assert response.status == 429, path
+        assert int(response.headers["Retry-After"]) >= 1
+        assert (await response.json())["error"]["code"] == "rate_limited"
+    # Open routes stay open; other addresses are not affected.
+    assert (await secured.get("/health")).status == 200
+    limiter = secured.app[AUTH_FAILURES]
+    assert limiter.wait("192.0.2.1", time.monotonic()) is None
+
+
+async def test_one_address_cannot_evict_other_addresses_tickets(
+    secured: TestClient,  # type: ignore[type-arg]
+) -> None:
+    book = secured.app[TICKETS]
+    someone_else = book.issue(Principal("bob", "jwt"), time.monotonic(), client="192.0.2.7")
+    auth = {"Authorization": f"Bearer {token(aud='gateway')}"}
+    statuses = []
+    for _ in range(MAX_TICKETS_PER_CLIENT + 5):
+        response = await secured.post("/ws-ticket", headers=auth)
+        statuses.append(response.status)
+    assert statuses == [200] * MAX_TICKETS_PER_CLIENT + [429] * 5
+    assert 1 <= int(response.headers["Retry-After"]) <= 30
+    assert (await response.json())["error"]["code"] == "rate_limited"
+    assert len(book) == MAX_TICKETS_PER_CLIENT + 1
+    async with secured.ws_connect(f"/ws?ticket={someone_else}") as ws:
+        assert (await ws.receive_json(timeout=5))["type"] == "session.ready"
 
 
 async def test_ws_token_in_subprotocol(secured: TestClient) -> None:  # type: ignore[type-arg]
@@ -168,3 +236,45 @@ async def test_without_tls_only_local_host_names(gateway: GatewayFactory) -> Non
     rebound = await client.get("/health", headers={"Host": "evil.example:8001"})
     assert rebound.status == 403
     assert (await client.get("/health", headers={"Host": "localhost:8001"})).status == 200
+
+
+async def test_client_text_is_logged_escaped_and_cut(
+    aiohttp_client: AiohttpClient,
+    engines: EngineCache,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = tmp_path / "jwt-secret"
+    secret.write_text(SECRET)
+    config = Config(no_tls=True, auth="jwt", jwt_secret_file=secret, jwt_audience="gateway")
+    app = build_app(config, engine=engines.get("openai-whisper"))
+
+    async def boom(request: web.Request) -> web.Response:
+        raise RuntimeError("boom")
+
+    app.router.add_get("/boom/{tail:[^/]*}", boom)  # reaches the error middleware's log
+    server = TestServer(app)
+    await server.start_server(access_log_class=GatewayAccessLogger)
+    client = await aiohttp_client(server)
+
+    auth = {"Authorization": f"Bearer {token(aud='gateway')}"}
+    assert (await client.get("/x%0A1970-01-01 INFO forged%0D%0Aline")).status == 401
+    assert (await client.get("/boom/%0A1970-01-01 INFO forged", headers=auth)).status == 500
+
+    huge = "https://" + "a" * 5000 + ".example"
+    preflight = {"Origin": huge, "Access-Control-Request-Method": "POST"}
+    assert (await client.options("/offer", headers=preflight)).status == 403
+    assert (await client.get("/health", headers={"Host": "evil.example"})).status == 403
+
+    messages = [r.getMessage() for r in caplog.records]
+    lines = [m for m in messages if "forged" in m]
+    # The refusal, the unhandled error and both access lines, each on one line.
+    assert len(lines) >= 4, lines
+    for line in lines:
+        assert len(line.splitlines()) == 1, line
+    assert any("refused GET /x\\n1970-01-01 INFO forged\\r\\nline" in line for line in lines)
+    assert any(m.startswith("refused Host evil.example from") for m in messages)
+    refused_origin = [m for m in messages if m.startswith("refused preflight")]
+    assert len(refused_origin) == 1
+    assert len(refused_origin[0]) < 400  # cut, not 5 KB

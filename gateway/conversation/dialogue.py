@@ -56,11 +56,20 @@ class ConversationSettings:
     tts_requested: bool = False
 
 
+@dataclass(frozen=True)
+class TurnTimes:
+    """When a turn ended (``time.monotonic``): the end of speech itself, and when the
+    endpointer decided so. For typed text both are the message's arrival."""
+
+    speech_end: float
+    decided: float
+
+
 @dataclass
 class _Reply:
     id: str
     utterance_id: str | None
-    origin: float  # when the turn was complete: end of speech, or the typed message
+    times: TurnTimes
     task: asyncio.Task[None] | None = None
     parts: list[str] = field(default_factory=list)
 
@@ -131,7 +140,8 @@ class Conversation:
         if isinstance(message, protocol.Ping):
             self.sink.send(protocol.pong(message.id))
         elif isinstance(message, protocol.TextMessage):
-            self.start_reply(message.text, utterance_id=None, origin=self._clock())
+            now = self._clock()
+            self.start_reply(message.text, utterance_id=None, times=TurnTimes(now, now))
         elif isinstance(message, protocol.Cancel):
             self.cancel_reply("client")
         elif isinstance(message, protocol.HistoryClear):
@@ -149,15 +159,15 @@ class Conversation:
     def on_speech_started(self) -> None:
         self.cancel_reply("barge-in")
 
-    def on_transcript(self, utterance_id: str, text: str, ended_at: float) -> None:
-        self.start_reply(text, utterance_id=utterance_id, origin=ended_at)
+    def on_transcript(self, utterance_id: str, text: str, times: TurnTimes) -> None:
+        self.start_reply(text, utterance_id=utterance_id, times=times)
 
     # --- replies ---
 
-    def start_reply(self, text: str, *, utterance_id: str | None, origin: float) -> None:
+    def start_reply(self, text: str, *, utterance_id: str | None, times: TurnTimes) -> None:
         self.cancel_reply("barge-in" if utterance_id else "client")
         self.history.add_user(text)
-        reply = _Reply(f"r{next(self._reply_ids)}", utterance_id, origin)
+        reply = _Reply(f"r{next(self._reply_ids)}", utterance_id, times)
         self._reply = reply
         self.sink.send(protocol.reply_started(reply.id, utterance_id))
         reply.task = self.sink.spawn(self._run(reply), f"reply-{reply.id}")
@@ -209,13 +219,16 @@ class Conversation:
         timings = {
             "llm_first_token_ms": _ms(started, first or done),
             "llm_total_ms": _ms(started, done),
-            "endpoint_to_first_token_ms": _ms(reply.origin, first or done),
+            # From the end of speech (what the person waits), and from the turn decision.
+            "speech_end_to_first_token_ms": _ms(reply.times.speech_end, first or done),
+            "endpoint_to_first_token_ms": _ms(reply.times.decided, first or done),
         }
         self.history.add_assistant(reply.text)
         self.metrics.replies.labels("done").inc()
         if first is not None:
             self.metrics.llm_first_token.observe(first - started)
-            self.metrics.endpoint_to_first_token.observe(first - reply.origin)
+            self.metrics.endpoint_to_first_token.observe(first - reply.times.decided)
+            self.metrics.speech_end_to_first_token.observe(first - reply.times.speech_end)
         self.sink.send(protocol.reply_done(reply.id, reply.text, timings))
         logger.info(
             "[%s] reply %s: %d chars, first token %.0f ms, total %.0f ms",

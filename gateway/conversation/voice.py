@@ -2,35 +2,43 @@
 
 Stages, each owned by the session and bounded::
 
-    track ──AudioListener──▶ endpointer events ──▶ utterance queue (4, drop oldest)
-        ──▶ transcriber task ──ASRService (shared, off-loop)──▶ transcript.final
-                                                                  └──▶ Conversation
+    track ──AudioListener──▶ endpointer events ──TurnTracker (pure)──▶ actions
+        ──▶ utterance queue (4, drop oldest) ──▶ transcriber task
+        ──ASRService (shared, off-loop)──▶ transcript.final ──▶ Conversation
 
-Early ASR: when speech pauses (``SpeechPaused``, 200 ms into the 500 ms hangover) and the
-recogniser is idle, the utterance so far is transcribed at once. If the pause becomes the
-end, with no speech in between, that result is used and most of the hangover has hidden
-the ASR time; if the person goes on, it is discarded. One speculation per session.
+What a turn is, and when early ASR starts or is discarded, is decided by
+:class:`gateway.conversation.turns.TurnTracker`; this module owns the tasks it implies.
+
+Timings start at the end of speech itself: the last voiced sample, mapped to the time it
+arrived through the listener's :class:`media.audio.SampleClock`. The endpointer decides a
+hangover later (``endpoint_ms``); both are reported.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiortc import RTCDataChannel
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.conversation.dialogue import Conversation
+from gateway.conversation.dialogue import Conversation, TurnTimes
+from gateway.conversation.turns import (
+    DiscardEarlyASR,
+    StartEarlyASR,
+    TurnEnded,
+    TurnStarted,
+    TurnTracker,
+)
 from gateway.ops.metrics import Metrics
 from media import Float32Array
 from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
 from media.asr.service import ASRService
-from media.endpointer import EndpointerEvent, EndpointerSettings, SpeechPaused, SpeechStarted
+from media.endpointer import EndpointerEvent, EndpointerSettings
 from media.errors import ASRBusyError, ASRError
 from media.listener import AudioListener
 from media.vad import VadBatcher
@@ -43,9 +51,7 @@ UTTERANCE_QUEUE_LIMIT = 4
 
 
 @dataclass(frozen=True)
-class _Speculation:
-    start_sample: int
-    end_sample: int
+class _Early:
     started: float
     task: asyncio.Task[Transcription | ASRError]
 
@@ -55,8 +61,8 @@ class Utterance:
     id: str
     audio: Float32Array
     speech_ms: float
-    ended_at: float  # time.monotonic() when the endpointer decided speech had ended
-    early: _Speculation | None = None  # ASR already started at the pause that ended it
+    times: TurnTimes
+    early: _Early | None = None  # ASR already started at the pause that ended it
 
 
 class VoicePipeline:
@@ -65,6 +71,7 @@ class VoicePipeline:
     def __init__(
         self,
         session: Session,
+        pc: RTCPeerConnection,
         conversation: Conversation,
         asr: ASRService,
         vad: VadBatcher,
@@ -80,15 +87,12 @@ class VoicePipeline:
         self._vad = vad
         self._endpointer = endpointer
         self._clock = clock
-        self._ids = itertools.count(1)
-        self._current_utterance: str | None = None
+        self._turns = TurnTracker()
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
-        self._listening = False
-        self._speculation: _Speculation | None = None
+        self._listener: AudioListener | None = None
+        self._early: _Early | None = None
         session.on_message = conversation.on_message
-        session.on_channel_open = conversation.send_ready
-        session.pc.on("track", self.on_track)
-        session.pc.on("datachannel", self.on_datachannel)
+        pc.on("track", self.on_track)
 
     def start(self) -> None:
         self.session.spawn(self._transcribe_loop(), "transcriber")
@@ -98,20 +102,20 @@ class VoicePipeline:
     def on_track(self, track: MediaStreamTrack) -> None:
         if track.kind != "audio":
             return
-        if self._listening:
-            # Only the first audio track is heard; others are still drained, since an
+        if self._listener is not None:
+            # Only the first audio track is heard. The answer declines the others
+            # (signalling.peer), which stops them; draining is the backstop, since an
             # unread aiortc track buffers without bound.
-            self.session.spawn(_drain(track), "drain")
+            self.session.spawn(drain(track), "drain")
             return
-        self._listening = True
-        listener = AudioListener(
-            self._vad, self._endpointer, self._on_vad_event, on_frame=self._on_frame
+        self._listener = listener = AudioListener(
+            self._vad,
+            self._endpointer,
+            self._on_vad_event,
+            on_frame=self._on_frame,
+            clock=self._clock,
         )
         self.session.spawn(listener.run(track), "listener")
-
-    def on_datachannel(self, channel: RTCDataChannel) -> None:
-        if not self.session.attach_channel(channel):
-            logger.info("[%s] ignoring extra data channel %r", self.session.id, channel.label)
 
     def _on_frame(self, lost: int) -> None:
         self.metrics.frames_received.inc()
@@ -120,31 +124,29 @@ class VoicePipeline:
 
     def _on_vad_event(self, event: EndpointerEvent) -> None:
         self.session.touch()
-        if isinstance(event, SpeechStarted):
-            self._discard_speculation()
-            self._current_utterance = f"u{next(self._ids)}"
-            self.session.send(protocol.speech_started(self._current_utterance))
-            self.conversation.on_speech_started()
-            return
-        if isinstance(event, SpeechPaused):
-            self._speculate(event)
-            return
-        early = self._speculation
-        self._speculation = None
-        if early is not None and (early.start_sample, early.end_sample) != (
-            event.start_sample,
-            event.end_sample,
-        ):
-            self._discard(early)
-            early = None
-        utterance_id = self._current_utterance or f"u{next(self._ids)}"
-        self._current_utterance = None
-        self.session.send(protocol.speech_stopped(utterance_id))
+        for action in self._turns.on_event(event, recogniser_idle=not self._asr.pending):
+            if isinstance(action, TurnStarted):
+                self.session.send(protocol.speech_started(action.utterance_id))
+                self.conversation.on_speech_started()
+            elif isinstance(action, StartEarlyASR):
+                task = self.session.spawn(self._recognise(action.audio), "early-asr")
+                self._early = _Early(self._clock(), task)
+            elif isinstance(action, DiscardEarlyASR):
+                self._discard_early()
+            else:
+                self._end_turn(action)
+
+    def _end_turn(self, turn: TurnEnded) -> None:
+        early, self._early = (self._early, None) if turn.use_early else (None, self._early)
+        decided = self._clock()
+        assert self._listener is not None  # events come from the listener
+        speech_end = self._listener.arrivals.time_of(turn.end_sample)
+        self.session.send(protocol.speech_stopped(turn.utterance_id))
         utterance = Utterance(
-            id=utterance_id,
-            audio=event.audio,
-            speech_ms=1000 * event.speech_samples / self._endpointer.sample_rate,
-            ended_at=self._clock(),
+            id=turn.utterance_id,
+            audio=turn.audio,
+            speech_ms=1000 * turn.speech_samples / self._endpointer.sample_rate,
+            times=TurnTimes(speech_end=min(speech_end or decided, decided), decided=decided),
             early=early,
         )
         self.metrics.utterances.inc()
@@ -152,33 +154,29 @@ class VoicePipeline:
             # ASR is behind real time: the oldest speech is the least useful now.
             dropped = self._utterances.get_nowait()
             if dropped.early is not None:
-                self._discard(dropped.early)
+                self._cancel(dropped.early)
             self.metrics.utterances_dropped.inc()
             logger.warning("[%s] ASR backlog: dropped utterance %s", self.session.id, dropped.id)
+            self.conversation.report_error(
+                "asr_backlog", "speech came faster than it could be transcribed", retryable=True
+            )
         self._utterances.put_nowait(utterance)
 
-    def _speculate(self, event: SpeechPaused) -> None:
-        self._discard_speculation()  # the person spoke again after an earlier pause
-        if self._asr.pending:
-            return  # never compete with real work for the recogniser
-        task = self.session.spawn(self._recognise(event.audio), "early-asr")
-        self._speculation = _Speculation(event.start_sample, event.end_sample, self._clock(), task)
-
     async def _recognise(self, audio: Float32Array) -> Transcription | ASRError:
-        # The error is returned, not raised: a discarded speculation's failure is nobody's,
+        # The error is returned, not raised: a discarded early run's failure is nobody's,
         # and an awaited one is reported by the transcriber.
         try:
             return await self._asr.transcribe(audio, self.conversation.language)
         except ASRError as exc:
             return exc
 
-    def _discard_speculation(self) -> None:
-        if self._speculation is not None:
-            self._discard(self._speculation)
-            self._speculation = None
+    def _discard_early(self) -> None:
+        if self._early is not None:
+            self._cancel(self._early)
+            self._early = None
 
-    def _discard(self, speculation: _Speculation) -> None:
-        speculation.task.cancel()
+    def _cancel(self, early: _Early) -> None:
+        early.task.cancel()
         self.metrics.early_asr.labels("discarded").inc()
 
     async def _transcribe_loop(self) -> None:
@@ -205,35 +203,47 @@ class VoicePipeline:
             retryable = isinstance(outcome, ASRBusyError)
             self.conversation.report_error(outcome.code, str(outcome), retryable=retryable)
             return
-        result = outcome
         finished = self._clock()
         self.metrics.asr_time.observe(finished - started)
-        text = clean_transcript(result)
+        text = clean_transcript(outcome)
+        times = utterance.times
         timings = {
             "speech_ms": round(utterance.speech_ms, 1),
-            "asr_ms": round(1000 * (finished - started), 1),
-            "endpoint_to_final_ms": round(1000 * (finished - utterance.ended_at), 1),
+            "asr_ms": _ms(started, finished),
             # How long before the endpoint ASR began (0 when it began at the endpoint).
-            "asr_head_start_ms": round(1000 * max(0.0, utterance.ended_at - started), 1),
+            "asr_head_start_ms": _ms(started, max(started, times.decided)),
+            # End of speech → the endpointer's decision (the hangover it waits for).
+            "endpoint_ms": _ms(times.speech_end, times.decided),
+            # What the person waits: end of speech → this transcript.
+            "speech_end_to_final_ms": _ms(times.speech_end, finished),
+            "endpoint_to_final_ms": _ms(times.decided, finished),
         }
         if not text:
-            logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, result.text)
+            logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, outcome.text)
             return
+        # What people say stays out of the log unless asked for (privacy): timings only.
         logger.info(
-            "[%s] %s: %r speech=%.0fms asr=%.0fms",
+            "[%s] %s: transcript speech=%.0fms asr=%.0fms end-of-speech→text=%.0fms",
             self.session.id,
             utterance.id,
-            text,
             timings["speech_ms"],
             timings["asr_ms"],
+            timings["speech_end_to_final_ms"],
         )
+        logger.debug("[%s] %s: %r", self.session.id, utterance.id, text)
         self.metrics.transcripts.inc()
-        self.metrics.endpoint_to_final.observe(finished - utterance.ended_at)
+        self.metrics.endpoint_to_final.observe(finished - times.decided)
+        self.metrics.speech_end_to_final.observe(finished - times.speech_end)
         self.session.send(protocol.transcript_final(utterance.id, text, timings))
-        self.conversation.on_transcript(utterance.id, text, utterance.ended_at)
+        self.conversation.on_transcript(utterance.id, text, times)
 
 
-async def _drain(track: MediaStreamTrack) -> None:
+def _ms(start: float, end: float) -> float:
+    return round(1000 * (end - start), 1)
+
+
+async def drain(track: MediaStreamTrack) -> None:
+    """Read and discard a track, so that aiortc does not queue its frames forever."""
     while True:
         try:
             await track.recv()

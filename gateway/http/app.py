@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -32,9 +31,7 @@ from gateway.http.state import (
     OFFER_LIMITER,
     SESSIONS,
     VAD,
-    WEBSOCKETS,
 )
-from gateway.http.ws import close_websockets
 from gateway.ops.config import Config, is_loopback, ollama_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from gateway.ops.metrics import Metrics, watch_loop_lag
@@ -66,8 +63,8 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
     app[METRICS] = metrics = Metrics()
     app[OFFER_LIMITER] = RateLimiter(rate_per_minute=config.offer_rate, burst=config.offer_rate)
     app[CLIENT_SESSIONS] = ConcurrencyLimiter(config.sessions_per_client)
-    app[WEBSOCKETS] = weakref.WeakSet()
-    app.on_shutdown.append(close_websockets)
+    # Before aiohttp waits for handlers: a WebSocket handler ends only when its session does.
+    app.on_shutdown.append(_close_sessions)
     app[ICE_POLICY] = policy = IcePolicy(config.ice_addresses, config.udp_ports)
     if policy.active:
         try:
@@ -152,7 +149,11 @@ async def _llm(app: web.Application) -> AsyncIterator[None]:
 async def _sessions(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = registry = SessionRegistry(app[CONFIG].max_sessions)
     yield
-    await registry.close_all("shutdown")
+    await registry.close_all("shutdown")  # any that began during shutdown
+
+
+async def _close_sessions(app: web.Application) -> None:
+    await app[SESSIONS].close_all("shutdown")
 
 
 def loop_lag_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:

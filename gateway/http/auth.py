@@ -23,6 +23,12 @@ added later is closed until someone opens it. The check runs in a middleware bef
 handler: a refused request makes no peer connection and no socket. Tokens never reach the
 logs: refusals say what was wrong, not what was sent, and :class:`GatewayAccessLogger`
 replaces aiohttp's access log, which records query strings.
+
+Per client address (:func:`signalling.limits.client_key`): past :data:`AUTH_FAILURE_BURST`
+failed attempts (bad credentials; none at all is not a guess), every attempt is answered 429
+unread until the address's budget refills; and an address holds at most
+:data:`MAX_TICKETS_PER_CLIENT` outstanding tickets, so that no client can push other clients'
+tickets out of the bounded book.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import AuthError, ConfigError
-from gateway.http.middleware import Handler
+from gateway.http.middleware import Handler, rate_limited
 from gateway.ops.config import Config
+from gateway.ops.logs import loggable
+from signalling.limits import RateLimiter, client_key
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +79,12 @@ OPEN_PATHS = frozenset(
 
 TICKET_TTL_S = 30.0
 MAX_TICKETS = 1024
+# A page needs one ticket per /ws connection and redeems it at once; a few tabs, a retry.
+MAX_TICKETS_PER_CLIENT = 16
+# Failed authentications per client address: a burst (a mistyped key, a stale token in a
+# few tabs), then one every 6 s. Keys and secrets are far too long to guess at that rate.
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURES_PER_MINUTE = 10
 JWT_LEEWAY_S = 30  # clock skew between the token issuer and this machine
 MIN_API_KEY_CHARS = 16
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 section 3.2: at least the hash size
@@ -283,51 +297,96 @@ def build_authenticator(config: Config) -> Authenticator | None:
 # --- tickets: what a browser can carry to /ws in the URL ---
 
 
+@dataclass(frozen=True)
+class _Ticket:
+    principal: Principal
+    client: str  # the address it was issued to, for the per-client cap
+    expires: float
+
+
 class TicketBook:
     """Short-lived single-use tickets for ``/ws``, each standing for the principal that asked.
 
-    Bounded: past ``limit`` outstanding tickets the oldest is dropped (and counted), so a
-    client asking in a loop cannot grow memory. Pure: the caller passes ``now`` (monotonic).
+    Bounded twice: each client (address) holds at most ``per_client`` outstanding tickets, and
+    the book at most ``limit``, past which the oldest of all is dropped (and counted). Callers
+    ask :meth:`retry_after` first and refuse a client at its cap, so that no one client can
+    push the others' tickets out. Pure: the caller passes ``now`` (monotonic).
     """
 
-    def __init__(self, ttl_s: float = TICKET_TTL_S, limit: int = MAX_TICKETS) -> None:
+    def __init__(
+        self,
+        ttl_s: float = TICKET_TTL_S,
+        limit: int = MAX_TICKETS,
+        per_client: int = MAX_TICKETS_PER_CLIENT,
+    ) -> None:
+        if limit < 1 or per_client < 1:
+            raise ValueError(f"need limit >= 1 and per_client >= 1; got {limit}, {per_client}")
         self.ttl_s = ttl_s
+        self.per_client = per_client
         self.dropped = 0
         self._limit = limit
         # Keyed by digest, so a lookup's timing says nothing about stored tickets.
         # Insertion order is issue order, and every ticket lives ttl_s: oldest first.
-        self._tickets: dict[bytes, tuple[Principal, float]] = {}
+        self._tickets: dict[bytes, _Ticket] = {}
+        # Each client's outstanding tickets, oldest first; a client holding none is absent.
+        self._by_client: dict[str, dict[bytes, None]] = {}
 
     def __len__(self) -> int:
         return len(self._tickets)
 
-    def issue(self, principal: Principal, now: float) -> str:
+    def retry_after(self, client: str, now: float) -> float | None:
+        """None if ``client`` may have another ticket now; else the seconds until its oldest
+        outstanding ticket expires."""
         self._sweep(now)
+        held = self._by_client.get(client, {})
+        if len(held) < self.per_client:
+            return None
+        return self._tickets[next(iter(held))].expires - now
+
+    def issue(self, principal: Principal, now: float, *, client: str) -> str:
+        """A new ticket. A client already at its cap loses its own oldest ticket (never
+        another client's): callers that asked :meth:`retry_after` first never see that."""
+        self._sweep(now)
+        held = self._by_client.get(client, {})
+        while len(held) >= self.per_client:
+            self._remove(next(iter(held)))
         while len(self._tickets) >= self._limit:
-            del self._tickets[next(iter(self._tickets))]
+            self._remove(next(iter(self._tickets)))
             self.dropped += 1
         ticket = secrets.token_urlsafe(32)
-        self._tickets[_digest(ticket)] = (principal, now + self.ttl_s)
+        digest = _digest(ticket)
+        self._tickets[digest] = _Ticket(principal, client, now + self.ttl_s)
+        self._by_client.setdefault(client, {})[digest] = None
         return ticket
 
     def redeem(self, ticket: str, now: float) -> Principal:
-        entry = self._tickets.pop(_digest(ticket), None)
-        if entry is None:
+        digest = _digest(ticket)
+        if digest not in self._tickets:
             raise AuthError("unknown or already used ticket")
-        principal, expires = entry
-        if now >= expires:
+        entry = self._remove(digest)
+        if now >= entry.expires:
             raise AuthError("ticket expired")
-        return principal
+        return entry.principal
+
+    def _remove(self, digest: bytes) -> _Ticket:
+        entry = self._tickets.pop(digest)
+        held = self._by_client[entry.client]
+        del held[digest]
+        if not held:
+            del self._by_client[entry.client]
+        return entry
 
     def _sweep(self, now: float) -> None:
         while self._tickets:
             oldest = next(iter(self._tickets))
-            if self._tickets[oldest][1] > now:
+            if self._tickets[oldest].expires > now:
                 break
-            del self._tickets[oldest]
+            self._remove(oldest)
 
 
 TICKETS = web.AppKey("tickets", TicketBook)
+# Failed authentications per client address (client_key): spent on failures, looked at first.
+AUTH_FAILURES = web.AppKey("auth_failures", RateLimiter)
 
 
 # --- the aiohttp side ---
@@ -387,11 +446,13 @@ def _principal(
 def auth_middleware(
     authenticator: Authenticator,
     tickets: TicketBook,
+    failures: RateLimiter,
     *,
     open_paths: frozenset[str] = OPEN_PATHS,
     clock: Callable[[], float] = time.monotonic,
 ) -> Middleware:
-    """Guards every route outside ``open_paths`` before its handler runs.
+    """Guards every route outside ``open_paths`` before its handler runs; an address out of
+    ``failures`` (failed attempts) gets 429 before its credentials are even read.
 
     Raises :class:`AuthError`, so it must sit inside ``error_middleware`` (later in the list).
     """
@@ -401,11 +462,30 @@ def auth_middleware(
         # Preflights carry no credentials by design (Fetch spec); CORS answers them.
         if request.method == hdrs.METH_OPTIONS or request.path in open_paths:
             return await handler(request)
-        try:
-            request[PRINCIPAL] = _principal(request, authenticator, tickets, clock())
-        except AuthError as exc:
+        client, now = client_key(request.remote), clock()
+        wait = failures.wait(client, now)
+        if wait is not None:
+            # Right credentials too: else guessing would go on, only answered 429.
             logger.info(
-                "refused %s %s from %s: %s", request.method, request.path, request.remote, exc
+                "refused %s %s from %s: too many failed authentications",
+                request.method,
+                loggable(request.path),
+                request.remote,
+            )
+            return rate_limited(
+                wait, "too many failed authentications from your address; try again later"
+            )
+        try:
+            request[PRINCIPAL] = _principal(request, authenticator, tickets, now)
+        except AuthError as exc:
+            if not exc.missing:  # a guess; asking without credentials is not one
+                failures.check(client, now)
+            logger.info(
+                "refused %s %s from %s: %s",
+                request.method,
+                loggable(request.path),  # decoded: %0A is a newline here
+                request.remote,
+                exc,
             )
             raise
         return await handler(request)
@@ -422,7 +502,14 @@ def ws_ticket_handler(
         principal = principal_of(request)
         if principal is None:  # mounted without auth_middleware: hand out nothing
             raise AuthError("this route needs authentication", missing=True)
-        ticket = tickets.issue(principal, clock())
+        client, now = client_key(request.remote), clock()
+        wait = tickets.retry_after(client, now)
+        if wait is not None:
+            return rate_limited(
+                wait,
+                f"your address holds {tickets.per_client} unused tickets; use one or let it expire",
+            )
+        ticket = tickets.issue(principal, now, client=client)
         return web.json_response(
             {"ticket": ticket, "expires_in": round(tickets.ttl_s)},
             headers={"Cache-Control": "no-store"},
@@ -440,13 +527,15 @@ def setup_auth(
     app: web.Application, config: Config, *, clock: Callable[[], float] = time.monotonic
 ) -> None:
     """Installs what ``--auth`` asks for: the middleware (appended, so innermost), the
-    ticket book on ``app[TICKETS]`` and ``POST /ws-ticket``. Nothing for ``--auth none``.
+    ticket book on ``app[TICKETS]``, the failed-attempt budgets on ``app[AUTH_FAILURES]`` and
+    ``POST /ws-ticket``. Nothing for ``--auth none``.
     Reads the key files now; :class:`ConfigError` if one is missing or bad."""
     authenticator = build_authenticator(config)
     if authenticator is None:
         return
     app[TICKETS] = tickets = TicketBook()
-    app.middlewares.append(auth_middleware(authenticator, tickets, clock=clock))
+    app[AUTH_FAILURES] = failures = RateLimiter(AUTH_FAILURES_PER_MINUTE, AUTH_FAILURE_BURST)
+    app.middlewares.append(auth_middleware(authenticator, tickets, failures, clock=clock))
     app.router.add_post(TICKET_PATH, ws_ticket_handler(tickets, clock=clock))
 
 
@@ -465,8 +554,10 @@ class GatewayAccessLogger(AbstractAccessLogger):
         self.logger.info(
             '%s "%s %s" %d %d %.1fms',
             request.remote or "-",
-            request.method,
-            request.rel_url.raw_path,  # still percent-encoded: no newlines forged into the log
+            loggable(request.method),
+            # Still percent-encoded, as sent; loggable() for whatever bytes a lenient parser
+            # lets through.
+            loggable(request.rel_url.raw_path),
             response.status,
             response.body_length,
             1000 * time,

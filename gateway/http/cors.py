@@ -16,12 +16,17 @@ origin that is not listed is refused here. WebSockets are not covered by CORS at
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.http.middleware import json_error
+from gateway.ops.config import parse_origin
+from gateway.ops.logs import loggable
+
+logger = logging.getLogger(__name__)
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
@@ -30,42 +35,20 @@ MAX_AGE_S = 600
 # Location: the session URL to DELETE; Retry-After: how long to back off on a 429 or 503.
 EXPOSE_HEADERS = "Location, Retry-After"
 
-_DEFAULT_PORTS = {"http": "80", "https": "443"}
-
 
 def normalize_origin(origin: str) -> str | None:
     """An origin as browsers serialise it (lower case, no default port), or None if it is
-    not an ``http(s)://host[:port]`` origin. ``null`` (sandboxed frames, ``file:``) is None."""
-    scheme, sep, authority = origin.strip().partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in _DEFAULT_PORTS or not authority:
+    not an ``http(s)://host[:port]`` origin. ``null`` (sandboxed frames, ``file:``) is None.
+    The same parser as ``--cors-origin``'s, so both sides of a comparison agree."""
+    try:
+        return parse_origin(origin)
+    except ValueError:
         return None
-    if any(c in authority for c in "/?#@ \t") or authority.endswith(":"):
-        return None
-    authority = authority.lower()
-    if authority.startswith("["):  # IPv6 literal
-        host, bracket, port = authority.partition("]")
-        if not bracket or (port and not port.startswith(":")):
-            return None
-        host, port = host + "]", port[1:]
-    else:
-        host, _, port = authority.partition(":")
-    if not host or (port and not port.isdigit()):
-        return None
-    if port == _DEFAULT_PORTS[scheme]:
-        port = ""
-    return f"{scheme}://{host}:{port}" if port else f"{scheme}://{host}"
 
 
 def allowed_origins(allowed: Iterable[str]) -> frozenset[str]:
-    """The normalised set; a ValueError names the first entry that is not an origin."""
-    origins = set()
-    for origin in allowed:
-        normal = normalize_origin(origin)
-        if normal is None:
-            raise ValueError(f"not an origin: {origin!r}")
-        origins.add(normal)
-    return frozenset(origins)
+    """The normalised set; a ValueError says which entry is not an origin, and why."""
+    return frozenset(parse_origin(origin) for origin in allowed)
 
 
 def _add_vary_origin(response: web.StreamResponse) -> None:
@@ -92,7 +75,9 @@ def apply_cors_headers(
 def _preflight(request: web.Request, allowed: frozenset[str]) -> web.Response:
     origin = request.headers[hdrs.ORIGIN]
     if normalize_origin(origin) not in allowed:
-        response = json_error(403, "forbidden", f"origin {origin!r} is not allowed")
+        # Logged: the operator's first question when a front end on another origin fails.
+        logger.info("refused preflight from origin %s: not a --cors-origin", loggable(origin))
+        response = json_error(403, "forbidden", f"origin '{loggable(origin)}' is not allowed")
         _add_vary_origin(response)
         return response
     headers: dict[str, str] = {

@@ -8,12 +8,16 @@ header a handler set itself is left alone.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from gateway.http.middleware import json_error
+from gateway.ops.logs import loggable
+
+logger = logging.getLogger(__name__)
 
 # On every response. The microphone is the page's job; nothing may frame the page
 # (clickjacking a "Start" button would switch the microphone on).
@@ -122,6 +126,11 @@ async def loopback_host_middleware(request: web.Request, handler: Handler) -> we
     a page whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding) would otherwise be
     same-origin with the gateway. With TLS the certificate already refuses such names."""
     if not _is_local_name(request.host):
+        logger.info(
+            "refused Host %s from %s: TLS is off, so only an IP address or localhost",
+            loggable(request.host),
+            request.remote,
+        )
         return json_error(
             403, "forbidden", "Host must be an IP address or localhost when TLS is off"
         )

@@ -21,6 +21,7 @@ from gateway.errors import (
     SessionLimitError,
     SessionNotFound,
 )
+from gateway.ops.logs import loggable
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = next((s for t, s in _STATUS.items() if isinstance(exc, t)), 500)
         headers = _error_headers(exc)
         if status >= 500 and status != 503:
-            logger.error("%s %s failed: %s", request.method, request.path, exc)
+            logger.error("%s %s failed: %s", request.method, loggable(request.path), exc)
         return json_error(status, exc.code, str(exc), headers)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -86,7 +87,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
         return json_error(exc.status, code, exc.reason, kept or None)
     except Exception:
-        logger.exception("unhandled error in %s %s", request.method, request.path)
+        logger.exception("unhandled error in %s %s", request.method, loggable(request.path))
         return json_error(500, "internal", "internal error; the gateway log has details")
 
 

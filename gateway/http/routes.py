@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.http import state as keys
-from gateway.http.middleware import SESSION_RETRY_AFTER_S, rate_limited
+from gateway.http.middleware import rate_limited
 from gateway.http.webrtc import open_session
 from gateway.http.ws import websocket
 from signalling import protocol
@@ -86,18 +86,7 @@ async def offer(request: web.Request) -> web.Response:
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
     parsed = parse_offer(await request.read())
-    limiter = request.app[keys.CLIENT_SESSIONS]
-    if not limiter.acquire(client):
-        return rate_limited(
-            SESSION_RETRY_AFTER_S, "too many sessions from your address; end one first"
-        )
-    try:
-        session, answer = await open_session(request.app, parsed)
-    except BaseException:
-        limiter.release(client)
-        raise
-    session.on_closed.append(lambda s: limiter.release(client))
-    logger.info("[%s] session for %s", session.id, request.remote)
+    session, answer = await open_session(request.app, parsed, request.remote)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": session.id},
         headers={"Location": f"/sessions/{session.id}"},

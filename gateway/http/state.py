@@ -3,7 +3,6 @@ from it. Separate from ``gateway.http.app`` so that route modules can import it.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -26,8 +25,6 @@ LLM = web.AppKey("llm", OllamaChat)
 METRICS = web.AppKey("metrics", Metrics)
 OFFER_LIMITER = web.AppKey("offer_limiter", RateLimiter)  # POST /offer per client address
 ICE_POLICY = web.AppKey("ice_policy", IcePolicy)
-# Open /ws sockets, so that shutdown can close them (weak: a socket leaves when it ends).
-WEBSOCKETS = web.AppKey("websockets", weakref.WeakSet[web.WebSocketResponse])
 CLIENT_SESSIONS = web.AppKey("client_sessions", ConcurrencyLimiter)  # sessions per address
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -155,12 +156,57 @@ def _path(text: str) -> Path:
     return Path(_nonempty(text))
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# A DNS name or IPv4 address as a browser serialises it (lower case; IDNs as xn--).
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?")
+
+
+def parse_origin(text: str) -> str:
+    """An ``http(s)://host[:port]`` origin as browsers serialise it (RFC 6454): lower case,
+    an IPv6 address compressed, no default port. This one parser serves ``--cors-origin``
+    and the CORS checks, so that what is configured and what a browser sends compare equal.
+    A ValueError says what is wrong, with the text quoted (so on one line)."""
+    shape = "an origin is scheme://host[:port]"
+    scheme, sep, authority = text.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"{text!r} is not an origin like https://app.example:3000")
+    if "@" in authority:
+        raise ValueError(f"{text!r} has user info (user@); {shape}")
+    if any(c in authority for c in "/?#"):
+        raise ValueError(f"{text!r} has a path, query or fragment; {shape}")
+    authority = authority.lower()
+    if authority.startswith("["):  # an IPv6 literal; no zone (%eth0), as in browsers
+        address, bracket, port = authority[1:].partition("]")
+        try:
+            host = f"[{ipaddress.IPv6Address(address)}]" if bracket and "%" not in address else ""
+        except ValueError:
+            host = ""
+        if port and not port.startswith(":"):
+            raise ValueError(f"{text!r} has no valid port")
+    else:
+        name, colon, digits = authority.partition(":")
+        if not name:
+            raise ValueError(f"{text!r} has no host")
+        host = name if _HOST_NAME.fullmatch(name) else ""
+        port = colon + digits
+    if not host:
+        raise ValueError(f"{text!r} has no valid host")
+    if not port:
+        return f"{scheme}://{host}"
+    digits = port[1:]
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+    if not (digits.isascii() and digits.isdigit() and 0 < int(digits) < 65536):
+        raise ValueError(f"{text!r} has no valid port")
+    if int(digits) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(digits)}"
+
+
 def _origin(text: str) -> str:
-    value = text.strip().rstrip("/")
-    scheme, sep, rest = value.partition("://")
-    if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
-        raise ValueError(f"expected an origin like https://host:3000, got {text!r}")
-    return value
+    # A trailing slash is forgiven here, where people paste URLs; a browser never sends one.
+    value = text.strip()
+    return parse_origin(value[:-1] if value.endswith("/") else value)
 
 
 def _port_range(text: str) -> tuple[int, int]:

@@ -40,6 +40,12 @@ class Metrics:
             "gateway_replies", "Replies ended, by outcome", ["outcome"], registry=r
         )
         self.errors = Counter("gateway_errors", "error events, by code", ["code"], registry=r)
+        self.events_dropped = Counter(
+            "gateway_events_dropped",
+            "Events dropped for a client that does not read, by type",
+            ["type"],
+            registry=r,
+        )
         self.frames_received = Counter(
             "gateway_audio_frames_received", "Audio frames decoded", registry=r
         )
@@ -62,15 +68,26 @@ class Metrics:
         def seconds(name: str, doc: str) -> Histogram:
             return Histogram(name, doc, buckets=_LATENCY, registry=r)
 
+        # Two clocks for the same wait: from the end of speech itself (the last voiced
+        # sample's arrival: what a person feels), and from the endpointer's decision.
+        self.speech_end_to_final = seconds(
+            "gateway_speech_end_to_final_seconds", "End of speech to transcript.final"
+        )
         self.endpoint_to_final = seconds(
-            "gateway_endpoint_to_final_seconds", "End of speech (VAD) to transcript.final"
+            "gateway_endpoint_to_final_seconds",
+            "End-of-turn decision (after the VAD hangover) to transcript.final",
         )
         self.asr_time = seconds("gateway_asr_seconds", "ASR time per utterance")
         self.llm_first_token = seconds(
             "gateway_llm_first_token_seconds", "Ollama request to first token"
         )
+        self.speech_end_to_first_token = seconds(
+            "gateway_speech_end_to_first_token_seconds",
+            "End of speech (or a typed message) to the first reply token",
+        )
         self.endpoint_to_first_token = seconds(
-            "gateway_endpoint_to_first_token_seconds", "End of the turn to first reply token"
+            "gateway_endpoint_to_first_token_seconds",
+            "End-of-turn decision (or a typed message) to the first reply token",
         )
         self.offer_time = seconds("gateway_offer_seconds", "POST /offer handling time")
 

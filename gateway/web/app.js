@@ -139,8 +139,9 @@ function showTimings(turn) {
   const labels = [
     ["speech_ms", "speech"],
     ["asr_ms", "ASR"],
-    ["endpoint_to_final_ms", "end of speech → text"],
-    ["endpoint_to_first_token_ms", "first word"],
+    // Measured from the end of speech itself, not from the end-of-turn decision.
+    ["speech_end_to_final_ms", "end of speech → text"],
+    ["speech_end_to_first_token_ms", "end of speech → first word"],
     ["here_ms", "you stopped → reply here"],
   ];
   const parts = labels

@@ -1,0 +1,113 @@
+"""The turn state machine: endpointer events in, actions out, exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gateway.conversation.turns import (
+    DiscardEarlyASR,
+    StartEarlyASR,
+    TurnEnded,
+    TurnStarted,
+    TurnTracker,
+)
+from media.endpointer import SpeechEnded, SpeechPaused, SpeechStarted
+
+AUDIO = np.zeros(160, dtype=np.float32)
+
+
+def paused(start: int, end: int) -> SpeechPaused:
+    return SpeechPaused(AUDIO, start, end)
+
+
+def ended(start: int, end: int) -> SpeechEnded:
+    return SpeechEnded(AUDIO, start, end, "silence")
+
+
+def kinds(actions: Sequence[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+def test_a_turn_starts_and_ends_with_one_id() -> None:
+    turns = TurnTracker()
+    started = turns.on_event(SpeechStarted(100), recogniser_idle=True)
+    assert started == [TurnStarted("u1")]
+    (end,) = turns.on_event(ended(100, 900), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert (end.utterance_id, end.speech_samples, end.end_sample, end.use_early) == (
+        "u1",
+        800,
+        900,
+        False,
+    )
+    assert turns.on_event(SpeechStarted(2000), recogniser_idle=True) == [TurnStarted("u2")]
+
+
+def test_a_pause_that_becomes_the_end_uses_the_early_asr() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert kinds(turns.on_event(paused(0, 800), recogniser_idle=True)) == ["StartEarlyASR"]
+    (end,) = turns.on_event(ended(0, 800), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert end.use_early
+
+
+def test_speech_after_a_pause_discards_the_early_asr() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(paused(0, 800), recogniser_idle=True)
+    # The person goes on: the next pause replaces the first early run.
+    assert kinds(turns.on_event(paused(0, 1600), recogniser_idle=True)) == [
+        "DiscardEarlyASR",
+        "StartEarlyASR",
+    ]
+    (end,) = turns.on_event(ended(0, 1600), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert end.use_early
+
+
+def test_an_end_elsewhere_than_the_pause_discards_the_early_asr() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(paused(0, 800), recogniser_idle=True)
+    actions = turns.on_event(ended(0, 1200), recogniser_idle=True)
+    assert kinds(actions) == ["DiscardEarlyASR", "TurnEnded"]
+    assert isinstance(actions[1], TurnEnded)
+    assert not actions[1].use_early
+
+
+def test_a_busy_recogniser_gets_no_early_work() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert turns.on_event(paused(0, 800), recogniser_idle=False) == []
+    (end,) = turns.on_event(ended(0, 800), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert not end.use_early
+
+
+def test_a_new_turn_discards_an_early_run_left_over() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(paused(0, 800), recogniser_idle=True)
+    assert turns.on_event(SpeechStarted(900), recogniser_idle=True) == [
+        DiscardEarlyASR(),
+        TurnStarted("u2"),
+    ]
+
+
+def test_an_end_without_a_start_still_gets_an_id() -> None:
+    # A flush at the end of a track can end speech the tracker never saw start.
+    turns = TurnTracker()
+    (end,) = turns.on_event(ended(0, 800), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert end.utterance_id == "u1"
+
+
+def test_start_early_asr_carries_the_audio_so_far() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    (start,) = turns.on_event(paused(0, 800), recogniser_idle=True)
+    assert isinstance(start, StartEarlyASR)
+    assert start.audio is AUDIO
