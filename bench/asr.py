@@ -185,7 +185,7 @@ def measure_batches(
     model: Any = engine._model  # the loaded whisper.Whisper; the engine exposes no other
     device = model.device
     options = whisper.DecodingOptions(
-        language=default_language(engine.model, "en"),  # every clip is English
+        language=default_language(engine.languages, "en"),  # every clip is English
         temperature=0.0,
         without_timestamps=True,
         fp16=device.type == "cuda",

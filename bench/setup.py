@@ -99,6 +99,7 @@ class _SilentASR:
     name = "openai-whisper"
     model = "none (set-up only)"
     device = "cpu"
+    languages = frozenset({"en"})
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         return Transcription(())

@@ -13,6 +13,13 @@ engine object transcribes the same 16 kHz audio directly, with no network, codec
 endpointing. Word error rates of both show what the streamed path (Opus, resampling, VAD
 cuts) costs in accuracy.
 
+Honest timings: the gateway times the same wait itself, from the last voiced sample's
+arrival to the transcript, in each final's ``timings["speech_end_to_final_ms"]`` (what the
+built-in page shows) and in ``gateway_speech_end_to_final_seconds`` on ``/metrics``. Each
+sentence's client latency is set against the gateway's figure from the same final, and the
+histogram's mean over the measured sentences (``/metrics`` read after the warm-up and at
+the end) against the client's mean; both should agree within ``HONEST_LIMIT_MS``.
+
 No language model takes part: the gateway is pointed at a port where nothing listens, so
 each reply fails at once (``llm_unavailable``, ignored here) and never competes with ASR.
 
@@ -37,6 +44,7 @@ from typing import Any
 import jiwer
 import numpy as np
 from aiohttp import ClientSession, ClientTimeout, web
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import (
     Benchmark,
@@ -107,6 +115,11 @@ CLOSE_TIMEOUT_S = 30.0
 # How often the wait looks at the microphone; arrival times come from the data channel
 # callback, so this does not quantise the measurement.
 POLL_S = 0.05
+# The gateway's own end of speech → text (page and /metrics) should agree with the client's
+# within this ("Hardening": honest timings).
+HONEST_LIMIT_MS = 100.0
+SPEECH_END_HISTOGRAM = "gateway_speech_end_to_final_seconds"
+GATEWAY_LATENCY_KEY = "speech_end_to_final_ms"
 
 Normaliser = Callable[[str], str]
 
@@ -149,6 +162,21 @@ class Offline:
     cpu_ms: float
 
 
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram's running totals, as ``/metrics`` showed them."""
+
+    sum_s: float
+    count: float
+
+    def since(self, earlier: Histogram) -> Histogram:
+        return Histogram(self.sum_s - earlier.sum_s, self.count - earlier.count)
+
+    @property
+    def mean_ms(self) -> float | None:
+        return 1000 * self.sum_s / self.count if self.count else None
+
+
 @dataclass
 class EngineRun:
     engine: str
@@ -156,6 +184,9 @@ class EngineRun:
     connect_s: float = 0.0
     heard: list[Heard] = field(default_factory=list)
     offline: list[Offline] = field(default_factory=list)
+    # gateway_speech_end_to_final_seconds after the warm-up and after the last sentence
+    histogram_before: Histogram | None = None
+    histogram_after: Histogram | None = None
     error: str | None = None
 
 
@@ -260,6 +291,23 @@ async def _hear(client: LoopbackClient, sentence: Sentence) -> Heard:
     )
 
 
+async def read_histogram(http: ClientSession, name: str) -> Histogram:
+    """``name``'s ``_sum`` and ``_count`` from the gateway's ``/metrics``."""
+    async with http.get("/metrics") as response:
+        if response.status != 200:
+            raise BenchError(f"GET /metrics: {response.status} {await response.text()}")
+        text = await response.text()
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            suffix = sample.name.removeprefix(name)
+            if suffix in totals:
+                totals[suffix] += float(sample.value)
+    return Histogram(totals["_sum"], totals["_count"])
+
+
 async def end_session(http: ClientSession, session_id: str) -> None:
     async with http.delete(f"/sessions/{session_id}") as response:
         if response.status != 204:
@@ -339,6 +387,8 @@ async def _serve_and_listen(
                 session_id = await connect(http, client)
                 run.connect_s = time.perf_counter() - started
                 await _hear(client, warmup)
+                # The warm-up's final is in the histogram too; only what follows is compared.
+                run.histogram_before = await read_histogram(http, SPEECH_END_HISTOGRAM)
                 for i, sentence in enumerate(sentences, 1):
                     heard = await _hear(client, sentence)
                     run.heard.append(heard)
@@ -357,6 +407,7 @@ async def _serve_and_listen(
                         offline.asr_ms,
                         offline.text,
                     )
+                run.histogram_after = await read_histogram(http, SPEECH_END_HISTOGRAM)
                 await bounded("DELETE /sessions", end_session(http, session_id))
             finally:
                 await bounded("closing the client", client.close())
@@ -431,6 +482,8 @@ def records(
         }
         if i < len(run.heard):
             heard = run.heard[i]
+            # The gateway's own end of speech → text, from the same final the client timed.
+            gateway_ms = heard.timings.get(GATEWAY_LATENCY_KEY)
             record["streamed"] = {
                 **asdict(heard),
                 "missed": heard.latency_ms is None,
@@ -439,6 +492,12 @@ def records(
                 "to_endpoint_ms": (
                     heard.latency_ms - heard.timings["endpoint_to_final_ms"]
                     if heard.latency_ms is not None and "endpoint_to_final_ms" in heard.timings
+                    else None
+                ),
+                "gateway_ms": gateway_ms,
+                "client_minus_gateway_ms": (
+                    round(heard.latency_ms - gateway_ms, 1)
+                    if heard.latency_ms is not None and gateway_ms is not None
                     else None
                 ),
                 **score(sentence.text, heard.text, normalise),
@@ -470,6 +529,7 @@ def summarise(run: EngineRun, recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return sum(r["word_errors"] for r in rows) / words if words else None
 
     latency = values(got, "latency_ms")
+    differences = values(got, "client_minus_gateway_ms")
     wer_streamed = mean(values(streamed, "wer"))
     wer_offline = mean(values(offline, "wer"))
     return {
@@ -487,6 +547,14 @@ def summarise(run: EngineRun, recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "min": min(latency, default=None),
             "max": max(latency, default=None),
         },
+        "client_minus_gateway_ms": {
+            "n": len(differences),
+            "p50": percentile(differences, 50),
+            "p95": percentile(differences, 95),
+            "mean": mean(differences),
+            "max_abs": max((abs(d) for d in differences), default=None),
+        },
+        "metrics": metrics_comparison(run, latency, values(got, "gateway_ms")),
         "to_endpoint_ms_p50": percentile(values(got, "to_endpoint_ms"), 50),
         "asr_ms_p50": percentile(timing("asr_ms"), 50),
         "endpoint_to_final_ms_p50": percentile(timing("endpoint_to_final_ms"), 50),
@@ -504,6 +572,42 @@ def summarise(run: EngineRun, recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "offline_cpu_ms_p50": percentile(values(offline, "cpu_ms"), 50),
         "offline_rtf_p50": percentile(values(offline, "rtf"), 50),
     }
+
+
+def metrics_comparison(
+    run: EngineRun, latency: Sequence[float], gateway: Sequence[float]
+) -> dict[str, Any]:
+    """The histogram's mean over the measured sentences against the client's mean. The
+    histogram counts every final: a sentence the VAD split adds one per piece, while the
+    client times only the last (``count`` shows it)."""
+    if run.histogram_before is None or run.histogram_after is None:
+        return {"count": None, "mean_ms": None, "client_mean_ms": mean(latency), "diff_ms": None}
+    measured = run.histogram_after.since(run.histogram_before)
+    client_mean = mean(latency)
+    return {
+        "count": measured.count,
+        "mean_ms": measured.mean_ms,
+        "client_mean_ms": client_mean,
+        "client_n": len(latency),
+        # The same finals' timings: equal to the histogram's mean unless a sentence split.
+        "timings_mean_ms": mean(gateway),
+        "diff_ms": (
+            client_mean - measured.mean_ms
+            if client_mean is not None and measured.mean_ms is not None
+            else None
+        ),
+        "before": asdict(run.histogram_before),
+        "after": asdict(run.histogram_after),
+    }
+
+
+def honest(summary: dict[str, Any]) -> bool | None:
+    """Whether the page's and /metrics' end of speech → text agree with the client's."""
+    worst = summary["client_minus_gateway_ms"]["max_abs"]
+    diff = summary["metrics"]["diff_ms"]
+    if worst is None or diff is None:
+        return None
+    return bool(worst <= HONEST_LIMIT_MS and abs(diff) <= HONEST_LIMIT_MS)
 
 
 def table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -545,6 +649,41 @@ def table(summaries: Sequence[dict[str, Any]]) -> str:
                 fmt(s["wer_delta_points"], 1),
                 fmt(s["offline_asr_ms_p50"], suffix=" ms"),
                 fmt(s["offline_cpu_ms_p50"], suffix=" ms"),
+            ]
+        )
+    return markdown_table(header, rows)
+
+
+def honesty_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """Client-measured end of speech → final against the gateway's own figures."""
+    header = (
+        "engine",
+        "n",
+        "client - gateway p50",
+        "p95",
+        "max |Δ|",
+        "/metrics n",
+        "/metrics mean",
+        "client mean",
+        "client - /metrics",
+        f"within {HONEST_LIMIT_MS:.0f} ms",
+    )
+    rows = []
+    for s in summaries:
+        d, m = s["client_minus_gateway_ms"], s["metrics"]
+        verdict = honest(s)
+        rows.append(
+            [
+                s["engine"],
+                str(d["n"]),
+                fmt(d["p50"], suffix=" ms"),
+                fmt(d["p95"], suffix=" ms"),
+                fmt(d["max_abs"], suffix=" ms"),
+                fmt(m["count"]),
+                fmt(m["mean_ms"], suffix=" ms"),
+                fmt(m["client_mean_ms"], suffix=" ms"),
+                fmt(m["diff_ms"], suffix=" ms"),
+                "-" if verdict is None else ("yes" if verdict else "no"),
             ]
         )
     return markdown_table(header, rows)
@@ -634,6 +773,16 @@ def run(args: argparse.Namespace) -> int:
         f"{machine['cpus_usable']} CPUs, load average {machine['load_average'][0]:.2f}"
     )
     print(table(summaries))
+    print()
+    print("End of speech → final: the client's against the gateway's own (page and /metrics)")
+    print(honesty_table(summaries))
+    for name in engines:
+        diffs = [
+            fmt(rec["streamed"]["client_minus_gateway_ms"])
+            for rec in all_records
+            if rec["engine"] == name and "streamed" in rec
+        ]
+        print(f"- {name}: client - gateway per sentence (ms): {', '.join(diffs)}")
     for rec in all_records:
         streamed = rec.get("streamed", {})
         problems = "; ".join(streamed.get("errors", ()))

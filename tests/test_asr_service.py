@@ -20,6 +20,7 @@ class GatedEngine:
     name = "gated"
     model = "none"
     device = "cpu"
+    languages = frozenset({"en"})
 
     def __init__(self) -> None:
         self.release = threading.Event()

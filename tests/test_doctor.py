@@ -150,6 +150,7 @@ class FakeEngine:
     name = "faster-whisper"
     model = "base.en"
     device = "cpu"
+    languages = frozenset({"en"})
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         return Transcription(())

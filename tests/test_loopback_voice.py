@@ -45,7 +45,13 @@ async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> 
     assert timings["endpoint_to_final_ms"] == pytest.approx(
         timings["asr_ms"] - timings["asr_head_start_ms"], abs=5
     )
+    # From the end of speech, the 500 ms hangover (in 32 ms VAD chunks) comes first.
+    assert 450 <= timings["endpoint_ms"] <= 650
+    assert timings["speech_end_to_final_ms"] == pytest.approx(
+        timings["endpoint_ms"] + timings["endpoint_to_final_ms"], abs=1
+    )
     metrics = await (await client.get("/metrics")).text()
+    assert "gateway_speech_end_to_final_seconds_count 1.0" in metrics
     assert 'gateway_early_asr_total{outcome="used"} 1.0' in metrics
     await peer.close()
 

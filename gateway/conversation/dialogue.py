@@ -28,6 +28,8 @@ from gateway.conversation.history import History
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import LLMError, ProtocolError
 from gateway.ops.metrics import Metrics
+from media.asr.base import check_language
+from media.errors import UnsupportedLanguage
 from signalling import protocol
 from signalling.limits import RateLimiter
 
@@ -53,6 +55,7 @@ class ConversationSettings:
     history_turns: int = 10
     language: str | None = None
     asr: dict[str, str] = field(default_factory=dict)  # engine and model, for session.ready
+    languages: frozenset[str] = frozenset({"en"})  # what the recogniser can transcribe
     tts_requested: bool = False
 
 
@@ -95,6 +98,7 @@ class Conversation:
         self.language = settings.language
         self.history = History(settings.history_turns)
         self._settings = settings
+        self._asr_model = settings.asr.get("model", "the speech model")
         self._clock = clock
         self._reply_ids = itertools.count(1)
         self._reply: _Reply | None = None
@@ -147,6 +151,11 @@ class Conversation:
         elif isinstance(message, protocol.HistoryClear):
             self.history.clear()
         elif isinstance(message, protocol.SessionUpdate):
+            try:  # all or nothing: a refused update changes no setting
+                check_language(message.language or None, self._settings.languages, self._asr_model)
+            except UnsupportedLanguage as exc:
+                self.report_error(exc.code, str(exc))
+                return
             if message.tts:
                 self._tts_unavailable()
             if message.system_prompt is not None:

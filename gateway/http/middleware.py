@@ -20,6 +20,7 @@ from gateway.errors import (
     ProtocolError,
     SessionLimitError,
     SessionNotFound,
+    UnsupportedLanguage,
 )
 from gateway.ops.logs import loggable
 
@@ -33,6 +34,7 @@ _STATUS: dict[type[Exception], int] = {
     ProtocolError: 400,
     SessionNotFound: 404,
     SessionLimitError: 503,
+    UnsupportedLanguage: 400,
 }
 _HTTP_CODES = {
     400: "bad_request",

@@ -14,6 +14,7 @@ from gateway.http import state as keys
 from gateway.http.middleware import rate_limited
 from gateway.http.webrtc import open_session
 from gateway.http.ws import websocket
+from media.asr.base import check_language
 from signalling import protocol
 from signalling.limits import client_key
 from signalling.offer import parse_offer
@@ -86,6 +87,9 @@ async def offer(request: web.Request) -> web.Response:
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
     parsed = parse_offer(await request.read())
+    language = parsed.session.get("language")
+    engine = request.app[keys.ASR].engine
+    check_language(language if isinstance(language, str) else None, engine.languages, engine.model)
     session, answer = await open_session(request.app, parsed, request.remote)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": session.id},

@@ -45,6 +45,7 @@ def new_conversation(
             history_turns=config.history_turns,
             language=language if isinstance(language, str) else None,
             asr={"engine": engine.name, "model": engine.model},
+            languages=engine.languages,
             tts_requested=overrides.get("tts") is True,
         ),
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from media import Float32Array
+from media.errors import UnsupportedLanguage
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ASREngine(Protocol):
     name: str  # "openai-whisper" | "faster-whisper"
     model: str  # what the user asked for: a model name or a path
     device: str  # "cpu" | "cuda"
+    languages: frozenset[str]  # the codes the loaded model can transcribe
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         """Transcribe 16 kHz mono float32 audio of at most 30 s. Blocking."""
@@ -47,8 +49,24 @@ def resolve_device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_language(model: str, language: str | None) -> str | None:
-    # English-only checkpoints (*.en) accept nothing else; skipping detection saves a pass.
+def default_language(languages: frozenset[str], language: str | None) -> str | None:
+    # An English-only model accepts nothing else; skipping detection saves a pass.
     if language:
         return language
-    return "en" if model.endswith(".en") else None
+    return "en" if languages == {"en"} else None
+
+
+def check_language(language: str | None, languages: frozenset[str], model: str) -> None:
+    """Raise :class:`UnsupportedLanguage` unless the model can transcribe ``language``
+    (None: detect it, which every model can)."""
+    if language is None or language in languages:
+        return
+    if languages == {"en"}:
+        raise UnsupportedLanguage(
+            f"model {model} is English-only and cannot transcribe {language!r}; "
+            "use a multilingual model (for example --asr-model small) for other languages"
+        )
+    raise UnsupportedLanguage(
+        f"{language!r} is not a language model {model} knows; "
+        f"use a Whisper language code such as {', '.join(sorted(languages)[:8])}"
+    )

@@ -45,11 +45,19 @@ class OpenAIWhisperEngine:
             self._model: Any = whisper.load_model(source, device=self.device)
         except Exception as exc:  # network, disk, CUDA or a bad checkpoint
             raise ModelLoadError(_load_hint(self.name, model, exc)) from exc
+        from whisper.tokenizer import LANGUAGES
+
+        # What the checkpoint itself can do (a *.en model, or a path to one, is English-only).
+        self.languages = (
+            frozenset(tuple(LANGUAGES)[: self._model.num_languages])
+            if self._model.is_multilingual
+            else frozenset({"en"})
+        )
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         result = self._model.transcribe(
             audio,
-            language=default_language(self.model, language),
+            language=default_language(self.languages, language),
             temperature=0.0,  # no fallback passes: latency matters more than rare rescues
             condition_on_previous_text=False,
             without_timestamps=True,
@@ -88,11 +96,12 @@ class FasterWhisperEngine:
             self._model: Any = WhisperModel(source, device=self.device, compute_type=compute_type)
         except Exception as exc:
             raise ModelLoadError(_load_hint(self.name, model, exc)) from exc
+        self.languages = frozenset(self._model.supported_languages)
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         segments, _info = self._model.transcribe(
             audio,
-            language=default_language(self.model, language),
+            language=default_language(self.languages, language),
             beam_size=1,
             temperature=0.0,
             condition_on_previous_text=False,
