@@ -111,7 +111,7 @@ class VoicePipeline:
         self._listener = listener = AudioListener(
             self._vad,
             self._endpointer,
-            self._on_vad_event,
+            self.on_vad_event,
             on_frame=self._on_frame,
             clock=self._clock,
         )
@@ -122,7 +122,8 @@ class VoicePipeline:
         if lost:
             self.metrics.frames_lost.inc(lost)
 
-    def _on_vad_event(self, event: EndpointerEvent) -> None:
+    def on_vad_event(self, event: EndpointerEvent) -> None:
+        """What the listener's endpointer found (also the seam for tests)."""
         self.session.touch()
         for action in self._turns.on_event(event, recogniser_idle=not self._asr.pending):
             if isinstance(action, TurnStarted):
@@ -139,8 +140,8 @@ class VoicePipeline:
     def _end_turn(self, turn: TurnEnded) -> None:
         early, self._early = (self._early, None) if turn.use_early else (None, self._early)
         decided = self._clock()
-        assert self._listener is not None  # events come from the listener
-        speech_end = self._listener.arrivals.time_of(turn.end_sample)
+        listener = self._listener
+        speech_end = listener.arrivals.time_of(turn.end_sample) if listener else None
         self.session.send(protocol.speech_stopped(turn.utterance_id))
         utterance = Utterance(
             id=turn.utterance_id,
