@@ -661,7 +661,7 @@ def honesty_table(summaries: Sequence[dict[str, Any]]) -> str:
         "n",
         "client - gateway p50",
         "p95",
-        "max |Δ|",
+        "max abs",
         "/metrics n",
         "/metrics mean",
         "client mean",

@@ -1,0 +1,1 @@
+"""Audio out: turning a streamed reply into speech (see ``speakable``)."""
