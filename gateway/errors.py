@@ -10,6 +10,7 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     ├── SessionLimitError                --max-sessions reached (503 + Retry-After)
     ├── SessionNotFound                  no session with that id (404)
     ├── ProtocolError                    a bad client message (error event, or 400)
+    ├── TransportClosed                  the client is gone (ends its session)
     └── IcePolicyError                   a bad --ice-address / --udp-ports
     media.errors.MediaError
     └── ASRError                         the speech recogniser failed

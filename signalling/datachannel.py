@@ -10,7 +10,7 @@ from collections.abc import Callable
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.exceptions import InvalidStateError
 
-from signalling.session import TransportClosed
+from signalling.errors import TransportClosed
 
 logger = logging.getLogger(__name__)
 
@@ -23,8 +23,9 @@ RESUME_BELOW_BYTES = MAX_BUFFERED_BYTES // 4
 class PeerTransport:
     kind = "webrtc"
 
-    def __init__(self, pc: RTCPeerConnection) -> None:
+    def __init__(self, pc: RTCPeerConnection, session_id: str) -> None:
         self.pc = pc
+        self._id = session_id  # for log lines
         self.channel: RTCDataChannel | None = None
         self.on_message: Callable[[str | bytes], None] = lambda data: None
         self._open = asyncio.Event()
@@ -34,7 +35,7 @@ class PeerTransport:
     def attach(self, channel: RTCDataChannel) -> bool:
         """The first channel the client opens carries events; others are ignored."""
         if self.channel is not None:
-            logger.info("ignoring extra data channel %r", channel.label[:64])
+            logger.info("[%s] ignoring extra data channel %r", self._id, channel.label[:64])
             return False
         self.channel = channel
         channel.bufferedAmountLowThreshold = RESUME_BELOW_BYTES
@@ -66,7 +67,7 @@ class PeerTransport:
         except InvalidStateError:
             return  # closed between the check and the send
         except ValueError as exc:  # larger than the client's max-message-size
-            logger.warning("event not sent: %s", exc)
+            logger.warning("[%s] event not sent: %s", self._id, exc)
 
     async def close(self, reason: str) -> None:
         await self.pc.close()

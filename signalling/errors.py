@@ -34,6 +34,12 @@ class ProtocolError(SignallingError):
     code = "bad_message"
 
 
+class TransportClosed(SignallingError):
+    """The client is gone: nothing more can be written to it."""
+
+    code = "disconnected"
+
+
 class IcePolicyError(SignallingError):
     """An ICE address or UDP port range that cannot be used; names the flag."""
 

@@ -4,7 +4,7 @@ aiortc answers almost anything: empty or garbage SDP gets an answer, and a mutat
 makes its parser raise whatever the line happened to trip (``ValueError``,
 ``AssertionError``, ``AttributeError``, ``KeyError``, ``IndexError``, even
 ``StopIteration``). :func:`parse_offer` checks the JSON envelope and the SDP first and
-raises :class:`~gateway.errors.OfferError` with a message that names the problem, and
+raises :class:`~signalling.errors.OfferError` with a message that names the problem, and
 nothing else, for any input.
 
 An offer must give the gateway something to use: audio the client sends (``a=sendrecv`` or
@@ -162,6 +162,7 @@ def parse_session(value: object) -> Mapping[str, object]:
                 )
             if not _LANGUAGE.fullmatch(item):
                 raise OfferError(f"{where} is not a language code: {_quote_json(item)}")
+            item = item.lower()  # Whisper's codes are lower case: "EN" means "en"
         else:  # system_prompt
             if len(item) > MAX_SYSTEM_PROMPT_CHARS:
                 raise OfferError(
@@ -549,7 +550,8 @@ def _check_media(sections: list[_Section]) -> None:
         if not any(_offers_opus(section) for section in sent):
             codecs: list[str] = []
             for section in sent:
-                for codec in _codecs(section):
+                for _, name, rate, channels in _codecs(section):
+                    codec = f"{name}/{rate}" + (f"/{channels}" if channels else "")
                     if codec not in codecs:
                         codecs.append(codec)
             found = ", ".join(codecs[:6]) if codecs else "no a=rtpmap"
@@ -590,29 +592,22 @@ def _direction(section: _Section) -> str | None:
     return direction
 
 
-def _codecs(section: _Section) -> list[str]:
-    """The codecs (``name/rate[/channels]``) of the payload types the m-line lists."""
+def _codecs(section: _Section) -> list[tuple[str, str, str, str | None]]:
+    """``(payload type, name, rate, channels)`` of each codec the m-line lists."""
     formats = {int(pt) for pt in section.formats}
-    return [
-        codec
-        for pt, codec in ((value or "").split(" ", 1) for _, value in section.attributes("rtpmap"))
-        if int(pt) in formats
-    ]
+    found = []
+    for _, value in section.attributes("rtpmap"):
+        match = _RTPMAP.fullmatch(value or "")
+        if match is not None and int(match.group(1)) in formats:
+            found.append((match.group(1), match.group(2), match.group(3), match.group(4)))
+    return found
 
 
 def _offers_opus(section: _Section) -> bool:
-    formats = {int(pt) for pt in section.formats}
-    for _, value in section.attributes("rtpmap"):
-        match = _RTPMAP.fullmatch(value or "")
-        if (
-            match is not None
-            and int(match.group(1)) in formats
-            and match.group(2).lower() == "opus"
-            and match.group(3) == "48000"
-            and match.group(4) == "2"
-        ):
-            return True
-    return False
+    return any(
+        name.lower() == "opus" and rate == "48000" and channels == "2"
+        for _, name, rate, channels in _codecs(section)
+    )
 
 
 def _check_transport(session_lines: list[_Line], sections: list[_Section]) -> None:

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
+from signalling.errors import TransportClosed
 from signalling.lifecycle import SessionLimits, expiry
 from signalling.outbox import Outbox
 from signalling.protocol import Event, encode
@@ -31,10 +32,6 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 256
 TRANSPORT_CLOSE_TIMEOUT_S = 5.0
-
-
-class TransportClosed(Exception):
-    """The client is gone: nothing more can be written."""
 
 
 class Transport(Protocol):
@@ -86,6 +83,11 @@ class Session:
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.transport.kind} {self.state.value}>"
 
+    @property
+    def closing(self) -> bool:
+        """Ending or ended: nothing new may start."""
+        return self._closing is not None
+
     def touch(self) -> None:
         """Something happened (speech, a client message): the session is not idle."""
         self.last_activity = self._clock()
@@ -110,21 +112,25 @@ class Session:
 
     def receive(self, data: str | bytes) -> None:
         """A message from the client (the transport calls this)."""
-        if self.state is SessionState.CLOSED or self._closing is not None:
+        if self.closing:
             return  # nothing a client sends now starts new work
         self.touch()
         self.on_message(data)
 
     def send(self, event: Event) -> None:
         """Queue an event for the client. Never blocks, never raises."""
-        if self._closing is not None:
+        if self.closing:
             return
         kind = str(event.get("type"))
         dropped = self._outbox.push(kind, encode(event))
         if dropped is not None:
             self.dropped[dropped] += 1
             self.on_dropped(dropped)
-            logger.warning("[%s] client not reading: dropped a %s event", self.id, dropped)
+            count = self.dropped[dropped]
+            if count & (count - 1) == 0:  # 1, 2, 4, 8...: a stalled client must not flood the log
+                logger.warning(
+                    "[%s] client not reading events: %d %s dropped so far", self.id, count, dropped
+                )
         self._queued.set()
 
     async def _write_loop(self) -> None:
@@ -140,6 +146,10 @@ class Session:
             except TransportClosed as exc:
                 logger.info("[%s] cannot send: %s", self.id, exc)
                 self.request_close("disconnected")
+                return
+            except Exception:  # a bug: a session that can never speak again must end
+                logger.exception("[%s] writing an event failed", self.id)
+                self.request_close("error")
                 return
 
     # --- ending ---

@@ -155,6 +155,26 @@ async def test_one_address_cannot_evict_other_addresses_tickets(
         assert (await ws.receive_json(timeout=5))["type"] == "session.ready"
 
 
+async def test_ticket_requests_are_rate_limited_per_address(
+    gateway: GatewayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Redeemed at once, tickets never reach the per-address cap: the request rate still binds.
+    monkeypatch.setattr("gateway.http.auth.TICKET_BURST", 3)
+    secret = tmp_path / "jwt-secret"
+    secret.write_text(SECRET)
+    client = await gateway(auth="jwt", jwt_secret_file=secret, jwt_audience="gateway")
+    auth = {"Authorization": f"Bearer {token(aud='gateway')}"}
+    statuses = []
+    for _ in range(4):
+        response = await client.post("/ws-ticket", headers=auth)
+        statuses.append(response.status)
+        if response.status == 200:
+            client.app[TICKETS].redeem((await response.json())["ticket"], time.monotonic())
+    assert statuses == [200, 200, 200, 429]
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "ticket requests" in (await response.json())["error"]["message"]
+
+
 async def test_ws_token_in_subprotocol(secured: TestClient) -> None:  # type: ignore[type-arg]
     protocols = ("events.v1", f"bearer.{token(aud='gateway')}")
     async with secured.ws_connect("/ws", protocols=protocols) as ws:

@@ -1,7 +1,8 @@
 """The conversation of one session: turns (transcripts and typed text) → Ollama → replies.
 
-Transport-agnostic: it speaks to an :class:`EventSink` (a WebRTC session's data channel, or
-a WebSocket) and is fed transcripts by :class:`gateway.conversation.voice.VoicePipeline`.
+Transport-agnostic: it speaks to an :class:`EventSink` (a :class:`signalling.session.Session`,
+whichever transport carries it) and is fed transcripts by
+:class:`gateway.conversation.voice.VoicePipeline`.
 
 Rules, one reply at a time:
 - A new turn while a reply streams cancels that reply first (``reply.cancelled``, reason
@@ -226,11 +227,11 @@ class Conversation:
         self._reply = None
         done = self._clock()
         timings = {
-            "llm_first_token_ms": _ms(started, first or done),
-            "llm_total_ms": _ms(started, done),
+            "llm_first_token_ms": elapsed_ms(started, first or done),
+            "llm_total_ms": elapsed_ms(started, done),
             # From the end of speech (what the person waits), and from the turn decision.
-            "speech_end_to_first_token_ms": _ms(reply.times.speech_end, first or done),
-            "endpoint_to_first_token_ms": _ms(reply.times.decided, first or done),
+            "speech_end_to_first_token_ms": elapsed_ms(reply.times.speech_end, first or done),
+            "endpoint_to_first_token_ms": elapsed_ms(reply.times.decided, first or done),
         }
         self.history.add_assistant(reply.text)
         self.metrics.replies.labels("done").inc()
@@ -249,5 +250,6 @@ class Conversation:
         )
 
 
-def _ms(start: float, end: float) -> float:
+def elapsed_ms(start: float, end: float) -> float:
+    """Milliseconds between two ``time.monotonic`` readings, as events carry them."""
     return round(1000 * (end - start), 1)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.conversation.dialogue import Conversation, TurnTimes
+from gateway.conversation.dialogue import Conversation, TurnTimes, elapsed_ms
 from gateway.conversation.turns import (
     DiscardEarlyASR,
     StartEarlyASR,
@@ -91,7 +91,6 @@ class VoicePipeline:
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
         self._listener: AudioListener | None = None
         self._early: _Early | None = None
-        session.on_message = conversation.on_message
         pc.on("track", self.on_track)
 
     def start(self) -> None:
@@ -210,14 +209,14 @@ class VoicePipeline:
         times = utterance.times
         timings = {
             "speech_ms": round(utterance.speech_ms, 1),
-            "asr_ms": _ms(started, finished),
+            "asr_ms": elapsed_ms(started, finished),
             # How long before the endpoint ASR began (0 when it began at the endpoint).
-            "asr_head_start_ms": _ms(started, max(started, times.decided)),
+            "asr_head_start_ms": elapsed_ms(started, max(started, times.decided)),
             # End of speech → the endpointer's decision (the hangover it waits for).
-            "endpoint_ms": _ms(times.speech_end, times.decided),
+            "endpoint_ms": elapsed_ms(times.speech_end, times.decided),
             # What the person waits: end of speech → this transcript.
-            "speech_end_to_final_ms": _ms(times.speech_end, finished),
-            "endpoint_to_final_ms": _ms(times.decided, finished),
+            "speech_end_to_final_ms": elapsed_ms(times.speech_end, finished),
+            "endpoint_to_final_ms": elapsed_ms(times.decided, finished),
         }
         if not text:
             logger.debug("[%s] %s: no speech (%r)", self.session.id, utterance.id, outcome.text)
@@ -237,10 +236,6 @@ class VoicePipeline:
         self.metrics.speech_end_to_final.observe(finished - times.speech_end)
         self.session.send(protocol.transcript_final(utterance.id, text, timings))
         self.conversation.on_transcript(utterance.id, text, times)
-
-
-def _ms(start: float, end: float) -> float:
-    return round(1000 * (end - start), 1)
 
 
 async def drain(track: MediaStreamTrack) -> None:

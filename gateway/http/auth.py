@@ -85,6 +85,9 @@ MAX_TICKETS_PER_CLIENT = 16
 # few tabs), then one every 6 s. Keys and secrets are far too long to guess at that rate.
 AUTH_FAILURE_BURST = 10
 AUTH_FAILURES_PER_MINUTE = 10
+# Ticket requests per client address: a page asks once per /ws connection.
+TICKET_BURST = 20  # above MAX_TICKETS_PER_CLIENT: the cap speaks first for a burst
+TICKETS_PER_MINUTE = 30
 JWT_LEEWAY_S = 30  # clock skew between the token issuer and this machine
 MIN_API_KEY_CHARS = 16
 MIN_HS256_SECRET_BYTES = 32  # RFC 7518 section 3.2: at least the hash size
@@ -494,15 +497,22 @@ def auth_middleware(
 
 
 def ws_ticket_handler(
-    tickets: TicketBook, *, clock: Callable[[], float] = time.monotonic
+    tickets: TicketBook,
+    requests: RateLimiter | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Handler:
-    """``POST /ws-ticket`` → ``{"ticket": "...", "expires_in": 30}`` for ``/ws?ticket=``."""
+    """``POST /ws-ticket`` → ``{"ticket": "...", "expires_in": 30}`` for ``/ws?ticket=``.
+    ``requests`` limits how often one address may ask (429 beyond it)."""
 
     async def ws_ticket(request: web.Request) -> web.StreamResponse:
         principal = principal_of(request)
         if principal is None:  # mounted without auth_middleware: hand out nothing
             raise AuthError("this route needs authentication", missing=True)
         client, now = client_key(request.remote), clock()
+        wait = requests.check(client, now) if requests is not None else None
+        if wait is not None:
+            return rate_limited(wait, "too many ticket requests from your address")
         wait = tickets.retry_after(client, now)
         if wait is not None:
             return rate_limited(
@@ -536,7 +546,8 @@ def setup_auth(
     app[TICKETS] = tickets = TicketBook()
     app[AUTH_FAILURES] = failures = RateLimiter(AUTH_FAILURES_PER_MINUTE, AUTH_FAILURE_BURST)
     app.middlewares.append(auth_middleware(authenticator, tickets, failures, clock=clock))
-    app.router.add_post(TICKET_PATH, ws_ticket_handler(tickets, clock=clock))
+    requests = RateLimiter(TICKETS_PER_MINUTE, TICKET_BURST)
+    app.router.add_post(TICKET_PATH, ws_ticket_handler(tickets, requests, clock=clock))
 
 
 class GatewayAccessLogger(AbstractAccessLogger):

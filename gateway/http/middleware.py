@@ -1,8 +1,9 @@
 """Turns every failure into the JSON error shape of the contract; never a traceback.
 
 ``{"error": {"code": "...", "message": "..."}}`` with the status that fits. HTTP statuses
-belong to ``gateway`` alone: lower layers raise the error tree of ``gateway.errors``, and
-this maps it; a few gateway modules answer directly (429, 403, 415).
+belong to ``gateway`` alone: each layer raises its own errors (the whole tree is drawn in
+``gateway.errors``), and this maps them; a few gateway modules answer directly (429, 403,
+415).
 """
 
 from __future__ import annotations

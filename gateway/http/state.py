@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from gateway.conversation.dialogue import Conversation, ConversationSettings, EventSink
+from gateway.conversation.dialogue import Conversation, ConversationSettings
 from gateway.conversation.llm import OllamaChat
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
@@ -16,6 +16,7 @@ from media.vad import VadBatcher
 from signalling.ice import IcePolicy
 from signalling.limits import ConcurrencyLimiter, RateLimiter
 from signalling.registry import SessionRegistry
+from signalling.session import Session
 
 CONFIG = web.AppKey("config", Config)
 ASR = web.AppKey("asr", ASRService)
@@ -29,15 +30,21 @@ CLIENT_SESSIONS = web.AppKey("client_sessions", ConcurrencyLimiter)  # sessions 
 
 
 def new_conversation(
-    app: web.Application, sink: EventSink, overrides: Mapping[str, object]
+    app: web.Application,
+    session: Session,
+    overrides: Mapping[str, object],
+    *,
+    plain_text: bool = False,
 ) -> Conversation:
-    """A conversation with the gateway's settings and a client's ``session`` overrides."""
+    """The session's conversation, with the gateway's settings and a client's ``session``
+    overrides, wired to what the client sends (``plain_text``: text that is not JSON is a
+    question, as on ``/ws``) and ended with the session."""
     config = app[CONFIG]
     engine = app[ASR].engine
     language = overrides.get("language")
     prompt = overrides.get("system_prompt")
-    return Conversation(
-        sink,
+    conversation = Conversation(
+        session,
         app[LLM],
         app[METRICS],
         ConversationSettings(
@@ -49,3 +56,6 @@ def new_conversation(
             tts_requested=overrides.get("tts") is True,
         ),
     )
+    session.on_message = lambda data: conversation.on_message(data, plain_text=plain_text)
+    session.on_closed.append(lambda s: conversation.cancel_reply("client"))
+    return conversation

@@ -32,26 +32,29 @@ async def open_session(
     config = app[keys.CONFIG]
     started = time.perf_counter()
     with admit(app, remote) as register:
-        transport = PeerTransport(new_peer_connection(config.ice_servers, app[keys.ICE_POLICY]))
-        session = Session(new_session_id(), transport)
-        transport.on_message = session.receive
-        conversation = new_conversation(app, session, offer.session)
-        voice = VoicePipeline(
-            session,
-            transport.pc,
-            conversation,
-            app[keys.ASR],
-            app[keys.VAD],
-            EndpointerSettings(silence_ms=config.vad_silence_ms),
-            app[keys.METRICS],
+        session_id = new_session_id()
+        transport = PeerTransport(
+            new_peer_connection(config.ice_servers, app[keys.ICE_POLICY]), session_id
         )
-        _watch_connection(session, transport)
+        session = Session(session_id, transport)
+        transport.on_message = session.receive
         try:
+            conversation = new_conversation(app, session, offer.session)
+            voice = VoicePipeline(
+                session,
+                transport.pc,
+                conversation,
+                app[keys.ASR],
+                app[keys.VAD],
+                EndpointerSettings(silence_ms=config.vad_silence_ms),
+                app[keys.METRICS],
+            )
+            _watch_connection(session, transport)
             answer = await answer_offer(transport.pc, offer.sdp)
         except BaseException:  # a bad offer, a timeout, or the client going away
             await asyncio.shield(session.close("negotiation-failed"))
             raise
-        if session.close_reason is not None:  # ended while negotiating
+        if session.closing:  # ended while negotiating
             raise OfferError("the session ended before it was answered")
         register(session)
     app[keys.METRICS].offer_time.observe(time.perf_counter() - started)

@@ -16,8 +16,9 @@ from gateway.http.cors import websocket_origin_allowed
 from gateway.http.sessions import admit
 from gateway.http.state import CONFIG, new_conversation
 from signalling import protocol
+from signalling.errors import TransportClosed
 from signalling.registry import new_session_id
-from signalling.session import Session, SessionState, TransportClosed
+from signalling.session import Session, SessionState
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         session = Session(new_session_id(), WebSocketTransport(ws))
         register(session)
     session.set_state(SessionState.CONNECTED)
-    conversation = new_conversation(app, session, {})
-    session.on_message = lambda data: conversation.on_message(data, plain_text=True)
+    conversation = new_conversation(app, session, {}, plain_text=True)
     conversation.send_ready()
     logger.info("[%s] WebSocket session for %s", session.id, request.remote)
     try:
@@ -85,8 +85,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     "not_supported", "binary audio frames are not supported yet"
                 )
     finally:
-        # The client left (or the session was ended, which closed the socket): a no-op
-        # then, since a session closes once.
-        conversation.cancel_reply("client")
+        # The client left (or the session was ended, which closed the socket: a no-op
+        # then, since a session closes once).
         await session.close("disconnected")
     return ws

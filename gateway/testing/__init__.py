@@ -1,0 +1,3 @@
+"""Test support shared by ``tests/`` and ``bench/``: a real aiortc client, an
+Ollama-compatible server. It reads the committed speech clips from the repository's
+``tests/data``, so it works from a checkout (an editable install), not from a wheel."""
