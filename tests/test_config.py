@@ -104,6 +104,17 @@ CASES = [
     Case("ollama_keep_alive", ("--ollama-keep-alive", "5m"), "5m", '"5m"', "5m"),
     Case("llm_first_token_timeout", ("--llm-first-token-timeout", "10"), "10", "10", 10.0),
     Case("llm_timeout", ("--llm-timeout", "60.5"), "60.5", "60.5", 60.5),
+    Case("tts_engine", ("--tts-engine", "openai"), "openai", '"openai"', "openai"),
+    Case("tts_voice", ("--tts-voice", "af_heart"), "af_heart", '"af_heart"', "af_heart"),
+    Case(
+        "tts_url",
+        ("--tts-url", "http://127.0.0.1:8880"),
+        "http://127.0.0.1:8880",
+        '"http://127.0.0.1:8880"',
+        "http://127.0.0.1:8880",
+    ),
+    Case("tts_model", ("--tts-model", "kokoro"), "kokoro", '"kokoro"', "kokoro"),
+    Case("barge_in_min_ms", ("--barge-in-min-ms", "250"), "250", "250", 250),
 ]
 
 
@@ -250,6 +261,15 @@ def test_system_prompt_file_is_read_and_stripped(tmp_path: Path) -> None:
     )
     error = config_error(["--system-prompt-file", str(tmp_path / "missing.txt")])
     assert error.flag == "--system-prompt-file"
+
+
+def test_a_remote_speech_server_needs_allow_remote_tts() -> None:
+    remote = ["--tts-engine", "openai", "--tts-url", "http://192.168.1.5:8000"]
+    with pytest.raises(ConfigError, match="--tts-url.*--allow-remote-tts"):
+        load_config(remote, {})
+    assert load_config([*remote, "--allow-remote-tts"], {}).allow_remote_tts is True
+    # Only the openai engine sends text anywhere.
+    assert load_config(["--tts-url", "http://192.168.1.5:8000"], {}).tts_engine == "auto"
 
 
 def test_ollama_host_falls_back_to_ollamas_own_variable() -> None:

@@ -32,7 +32,7 @@ from gateway.http.state import (
     SESSIONS,
     VAD,
 )
-from gateway.ops.config import Config, is_loopback, ollama_hostname
+from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from gateway.ops.metrics import Metrics, watch_loop_lag
 from media.asr.base import ASREngine
@@ -132,7 +132,7 @@ async def _llm(app: web.Application) -> AsyncIterator[None]:
         logger.info("LLM ready: %s", status.message)
     else:
         logger.warning("LLM not ready (transcripts still work): %s", status.message)
-    if is_loopback(ollama_hostname(config.ollama_host)):
+    if is_loopback(service_hostname(config.ollama_host)):
         port = ollama_port(config.ollama_host)
         addresses = await asyncio.to_thread(local_addresses)
         exposed = await exposed_on(addresses, port)

@@ -29,6 +29,9 @@ AUTH_MODES: tuple[AuthMode, ...] = ("none", "api-key", "jwt")
 ASR_ENGINES: tuple[AsrEngineName, ...] = ("openai-whisper", "faster-whisper")
 ASR_DEVICES: tuple[AsrDevice, ...] = ("auto", "cpu", "cuda")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+TtsEngineName = Literal["auto", "piper", "openai", "none"]
+TTS_ENGINES: tuple[TtsEngineName, ...] = ("auto", "piper", "openai", "none")
+DEFAULT_TTS_URL = "http://127.0.0.1:8000"  # Speaches' default; Kokoro-FastAPI uses 8880
 
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
@@ -77,6 +80,14 @@ class Config:
     sessions_per_client: int = 4
     max_session_s: int = 4 * 3600
     idle_timeout_s: int = 600
+    # Spoken replies: "auto" is piper when it is installed (the `tts` extra), else none.
+    tts_engine: TtsEngineName = "auto"
+    tts_voice: str | None = None  # piper: a voice name or a .onnx path; openai: a voice
+    tts_url: str = DEFAULT_TTS_URL
+    tts_model: str = "tts-1"
+    allow_remote_tts: bool = False
+    # While the gateway speaks, this much speech (not echo, not a cough) interrupts it.
+    barge_in_min_ms: int = 300
 
     @property
     def tls(self) -> bool:
@@ -318,6 +329,20 @@ def _options() -> tuple[_Option, ...]:
         _Option("sessions_per_client", _int_range(1, 1000), "sessions per client address (4)"),
         _Option("max_session_s", _int_range(10, 7 * 86_400), "longest session, s (4 h)"),
         _Option("idle_timeout_s", _int_range(10, 86_400), "end a silent session after, s (600)"),
+        _Option(
+            "tts_engine",
+            _choice(TTS_ENGINES),
+            "spoken replies: auto (default: piper if installed, else none), piper, openai, none",
+        ),
+        _Option("tts_voice", _nonempty, "piper voice name or .onnx path; openai voice name"),
+        _Option("tts_url", _nonempty, "OpenAI-compatible speech server (--tts-engine openai)"),
+        _Option("tts_model", _nonempty, "model for --tts-engine openai (default tts-1)"),
+        _Option("allow_remote_tts", _bool, "allow a non-loopback --tts-url", is_flag=True),
+        _Option(
+            "barge_in_min_ms",
+            _int_range(0, 3000),
+            "speech that interrupts the spoken reply, ms (default 300)",
+        ),
     )
 
 
@@ -429,9 +454,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def ollama_hostname(url: str) -> str:
-    """The host part of an Ollama address, as Ollama itself accepts it (with or without a
-    scheme or port)."""
+def service_hostname(url: str) -> str:
+    """The host part of a local service's address (Ollama, a speech server), with or without
+    a scheme or port, as Ollama itself accepts it."""
     rest = url.split("://", 1)[-1].split("/", 1)[0]
     if rest.startswith("["):
         return rest[1:].split("]", 1)[0]
@@ -460,7 +485,15 @@ def _check(config: Config) -> None:
             "--auth jwt needs exactly one of --jwt-secret-file (HS256) "
             "or --jwt-public-key (RS256/ES256)",
         )
-    host = ollama_hostname(config.ollama_host)
+    if config.tts_engine == "openai" and not config.allow_remote_tts:
+        tts_host = service_hostname(config.tts_url)
+        if not is_loopback(tts_host):
+            raise ConfigError(
+                "--tts-url",
+                f"{config.tts_url} is not on this machine; the reply's text would leave it, so "
+                "the gateway only sends it to a remote speech server with --allow-remote-tts",
+            )
+    host = service_hostname(config.ollama_host)
     if not is_loopback(host) and not config.allow_remote_ollama:
         raise ConfigError(
             "--ollama-host",

@@ -47,7 +47,7 @@ from certs.authority import (
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
 from gateway.http.app import llm_settings
-from gateway.ops.config import Config, is_loopback, load_config, ollama_hostname
+from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
@@ -331,7 +331,7 @@ async def _ollama_checks(
             )
         ]
 
-    if is_loopback(ollama_hostname(config.ollama_host)) and addresses:
+    if is_loopback(service_hostname(config.ollama_host)) and addresses:
         port = ollama_port(config.ollama_host)
         exposed = await exposed_on(addresses, port, probe_timeout_s)
         if exposed:
