@@ -265,7 +265,7 @@ def test_system_prompt_file_is_read_and_stripped(tmp_path: Path) -> None:
 
 def test_a_remote_speech_server_needs_allow_remote_tts() -> None:
     remote = ["--tts-engine", "openai", "--tts-url", "http://192.168.1.5:8000"]
-    with pytest.raises(ConfigError, match="--tts-url.*--allow-remote-tts"):
+    with pytest.raises(ConfigError, match=r"--tts-url.*--allow-remote-tts"):
         load_config(remote, {})
     assert load_config([*remote, "--allow-remote-tts"], {}).allow_remote_tts is True
     # Only the openai engine sends text anywhere.
