@@ -244,7 +244,11 @@ async def run_with_ollama(
     )
     async with fake_ollama(state=state) as (_, url):
         config = Config(
-            no_tls=True, asr_engine=name, vad_silence_ms=args.vad_silence_ms, ollama_host=url
+            no_tls=True,
+            asr_engine=name,
+            vad_silence_ms=args.vad_silence_ms,
+            ollama_host=url,
+            tts_engine="none",  # text replies: the voice benchmark measures speech
         )
         await converse(config, engine, warmup, sentences, run)
 

@@ -423,6 +423,7 @@ async def _run_server(kind: ServerKind, conn: Connection, streams: int, lifetime
         if kind == "gateway":
             config = Config(
                 no_tls=True,
+                tts_engine="none",
                 asr_device="cpu",
                 max_sessions=streams + 10,
                 sessions_per_client=streams + 10,  # every sender is 127.0.0.1

@@ -251,6 +251,7 @@ async def serve_both(sessions: int, concurrent: int, rounds: int) -> list[Setup]
     async with fake_ollama() as (_, ollama_url):
         config = Config(
             no_tls=True,
+            tts_engine="none",
             ollama_host=ollama_url,
             offer_rate=10_000,
             sessions_per_client=1000,

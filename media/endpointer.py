@@ -67,8 +67,11 @@ class SpeechStarted:
 class SpeechEnded:
     audio: Float32Array  # pre-roll + speech + the silence that ended it
     start_sample: int
-    end_sample: int  # stream position where the speech itself ended
+    end_sample: int  # stream position where the VAD's silence began
     reason: EndReason
+    # Where the voice itself faded, a little before Silero calls it silence (~70 ms on
+    # the test speech): what "end of speech" timings start from. None: end_sample.
+    voiced_end_sample: int | None = None
 
     @property
     def speech_samples(self) -> int:
@@ -215,7 +218,15 @@ class Endpointer:
 
     def _finish(self, end: int, reason: EndReason) -> SpeechEnded:
         audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.float32)
-        event = SpeechEnded(audio=audio, start_sample=self._start, end_sample=end, reason=reason)
+        offset = self._position - len(audio)  # the stream position of audio[0]
+        voiced = offset + last_voiced(audio, end - offset, rate=self.settings.sample_rate)
+        event = SpeechEnded(
+            audio=audio,
+            start_sample=self._start,
+            end_sample=end,
+            reason=reason,
+            voiced_end_sample=max(self._start, voiced),
+        )
         self._reset()
         return event
 
@@ -251,3 +262,31 @@ class Endpointer:
         self._buffer_len = 0
         self._speech_run = 0
         self._silence_start = None
+
+
+def last_voiced(
+    audio: Float32Array,
+    end: int,
+    *,
+    rate: int,
+    search_ms: int = 200,
+    window_ms: int = 10,
+    ratio: float = 0.05,
+) -> int:
+    """Where the voice fades before index ``end`` of ``audio``: just after the last
+    ``window_ms`` window louder than ``ratio`` of the RMS of the second before ``end``,
+    looking back at most ``search_ms``. Relative, so a quiet microphone works as well."""
+    end = max(0, min(end, len(audio)))
+    reference = audio[max(0, end - rate) : end]
+    if not reference.size:
+        return end
+    floor = ratio * float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
+    window = max(1, rate * window_ms // 1000)
+    lowest = max(0, end - rate * search_ms // 1000)
+    position = end
+    while position - window >= lowest:
+        part = audio[position - window : position]
+        if float(np.sqrt(np.mean(np.square(part, dtype=np.float64)))) > floor:
+            return position
+        position -= window
+    return lowest

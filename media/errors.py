@@ -29,3 +29,21 @@ class UnsupportedLanguage(ASRError):
     """The loaded model cannot transcribe the language asked for."""
 
     code = "unsupported_language"
+
+
+class TTSError(MediaError):
+    """Speech synthesis failed."""
+
+    code = "tts_failed"
+
+
+class TTSUnavailable(TTSError):
+    """The synthesiser cannot be reached, failed, or took too long (retryable)."""
+
+    code = "tts_unavailable"
+
+
+class TTSVoiceMissing(TTSError):
+    """The voice asked for does not exist or cannot be loaded."""
+
+    code = "tts_voice_missing"

@@ -16,10 +16,17 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media import Float32Array
 from media.audio import Chunker, MonoResampler, SampleClock
+from media.echo import EchoCanceller
 from media.endpointer import Endpointer, EndpointerEvent, EndpointerSettings
 from media.vad import VadBatcher
 
 logger = logging.getLogger(__name__)
+
+# aiortc's audio jitter buffer (rtcrtpreceiver.py: JitterBuffer(capacity=16, prefetch=4))
+# releases a frame only once the 4th after it has arrived: every frame reaches recv() about
+# 4 frames after the client sent it. The arrival clock takes that out, so that "end of
+# speech" is when the client sent it, as a person would time it.
+JITTER_PREFETCH_FRAMES = 4
 
 
 class AudioListener:
@@ -43,6 +50,9 @@ class AudioListener:
         self._clock = clock
         self._received = 0  # samples of the 16 kHz stream so far
         self.arrivals = SampleClock(settings.sample_rate)  # stream position → arrival time
+        # Removes the gateway's own voice from the microphone when it speaks (set once the
+        # session knows it sends audio; frames only arrive after that).
+        self.echo: EchoCanceller | None = None
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Reads until the track ends; an utterance in progress is then delivered."""
@@ -54,10 +64,19 @@ class AudioListener:
             if not isinstance(frame, av.AudioFrame):
                 continue  # aiortc yields packets only for pass-through codecs
             try:
-                self._on_frame(self._count_lost(frame))
+                lost = self._count_lost(frame)
+                self._on_frame(lost)
                 samples = self._resampler.resample(frame)
+                if lost and self.echo is not None:
+                    # The canceller pairs microphone and reply audio by count: a gap it is
+                    # not told about would put it out of step for good.
+                    self.echo.near_end_lost(lost * len(samples))
                 self._received += len(samples)
-                self.arrivals.mark(self._received, self._clock())
+                held = JITTER_PREFETCH_FRAMES * frame.samples / frame.sample_rate
+                # What the endpointer sees at a position went through the canceller, which
+                # delays it by a constant: that position arrived this much earlier.
+                delay = self.echo.latency_samples if self.echo is not None else 0
+                self.arrivals.mark(self._received + delay, self._clock() - held)
                 await self.feed(samples)
             except Exception:
                 # Keep reading whatever went wrong with one frame: a track nobody reads
@@ -79,6 +98,8 @@ class AudioListener:
         return lost
 
     async def feed(self, samples: Float32Array) -> None:
+        if self.echo is not None:
+            samples = self.echo.near_end(samples)
         for chunk in self._chunker.push(samples):
             probability = await self._vad.probability(self._stream, chunk)
             for event in self.endpointer.process(chunk, probability):

@@ -78,7 +78,8 @@ def video_direction(sdp: str) -> str:
 
 async def measure(seconds: int, warmup_s: float) -> Run:
     async with fake_ollama() as (_, ollama_url):
-        runner = web.AppRunner(build_app(Config(no_tls=True, ollama_host=ollama_url)))
+        config = Config(no_tls=True, ollama_host=ollama_url, tts_engine="none")
+        runner = web.AppRunner(build_app(config))
         await runner.setup()
         client = LoopbackClient()
         camera = VideoStreamTrack()

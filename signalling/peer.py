@@ -5,7 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 
 from signalling.errors import OfferError
 from signalling.ice import IcePolicy, create_peer_connection
@@ -27,15 +33,21 @@ def new_peer_connection(
 
 
 async def answer_offer(
-    pc: RTCPeerConnection, sdp: str, timeout_s: float = NEGOTIATION_TIMEOUT_S
+    pc: RTCPeerConnection,
+    sdp: str,
+    timeout_s: float = NEGOTIATION_TIMEOUT_S,
+    *,
+    outbound: MediaStreamTrack | None = None,
 ) -> str:
     """Apply the offer and return the answer's SDP (all candidates gathered: no trickle).
+    ``outbound`` (the spoken reply) goes on the first audio section the client receives
+    on, if there is one; :func:`sends_audio` says afterwards whether it will be sent.
 
     aiortc raises assorted exceptions (ValueError, AssertionError, KeyError, ...) on
     offers that pass our own checks but that it cannot handle; each becomes OfferError.
     """
     try:
-        await asyncio.wait_for(_negotiate(pc, sdp), timeout_s)
+        await asyncio.wait_for(_negotiate(pc, sdp, outbound), timeout_s)
     except TimeoutError as exc:
         raise OfferError(f"negotiation did not finish within {timeout_s:.0f} s") from exc
     except OfferError:
@@ -50,10 +62,12 @@ async def answer_offer(
     return description.sdp
 
 
-async def _negotiate(pc: RTCPeerConnection, sdp: str) -> None:
+async def _negotiate(pc: RTCPeerConnection, sdp: str, outbound: MediaStreamTrack | None) -> None:
     await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
     if not decline_unused_media(pc) and pc.sctp is None:
         raise OfferError("offer has no audio the gateway can hear and no data channel")
+    if outbound is not None:
+        attach_outbound(pc, outbound)
     answer = await pc.createAnswer()
     if answer is None:  # pragma: no cover
         raise OfferError("no answer was produced")
@@ -80,3 +94,31 @@ def decline_unused_media(pc: RTCPeerConnection) -> bool:
         transceiver.direction = "inactive"
         track.stop()  # nothing will arrive: a reader's recv() ends instead of waiting forever
     return heard
+
+
+def attach_outbound(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+    """Put ``track`` on the first audio section the client offered to receive on (sendrecv
+    or recvonly), so the answer carries it there; False when there is none (the client only
+    sends: it gets text only). Never adds a section the offer did not have, which aiortc's
+    own ``addTrack`` would do, making an answer the client must refuse."""
+    for transceiver in pc.getTransceivers():
+        # aiortc keeps the offer's direction, reversed to our side, only privately (tested
+        # releases only: see ice.py). "sendonly" for us is a client that only listens.
+        ours = getattr(transceiver, "_offerDirection", None)
+        if transceiver.kind != "audio" or ours not in ("sendrecv", "sendonly"):
+            continue
+        if transceiver.sender.track is not None:
+            continue
+        transceiver.sender.replaceTrack(track)
+        receiving = transceiver.direction in ("sendrecv", "recvonly")
+        transceiver.direction = "sendrecv" if receiving else "sendonly"
+        return True
+    return False
+
+
+def sends_audio(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+    """After negotiation: whether the answer sends ``track`` to the client."""
+    return any(
+        t.sender.track is track and t.currentDirection in ("sendrecv", "sendonly")
+        for t in pc.getTransceivers()
+    )

@@ -30,7 +30,7 @@ Event = dict[str, Any]
 
 
 def session_ready(
-    session_id: str, asr: Mapping[str, str], llm: Mapping[str, Any], tts_enabled: bool
+    session_id: str, asr: Mapping[str, str], llm: Mapping[str, Any], tts: Mapping[str, Any]
 ) -> Event:
     return {
         "type": "session.ready",
@@ -38,7 +38,7 @@ def session_ready(
         "protocol": PROTOCOL_VERSION,
         "asr": dict(asr),
         "llm": dict(llm),
-        "tts": {"enabled": tts_enabled},
+        "tts": dict(tts),
     }
 
 
@@ -76,6 +76,15 @@ def reply_done(reply_id: str, text: str, timings: Mapping[str, float]) -> Event:
 
 def reply_cancelled(reply_id: str, reason: CancelReason) -> Event:
     return {"type": "reply.cancelled", "reply_id": reply_id, "reason": reason}
+
+
+def reply_audio_started(reply_id: str, timings: Mapping[str, float]) -> Event:
+    return {"type": "reply.audio.started", "reply_id": reply_id, "timings": dict(timings)}
+
+
+def reply_audio_done(reply_id: str, *, interrupted: bool) -> Event:
+    """The spoken reply ended on the audio track: played out, or cut (``interrupted``)."""
+    return {"type": "reply.audio.done", "reply_id": reply_id, "interrupted": interrupted}
 
 
 def error(code: str, message: str, *, retryable: bool = False) -> Event:

@@ -16,6 +16,8 @@ from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
+from media.tts.base import TTSEngine
+from media.tts.piper import PiperEngine
 from signalling.datachannel import PeerTransport
 from signalling.session import Session
 
@@ -29,6 +31,13 @@ class EngineCache:
     def __init__(self, cache_dir: Path) -> None:
         self._cache_dir = cache_dir
         self._engines: dict[str, ASREngine] = {}
+        self._piper: TTSEngine | None = None
+
+    def piper(self) -> TTSEngine:
+        """The offline default voice (en_US-joe-medium), loaded once."""
+        if self._piper is None:
+            self._piper = PiperEngine(cache_dir=self._cache_dir)
+        return self._piper
 
     def get(self, name: str) -> ASREngine:
         if name not in self._engines:
@@ -43,11 +52,17 @@ def engines(tmp_path_factory: pytest.TempPathFactory) -> EngineCache:
 
 @pytest.fixture
 def gateway(aiohttp_client: AiohttpClient, engines: EngineCache) -> GatewayFactory:
-    """``await gateway(engine="faster-whisper", max_sessions=2)`` → a TestClient."""
+    """``await gateway(engine="faster-whisper", max_sessions=2)`` → a TestClient. Spoken
+    replies are off unless asked for: ``speak=True`` (the offline Piper voice) or a
+    ``tts_engine``."""
 
-    async def make(engine: str = "openai-whisper", **overrides: object) -> TestClient:  # type: ignore[type-arg]
+    async def make(
+        engine: str = "openai-whisper", *, speak: bool = False, **overrides: object
+    ) -> TestClient:  # type: ignore[type-arg]
+        overrides.setdefault("tts_engine", "piper" if speak else "none")
         config = Config(asr_engine=engine, no_tls=True, **overrides)  # type: ignore[arg-type]
-        return await aiohttp_client(build_app(config, engine=engines.get(engine)))
+        tts = engines.piper() if speak else None
+        return await aiohttp_client(build_app(config, engine=engines.get(engine), tts=tts))
 
     return make
 

@@ -163,3 +163,16 @@ def test_sample_clock_forgets_beyond_its_horizon() -> None:
         clock.mark(frame * 320, at=float(frame))
     assert clock.time_of(1280) == pytest.approx(4.0)
     assert clock.time_of(960) == pytest.approx(3.0)
+
+
+def test_aiortc_still_holds_four_audio_frames_in_its_jitter_buffer() -> None:
+    # media.listener takes this hold out of the arrival clock ("end of speech" timings);
+    # an aiortc release that changes it must change JITTER_PREFETCH_FRAMES too.
+    import inspect
+
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from media.listener import JITTER_PREFETCH_FRAMES
+
+    source = inspect.getsource(RTCRtpReceiver.__init__)
+    assert f"JitterBuffer(capacity=16, prefetch={JITTER_PREFETCH_FRAMES})" in source

@@ -24,6 +24,7 @@ from media.endpointer import (
     SpeechEnded,
     SpeechPaused,
     SpeechStarted,
+    last_voiced,
 )
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE, SileroModel
 
@@ -541,3 +542,40 @@ def test_no_pause_event_when_disabled_or_not_shorter_than_the_hangover() -> None
 def assert_audio_prefix(whole: Float32Array, prefix: Float32Array) -> None:
     assert len(prefix) < len(whole)
     np.testing.assert_array_equal(whole[: len(prefix)], prefix)
+
+
+# --- where the voice itself ended ---
+
+
+def test_last_voiced_finds_where_the_voice_fades() -> None:
+    rate = 16_000
+    voice = 0.3 * np.sin(np.arange(rate) * 2 * np.pi * 220 / rate).astype(np.float32)
+    audio = np.concatenate([voice, np.full(rate // 5, 1e-4, dtype=np.float32)])
+    # Silero would call it silence ~70 ms late: search back from there.
+    assert last_voiced(audio, rate + 1120, rate=rate) == rate
+    # A quiet microphone: the threshold is relative to the speech before it.
+    assert last_voiced((audio * 0.01).astype(np.float32), rate + 1120, rate=rate) == rate
+    # Nothing voiced within the search: the earliest point searched.
+    assert last_voiced(np.zeros(rate, dtype=np.float32), rate, rate=rate) == rate - 3200
+    assert last_voiced(audio, 0, rate=rate) == 0
+
+
+def test_speech_ended_carries_the_voiced_end() -> None:
+    settings = EndpointerSettings(silence_ms=160, min_speech_ms=64, pre_roll_ms=0, pause_ms=0)
+    endpointer = Endpointer(settings)
+    loud = np.full(512, 0.3, dtype=np.float32)
+    quiet = np.zeros(512, dtype=np.float32)
+    events = []
+    for _ in range(10):
+        events += endpointer.process(loud, 0.9)
+    events += endpointer.process(loud, 0.4)  # still voiced, but Silero hesitates
+    events += endpointer.process(quiet, 0.4)
+    for _ in range(8):
+        events += endpointer.process(quiet, 0.1)
+    ended = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ended) == 1
+    # The voice stopped after the 11th chunk (found to a 10 ms window); the VAD's silence
+    # began a chunk later.
+    assert ended[0].voiced_end_sample is not None
+    assert 0 <= ended[0].voiced_end_sample - 11 * 512 < 160
+    assert ended[0].end_sample == 12 * 512

@@ -45,8 +45,9 @@ async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> 
     assert timings["endpoint_to_final_ms"] == pytest.approx(
         timings["asr_ms"] - timings["asr_head_start_ms"], abs=5
     )
-    # From the end of speech, the 500 ms hangover (in 32 ms VAD chunks) comes first.
-    assert 450 <= timings["endpoint_ms"] <= 650
+    # From the end of speech: Silero's lag, aiortc's ~80 ms jitter buffer (taken out of the
+    # end of speech, not of the decision), then the 500 ms hangover in 32 ms VAD chunks.
+    assert 500 <= timings["endpoint_ms"] <= 850
     assert timings["speech_end_to_final_ms"] == pytest.approx(
         timings["endpoint_ms"] + timings["endpoint_to_final_ms"], abs=1
     )

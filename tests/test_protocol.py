@@ -265,7 +265,7 @@ def test_session_ready() -> None:
         "s1",
         asr={"engine": "openai-whisper", "model": "tiny.en"},
         llm={"model": "llama3.2", "available": True},
-        tts_enabled=False,
+        tts={"enabled": False},
     )
     assert event == {
         "type": "session.ready",
@@ -274,6 +274,19 @@ def test_session_ready() -> None:
         "asr": {"engine": "openai-whisper", "model": "tiny.en"},
         "llm": {"model": "llama3.2", "available": True},
         "tts": {"enabled": False},
+    }
+
+
+def test_reply_audio_events() -> None:
+    assert protocol.reply_audio_started("r1", {"tts_first_audio_ms": 80.0}) == {
+        "type": "reply.audio.started",
+        "reply_id": "r1",
+        "timings": {"tts_first_audio_ms": 80.0},
+    }
+    assert protocol.reply_audio_done("r1", interrupted=True) == {
+        "type": "reply.audio.done",
+        "reply_id": "r1",
+        "interrupted": True,
     }
 
 

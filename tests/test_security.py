@@ -267,7 +267,9 @@ async def test_client_text_is_logged_escaped_and_cut(
     caplog.set_level(logging.DEBUG)
     secret = tmp_path / "jwt-secret"
     secret.write_text(SECRET)
-    config = Config(no_tls=True, auth="jwt", jwt_secret_file=secret, jwt_audience="gateway")
+    config = Config(
+        no_tls=True, tts_engine="none", auth="jwt", jwt_secret_file=secret, jwt_audience="gateway"
+    )
     app = build_app(config, engine=engines.get("openai-whisper"))
 
     async def boom(request: web.Request) -> web.Response:

@@ -50,6 +50,30 @@ class EventSink(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
 
 
+class ReplyVoice(Protocol):
+    """Speaks replies (``gateway.conversation.speech.Speaker``): a WebRTC session whose
+    answer sends audio has one."""
+
+    @property
+    def engine(self) -> str: ...
+
+    @property
+    def voice(self) -> str: ...
+
+    @property
+    def speaking(self) -> bool: ...
+
+    def begin(self, reply_id: str, times: TurnTimes) -> None: ...
+
+    def add(self, reply_id: str, delta: str) -> None: ...
+
+    def finish(self, reply_id: str) -> None: ...
+
+    def cut(self) -> tuple[str, str] | None: ...
+
+    def timings(self, reply_id: str) -> dict[str, float]: ...
+
+
 @dataclass(frozen=True)
 class ConversationSettings:
     system_prompt: str
@@ -57,7 +81,7 @@ class ConversationSettings:
     language: str | None = None
     asr: dict[str, str] = field(default_factory=dict)  # engine and model, for session.ready
     languages: frozenset[str] = frozenset({"en"})  # what the recogniser can transcribe
-    tts_requested: bool = False
+    tts: bool | None = None  # the offer's "session" asked for spoken replies, or not
 
 
 @dataclass(frozen=True)
@@ -104,23 +128,32 @@ class Conversation:
         self._reply_ids = itertools.count(1)
         self._reply: _Reply | None = None
         self._message_rate = RateLimiter(MESSAGES_PER_MINUTE, burst=MESSAGE_BURST, max_keys=1)
+        # Set by the transport once it knows it can play audio (see ReplyVoice).
+        self.voice: ReplyVoice | None = None
+        self.speak = settings.tts is not False  # the client's wish; needs a voice too
+        # Why there is no voice, for the error a client gets when it asks for one.
+        self.no_voice_reason = "spoken replies are off on this gateway"
 
     # --- what the client sends ---
 
+    @property
+    def speaking_replies(self) -> bool:
+        return self.voice is not None and self.speak
+
     def send_ready(self) -> None:
+        tts: dict[str, object] = {"enabled": self.speaking_replies}
+        if self.voice is not None:
+            tts |= {"engine": self.voice.engine, "voice": self.voice.voice}
         self.sink.send(
             protocol.session_ready(
                 self.sink.id,
                 asr=self._settings.asr,
                 llm={"model": self.llm.model, "available": self.llm.available},
-                tts_enabled=False,
+                tts=tts,
             )
         )
-        if self._settings.tts_requested:  # asked for in the offer's "session" overrides
-            self._tts_unavailable()
-
-    def _tts_unavailable(self) -> None:
-        self.report_error("not_supported", "spoken replies (tts) are not available yet")
+        if self._settings.tts and self.voice is None:  # asked for in the offer's "session"
+            self.report_error("not_supported", self.no_voice_reason)
 
     def on_message(self, data: str | bytes, *, plain_text: bool = False) -> None:
         """A client message from the data channel or (``plain_text``) a WebSocket."""
@@ -157,8 +190,13 @@ class Conversation:
             except UnsupportedLanguage as exc:
                 self.report_error(exc.code, str(exc))
                 return
-            if message.tts:
-                self._tts_unavailable()
+            if message.tts is not None:
+                if message.tts and self.voice is None:
+                    self.report_error("not_supported", self.no_voice_reason)
+                else:
+                    self.speak = message.tts
+                    if not message.tts:
+                        self._cut_speech()
             if message.system_prompt is not None:
                 self.system_prompt = message.system_prompt
             if message.language is not None:
@@ -180,27 +218,51 @@ class Conversation:
         reply = _Reply(f"r{next(self._reply_ids)}", utterance_id, times)
         self._reply = reply
         self.sink.send(protocol.reply_started(reply.id, utterance_id))
+        if self.voice is not None and self.speak:
+            self.voice.begin(reply.id, times)
         reply.task = self.sink.spawn(self._run(reply), f"reply-{reply.id}")
 
+    @property
+    def replying(self) -> bool:
+        """An answer is streaming, or still being spoken."""
+        return self._reply is not None or (self.voice is not None and self.voice.speaking)
+
     def cancel_reply(self, reason: protocol.CancelReason) -> None:
+        """Stop the reply in progress and its speech, whichever is still going."""
         reply = self._reply
+        heard = self._cut_speech(finished=reply is None)
         if reply is None:
             return
         self._reply = None
         if reply.task is not None:
             reply.task.cancel()
-        self._end_cancelled(reply, reason)
+        self._end_cancelled(reply, reason, heard)
 
-    def _end_cancelled(self, reply: _Reply, reason: protocol.CancelReason) -> None:
-        if reply.parts:
-            self.history.add_assistant(reply.text, interrupted=True)
+    def _cut_speech(self, *, finished: bool = True) -> str | None:
+        """Silence the voice; returns what of the reply the person heard, if it was being
+        spoken. A reply whose text had ended is already in history whole: cut to that."""
+        cut = self.voice.cut() if self.voice is not None else None
+        if cut is None:
+            return None
+        _reply_id, heard = cut
+        if finished:
+            self.history.revise_last_answer(heard, interrupted=True)
+        return heard
+
+    def _end_cancelled(
+        self, reply: _Reply, reason: protocol.CancelReason, heard: str | None = None
+    ) -> None:
+        # Spoken: history keeps what the person heard; text only: what was sent.
+        said = reply.text if heard is None else heard
+        if said:
+            self.history.add_assistant(said, interrupted=True)
         self.metrics.replies.labels("cancelled").inc()
         self.sink.send(protocol.reply_cancelled(reply.id, reason))
 
     def _fail(self, reply: _Reply, code: str, message: str, retryable: bool) -> None:
         if self._reply is reply:  # not already cancelled by barge-in or the client
             self._reply = None
-            self._end_cancelled(reply, "error")
+            self._end_cancelled(reply, "error", self._cut_speech(finished=False))
             self.report_error(code, message, retryable=retryable)
 
     async def _run(self, reply: _Reply) -> None:
@@ -214,6 +276,8 @@ class Conversation:
                         first = self._clock()
                     reply.parts.append(piece)
                     self.sink.send(protocol.reply_delta(reply.id, piece))
+                    if self.voice is not None:
+                        self.voice.add(reply.id, piece)
         except LLMError as exc:
             self._fail(reply, exc.code, str(exc), exc.retryable)
             logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
@@ -234,6 +298,9 @@ class Conversation:
             "endpoint_to_first_token_ms": elapsed_ms(reply.times.decided, first or done),
         }
         self.history.add_assistant(reply.text)
+        if self.voice is not None:
+            self.voice.finish(reply.id)  # the rest of the text is spoken
+            timings |= self.voice.timings(reply.id)
         self.metrics.replies.labels("done").inc()
         if first is not None:
             self.metrics.llm_first_token.observe(first - started)

@@ -36,6 +36,14 @@ class History:
     def add_assistant(self, text: str, *, interrupted: bool = False) -> None:
         self._turns.append(Turn("assistant", text, interrupted))
 
+    def revise_last_answer(self, text: str, *, interrupted: bool) -> None:
+        """Replace the last answer (a spoken one cut short: the person heard only ``text``);
+        an answer nobody heard is forgotten."""
+        if self._turns and self._turns[-1].role == "assistant":
+            self._turns.pop()
+            if text:
+                self._turns.append(Turn("assistant", text, interrupted))
+
     def clear(self) -> None:
         self._turns.clear()
 

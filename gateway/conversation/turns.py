@@ -36,7 +36,8 @@ class TurnEnded:
     utterance_id: str
     audio: Float32Array
     speech_samples: int
-    end_sample: int  # stream position where the speech itself ended
+    end_sample: int  # stream position where the VAD's silence began
+    voiced_end_sample: int  # where the voice itself faded: "end of speech"
     use_early: bool  # the early transcription covers exactly this utterance
 
 
@@ -69,7 +70,14 @@ class TurnTracker:
         utterance_id = self._current or f"u{next(self._ids)}"
         self._current = None
         actions.append(
-            TurnEnded(utterance_id, event.audio, event.speech_samples, event.end_sample, use_early)
+            TurnEnded(
+                utterance_id,
+                event.audio,
+                event.speech_samples,
+                event.end_sample,
+                event.end_sample if event.voiced_end_sample is None else event.voiced_end_sample,
+                use_early,
+            )
         )
         return actions
 

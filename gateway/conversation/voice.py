@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.conversation.dialogue import Conversation, TurnTimes, elapsed_ms
+from gateway.conversation.dialogue import Conversation, ReplyVoice, TurnTimes, elapsed_ms
 from gateway.conversation.turns import (
     DiscardEarlyASR,
     StartEarlyASR,
@@ -38,6 +38,7 @@ from media import Float32Array
 from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
 from media.asr.service import ASRService
+from media.echo import EchoCanceller
 from media.endpointer import EndpointerEvent, EndpointerSettings
 from media.errors import ASRBusyError, ASRError
 from media.listener import AudioListener
@@ -91,10 +92,24 @@ class VoicePipeline:
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
         self._listener: AudioListener | None = None
         self._early: _Early | None = None
+        # While the gateway speaks: its own echo, and speech that must last to interrupt.
+        self._speaker: ReplyVoice | None = None
+        self._echo: EchoCanceller | None = None
+        self._barge_in_wait_s = 0.0
+        self._unconfirmed: str | None = None  # a turn begun while speaking, not yet heard
         pc.on("track", self.on_track)
 
     def start(self) -> None:
         self.session.spawn(self._transcribe_loop(), "transcriber")
+
+    def speak_with(self, speaker: ReplyVoice, echo: EchoCanceller, barge_in_min_ms: int) -> None:
+        """The session speaks: cancel its echo, and while it speaks let only speech of
+        ``barge_in_min_ms`` interrupt it (the endpointer already waited min_speech_ms)."""
+        self._speaker = speaker
+        self._echo = echo
+        if self._listener is not None:
+            self._listener.echo = echo
+        self._barge_in_wait_s = max(0, barge_in_min_ms - self._endpointer.min_speech_ms) / 1000
 
     # --- inputs ---
 
@@ -114,6 +129,7 @@ class VoicePipeline:
             on_frame=self._on_frame,
             clock=self._clock,
         )
+        listener.echo = self._echo
         self.session.spawn(listener.run(track), "listener")
 
     def _on_frame(self, lost: int) -> None:
@@ -126,8 +142,7 @@ class VoicePipeline:
         self.session.touch()
         for action in self._turns.on_event(event, recogniser_idle=not self._asr.pending):
             if isinstance(action, TurnStarted):
-                self.session.send(protocol.speech_started(action.utterance_id))
-                self.conversation.on_speech_started()
+                self._turn_started(action.utterance_id)
             elif isinstance(action, StartEarlyASR):
                 task = self.session.spawn(self._recognise(action.audio), "early-asr")
                 self._early = _Early(self._clock(), task)
@@ -136,11 +151,38 @@ class VoicePipeline:
             else:
                 self._end_turn(action)
 
+    def _turn_started(self, utterance_id: str) -> None:
+        speaker = self._speaker
+        if speaker is not None and speaker.speaking and self._barge_in_wait_s > 0:
+            # Perhaps the gateway's own voice, or a cough: it must last to interrupt.
+            self._unconfirmed = utterance_id
+            self.session.spawn(self._confirm_barge_in(utterance_id), "barge-in")
+            return
+        self._announce(utterance_id)
+
+    def _announce(self, utterance_id: str) -> None:
+        self.session.send(protocol.speech_started(utterance_id))
+        self.conversation.on_speech_started()
+
+    async def _confirm_barge_in(self, utterance_id: str) -> None:
+        await asyncio.sleep(self._barge_in_wait_s)
+        if self._unconfirmed == utterance_id:  # not ended meanwhile: a person is speaking
+            self._unconfirmed = None
+            self.metrics.barge_ins.labels("interrupted").inc()
+            self._announce(utterance_id)
+
     def _end_turn(self, turn: TurnEnded) -> None:
+        if self._unconfirmed == turn.utterance_id:
+            # Too short to interrupt the voice: echo or noise, not a turn. Not transcribed.
+            self._unconfirmed = None
+            self._discard_early()
+            self.metrics.barge_ins.labels("ignored").inc()
+            logger.debug("[%s] %s: too short to interrupt", self.session.id, turn.utterance_id)
+            return
         early, self._early = (self._early, None) if turn.use_early else (None, self._early)
         decided = self._clock()
         listener = self._listener
-        speech_end = listener.arrivals.time_of(turn.end_sample) if listener else None
+        speech_end = listener.arrivals.time_of(turn.voiced_end_sample) if listener else None
         self.session.send(protocol.speech_stopped(turn.utterance_id))
         utterance = Utterance(
             id=turn.utterance_id,

@@ -30,6 +30,7 @@ from gateway.http.state import (
     METRICS,
     OFFER_LIMITER,
     SESSIONS,
+    TTS,
     VAD,
 )
 from gateway.ops.config import Config, is_loopback, service_hostname
@@ -38,6 +39,9 @@ from gateway.ops.metrics import Metrics, watch_loop_lag
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
+from media.tts.base import TTSEngine
+from media.tts.engines import load_tts_engine, piper_available
+from media.tts.service import TTSService
 from media.vad import SileroModel, VadBatcher
 from signalling.ice import IcePolicy, check_policy
 from signalling.limits import ConcurrencyLimiter, RateLimiter
@@ -47,8 +51,11 @@ from signalling.registry import SessionRegistry
 logger = logging.getLogger(__name__)
 
 
-def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Application:
-    """``engine`` lets tests share one loaded model across many apps."""
+def build_app(
+    config: Config, *, engine: ASREngine | None = None, tts: TTSEngine | None = None
+) -> web.Application:
+    """``engine`` and ``tts`` let tests share loaded models across many apps (``tts`` then
+    replaces what ``--tts-engine`` would load)."""
     # Outermost first: security headers on every answer, CORS on every answer including
     # converted errors (so a front end on another origin can read them), then errors, then
     # authentication (appended by setup_auth), which refuses before any handler runs.
@@ -78,6 +85,7 @@ def build_app(config: Config, *, engine: ASREngine | None = None) -> web.Applica
         )
     setup_auth(app, config)
     app.cleanup_ctx.append(_models(engine))
+    app.cleanup_ctx.append(_speech(tts))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(loop_lag_context(metrics))
@@ -102,6 +110,39 @@ def _models(
         app[METRICS].asr_queue_depth.set_function(lambda: service.pending)
         yield
         vad.close()
+        await service.close()
+
+    return ctx
+
+
+def tts_engine_name(config: Config) -> str:
+    """``auto``: Piper when it is installed (the optional ``tts`` extra), else none."""
+    if config.tts_engine == "auto":
+        return "piper" if piper_available() else "none"
+    return config.tts_engine
+
+
+def _speech(preloaded: TTSEngine | None) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        engine = preloaded
+        if engine is None:
+            # Seconds for a voice to load (or to download, the first time a name is used).
+            engine = await asyncio.to_thread(
+                load_tts_engine,
+                tts_engine_name(config),
+                voice=config.tts_voice,
+                url=config.tts_url,
+                model=config.tts_model,
+                cache_dir=None,
+            )
+        if engine is None:
+            logger.info("spoken replies off (--tts-engine %s)", config.tts_engine)
+            yield
+            return
+        logger.info("TTS ready: %s voice %s", engine.name, engine.voice)
+        app[TTS] = service = TTSService(engine)
+        yield
         await service.close()
 
     return ctx

@@ -66,13 +66,24 @@ async def client_config(request: web.Request) -> web.Response:
     config = request.app[keys.CONFIG]
     engine = request.app[keys.ASR].engine
     llm = request.app[keys.LLM]
+    tts = request.app.get(keys.TTS)
     return web.json_response(
         {
             "protocol": protocol.PROTOCOL_VERSION,
             "ice_servers": [{"urls": url} for url in config.ice_servers],
             "asr": {"engine": engine.name, "model": engine.model},
             "llm": {"model": llm.model, "available": llm.available},
-            "features": {"transcript_partial": False, "llm": True, "tts": False, "ws": True},
+            "features": {
+                "transcript_partial": False,
+                "llm": True,
+                "tts": tts is not None,
+                "ws": True,
+            },
+            "tts": (
+                {"enabled": True, "engine": tts.engine.name, "voice": tts.engine.voice}
+                if tts is not None
+                else {"enabled": False}
+            ),
             # So a client can ask for a token before opening the microphone.
             "auth": config.auth,
         }

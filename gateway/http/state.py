@@ -12,6 +12,7 @@ from gateway.conversation.llm import OllamaChat
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
 from media.asr.service import ASRService
+from media.tts.service import TTSService
 from media.vad import VadBatcher
 from signalling.ice import IcePolicy
 from signalling.limits import ConcurrencyLimiter, RateLimiter
@@ -19,6 +20,8 @@ from signalling.registry import SessionRegistry
 from signalling.session import Session
 
 CONFIG = web.AppKey("config", Config)
+# Spoken replies; absent when --tts-engine is none (or auto without piper installed).
+TTS = web.AppKey("tts", TTSService)
 ASR = web.AppKey("asr", ASRService)
 VAD = web.AppKey("vad", VadBatcher)
 SESSIONS = web.AppKey("sessions", SessionRegistry)
@@ -53,7 +56,7 @@ def new_conversation(
             language=language if isinstance(language, str) else None,
             asr={"engine": engine.name, "model": engine.model},
             languages=engine.languages,
-            tts_requested=overrides.get("tts") is True,
+            tts=tts if isinstance(tts := overrides.get("tts"), bool) else None,
         ),
     )
     session.on_message = lambda data: conversation.on_message(data, plain_text=plain_text)

@@ -9,15 +9,21 @@ import time
 
 from aiohttp import web
 
+from gateway.conversation.dialogue import Conversation
+from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline
 from gateway.http import state as keys
 from gateway.http.sessions import admit
 from gateway.http.state import new_conversation
+from media.echo import EchoCanceller
 from media.endpointer import EndpointerSettings
+from media.playout import RATE as PLAYOUT_RATE
+from media.playout import ReplyAudioTrack
+from media.tts.service import TTSService
 from signalling.datachannel import PeerTransport
 from signalling.errors import OfferError
 from signalling.offer import Offer
-from signalling.peer import answer_offer, new_peer_connection
+from signalling.peer import answer_offer, new_peer_connection, sends_audio
 from signalling.registry import new_session_id
 from signalling.session import Session, SessionState
 
@@ -38,6 +44,8 @@ async def open_session(
         )
         session = Session(session_id, transport)
         transport.on_message = session.receive
+        tts = app.get(keys.TTS)
+        track = ReplyAudioTrack() if tts is not None else None
         try:
             conversation = new_conversation(app, session, offer.session)
             voice = VoicePipeline(
@@ -50,19 +58,43 @@ async def open_session(
                 app[keys.METRICS],
             )
             _watch_connection(session, transport)
-            answer = await answer_offer(transport.pc, offer.sdp)
+            answer = await answer_offer(transport.pc, offer.sdp, outbound=track)
         except BaseException:  # a bad offer, a timeout, or the client going away
             await asyncio.shield(session.close("negotiation-failed"))
             raise
         if session.closing:  # ended while negotiating
             raise OfferError("the session ended before it was answered")
         register(session)
+    if tts is not None and track is not None:
+        if sends_audio(transport.pc, track):
+            _speak(app, session, conversation, voice, tts, track)
+        else:
+            track.stop()
+            conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"
     app[keys.METRICS].offer_time.observe(time.perf_counter() - started)
     conversation.send_ready()  # the first event on the channel, once it opens
     voice.start()
     session.set_state(SessionState.CONNECTING)
     logger.info("[%s] WebRTC session for %s", session.id, remote)
     return session, answer
+
+
+def _speak(
+    app: web.Application,
+    session: Session,
+    conversation: Conversation,
+    voice: VoicePipeline,
+    tts: TTSService,
+    track: ReplyAudioTrack,
+) -> None:
+    """The answer sends audio: replies are spoken on ``track``, and the gateway's own voice
+    is removed from what the microphone hears."""
+    speaker = Speaker(session, tts, track, app[keys.METRICS])
+    echo = EchoCanceller()
+    track.on_frame = lambda samples: echo.far_end(samples, PLAYOUT_RATE)
+    conversation.voice = speaker
+    voice.speak_with(speaker, echo, app[keys.CONFIG].barge_in_min_ms)
+    speaker.start()
 
 
 def _watch_connection(session: Session, transport: PeerTransport) -> None:

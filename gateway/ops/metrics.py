@@ -58,6 +58,23 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.replies_spoken = Counter(
+            "gateway_replies_spoken",
+            "Spoken replies ended: played to the end (done) or interrupted (cut)",
+            ["outcome"],
+            registry=r,
+        )
+        self.audio_underruns = Counter(
+            "gateway_audio_underruns",
+            "Outbound audio frames due mid-sentence with no audio ready",
+            registry=r,
+        )
+        self.barge_ins = Counter(
+            "gateway_barge_ins",
+            "Speech while the gateway spoke: interrupted it, or too short to (ignored)",
+            ["outcome"],
+            registry=r,
+        )
         self.asr_queue_depth = Gauge(
             "gateway_asr_pending", "Utterances waiting for or in ASR", registry=r
         )
@@ -90,6 +107,13 @@ class Metrics:
             "End-of-turn decision (or a typed message) to the first reply token",
         )
         self.offer_time = seconds("gateway_offer_seconds", "POST /offer handling time")
+        self.tts_first_chunk = seconds(
+            "gateway_tts_first_chunk_seconds", "Speech synthesis request to its first audio"
+        )
+        self.speech_end_to_first_audio = seconds(
+            "gateway_speech_end_to_first_audio_seconds",
+            "End of speech (or a typed message) to the first frame of the spoken reply",
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ import json
 import time
 import wave
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,68 @@ def speech_end_offset(audio: Float32Array, rate: int, floor: float = 0.01) -> fl
     return (int(loud[-1]) + 1) / rate if loud.size else 0.0
 
 
+class ReceivedAudio:
+    """What the client hears on the gateway's audio track: 48 kHz mono float32 frames with
+    their arrival times (``time.monotonic``), the last ``max_frames`` of them."""
+
+    def __init__(self, max_frames: int = 6000) -> None:  # two minutes of 20 ms frames
+        self.frames: deque[tuple[float, Float32Array]] = deque(maxlen=max_frames)
+        self.listeners: list[Callable[[Float32Array], None]] = []
+
+    def add(self, frame: av.AudioFrame) -> None:
+        pcm = frame.to_ndarray().reshape(-1).astype(np.float32) / 32768.0
+        channels = frame.layout.nb_channels
+        samples = pcm.reshape(-1, channels).mean(axis=1) if channels > 1 else pcm
+        self.frames.append((time.monotonic(), samples))
+        for listener in self.listeners:
+            listener(samples)
+
+    def since(self, start: float) -> Float32Array:
+        parts = [samples for at, samples in self.frames if at >= start]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def first_loud(self, after: float, floor: float = 0.01) -> float | None:
+        """When the first frame louder than ``floor`` (peak) arrived after ``after``."""
+        for at, samples in self.frames:
+            if at >= after and samples.size and float(np.abs(samples).max()) > floor:
+                return at
+        return None
+
+    def last_loud(self, floor: float = 0.01) -> float | None:
+        for at, samples in reversed(self.frames):
+            if samples.size and float(np.abs(samples).max()) > floor:
+                return at
+        return None
+
+
+class EchoPath:
+    """A loudspeaker heard by the microphone: what arrives is played back into the mic
+    ``delay_ms`` later at ``gain_db``. Bounded to a few seconds of backlog."""
+
+    def __init__(self, gain_db: float = -20.0, delay_ms: float = 40.0) -> None:
+        self._gain = np.float32(10 ** (gain_db / 20))
+        self._pending: deque[Float32Array] = deque(maxlen=500)
+        self._pending.append(np.zeros(int(RATE * delay_ms / 1000), dtype=np.float32))
+        self._head: Float32Array = np.zeros(0, dtype=np.float32)
+
+    def heard(self, samples: Float32Array) -> None:
+        self._pending.append(samples * self._gain)
+
+    def take(self, count: int) -> Float32Array:
+        out = np.zeros(count, dtype=np.float32)
+        filled = 0
+        while filled < count:
+            if not self._head.size:
+                if not self._pending:
+                    break
+                self._head = self._pending.popleft()
+            take = min(count - filled, self._head.size)
+            out[filled : filled + take] = self._head[:take]
+            self._head = self._head[take:]
+            filled += take
+        return out
+
+
 class MicrophoneTrack(MediaStreamTrack):
     """Plays queued clips, then silence, in real time, like a microphone that never stops.
 
@@ -74,6 +137,7 @@ class MicrophoneTrack(MediaStreamTrack):
         self._start: float | None = None
         self._timestamp = 0
         self.speech_ends: list[float] = []
+        self.echo: EchoPath | None = None  # a loudspeaker this microphone hears
 
     def play(self, audio_16k: Float32Array) -> None:
         samples = upsample(audio_16k)
@@ -111,6 +175,8 @@ class MicrophoneTrack(MediaStreamTrack):
             self._pos += take
             if self._pos >= len(self._current):
                 self._current = None
+        if self.echo is not None:
+            out += self.echo.take(FRAME)
         pcm = (np.clip(out, -1.0, 1.0) * 32767).astype("<i2").reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
         frame.sample_rate = RATE
@@ -132,6 +198,28 @@ class LoopbackClient:
         self.opened = asyncio.Event()
         self.channel.on("open", self.opened.set)
         self.channel.on("message", self._on_message)
+        self.heard = ReceivedAudio()  # the gateway's spoken replies
+        self._listening: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self._listening is None:
+            self._listening = asyncio.ensure_future(self._listen(track))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if isinstance(frame, av.AudioFrame):
+                self.heard.add(frame)
+
+    def feed_back_echo(self, gain_db: float = -20.0, delay_ms: float = 40.0) -> None:
+        """Let the microphone hear the reply, as a laptop's speaker would reach it."""
+        echo = EchoPath(gain_db, delay_ms)
+        self.heard.listeners.append(echo.heard)
+        self.mic.echo = echo
 
     def _on_message(self, data: str | bytes) -> None:
         event = json.loads(data)
@@ -170,3 +258,6 @@ class LoopbackClient:
     async def close(self) -> None:
         self.mic.stop()
         await self.pc.close()
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
