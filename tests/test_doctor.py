@@ -33,6 +33,7 @@ from gateway.ops.doctor import (
     check_port,
     check_python,
     check_torch,
+    check_tts,
     check_udp,
     check_vad,
     doctor_command,
@@ -42,6 +43,7 @@ from gateway.ops.exposure import local_addresses, ollama_port
 from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
 from media.asr.base import ASREngine, Transcription
+from tests.conftest import EngineCache
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 BASE = Config()
@@ -193,6 +195,32 @@ def test_asr_load_is_bounded() -> None:
         release.set()
     assert check.status == "fail"
     assert "did not load within 0 s" in check.detail
+
+
+def test_tts_speaks_with_the_offline_voice(engines: EngineCache) -> None:
+    [check] = check_tts(replace(BASE, tts_engine="piper"), loader=lambda c: engines.piper())
+    assert check.status == "ok"
+    assert check.detail.startswith("piper voice en_US-joe-medium speaks (")
+
+
+def test_tts_off_and_missing_piper() -> None:
+    assert check_tts(replace(BASE, tts_engine="none")) == [
+        Check("tts", "ok", "spoken replies off (--tts-engine none)")
+    ]
+
+
+def test_tts_voice_that_does_not_load_names_the_flag(tmp_path: Path) -> None:
+    config = replace(BASE, tts_engine="piper", tts_voice=str(tmp_path / "nobody.onnx"))
+    [check] = check_tts(config)
+    assert check.status == "fail"
+    assert "--tts-voice" in check.detail
+
+
+def test_an_unreachable_speech_server_fails_the_tts_check() -> None:
+    config = replace(BASE, tts_engine="openai", tts_url="http://127.0.0.1:9")
+    [check] = check_tts(config)
+    assert check.status == "fail"
+    assert check.name == "tts"
 
 
 def test_vad_model() -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import jiwer
@@ -17,6 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.testing.loopback import LoopbackClient, load_clips
 from gateway.testing.ollama_server import FakeOllama
+from gateway.testing.speech_server import speech_server
 from media import Float32Array
 from tests.conftest import EngineCache, GatewayFactory, connect
 
@@ -241,3 +244,45 @@ async def test_connect_helper_still_works_without_speech(gateway: GatewayFactory
         assert len(peer.heard.frames) == 0
     finally:
         await peer.close()
+
+
+async def test_a_failing_speech_server_is_an_error_and_the_text_still_arrives(
+    gateway: GatewayFactory, ollama: Ollama, engines: EngineCache
+) -> None:
+    state, url = ollama
+    state.reply = ANSWER
+    async with speech_server(engine=engines.piper()) as (speech, speech_url):
+        speech.mode = "http_error"
+        client = await gateway(ollama_host=url, tts_engine="openai", tts_url=speech_url)
+        peer, _ = await connect(client)
+        try:
+            await ask(peer, "weather?")
+            events = await gather(peer, "error", "reply.done")
+            assert events["error"]["code"] == "tts_unavailable"
+            assert events["error"]["retryable"] is True
+            assert events["reply.done"]["text"] == ANSWER  # the text reply is whole
+            assert not [e for _, e in peer.received if e["type"] == "reply.audio.started"]
+            # The server is back: the next reply is spoken.
+            speech.mode = "normal"
+            await ask(peer, "and tomorrow?")
+            await peer.next_event("reply.audio.started", within=20)
+        finally:
+            await peer.close()
+
+
+def test_a_missing_voice_file_stops_start_up_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.ops.cli import main
+
+    with socket.socket() as probe:  # a free port, in case anything got as far as listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    voice = tmp_path / "nobody.onnx"
+    argv = ["serve", "--no-tls", "--port", str(port), "--tts-engine", "piper"]
+    assert main([*argv, "--tts-voice", str(voice)]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("local-ai-gateway: error:")]
+    assert len(errors) == 1, err
+    assert "--tts-voice" in errors[0]
+    assert "Traceback" not in err

@@ -84,8 +84,9 @@ def build_app(
             f"{policy.ports[0]}-{policy.ports[1]}" if policy.ports else "chosen by the OS",
         )
     setup_auth(app, config)
-    app.cleanup_ctx.append(_models(engine))
+    # The voice first: a missing voice file stops start-up before seconds of model loading.
     app.cleanup_ctx.append(_speech(tts))
+    app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(loop_lag_context(metrics))

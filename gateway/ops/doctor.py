@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal, TextIO, TypeVar
 
 import ifaddr
 from cryptography import x509
@@ -46,11 +46,14 @@ from certs.authority import (
 )
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
-from gateway.http.app import llm_settings
+from gateway.http.app import llm_settings, tts_engine_name
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
+from media.errors import TTSError, TTSVoiceMissing
+from media.tts.base import TTSEngine
+from media.tts.engines import load_tts_engine
 from media.vad import silero_model_path
 from signalling.ice import IcePolicy, resolve_addresses
 
@@ -91,6 +94,8 @@ MIN_AIOHTTP = (3, 14, 3)  # what pyproject requires; an older one came from else
 MIN_PYTHON = (3, 10)
 # A first run downloads a named model; beyond this the doctor reports it rather than hang.
 ASR_LOAD_TIMEOUT_S = 600.0
+TTS_CHECK_TIMEOUT_S = 120.0  # a named Piper voice downloads on first use
+_T = TypeVar("_T")
 OLLAMA_PROBE_TIMEOUT_S = 0.5  # a local address answers at once or not at all
 SUBPROCESS_TIMEOUT_S = 3.0
 GPU_FIX = "install the CUDA build of torch: see README GPUs"
@@ -228,10 +233,10 @@ class _LoadTimeout(Exception):
     pass
 
 
-def _load_within(load: Callable[[], ASREngine], timeout_s: float) -> ASREngine:
+def _load_within(load: Callable[[], _T], timeout_s: float) -> _T:
     """Run ``load`` in a daemon thread so a stuck download cannot hold the doctor (or its
     exit) beyond ``timeout_s``."""
-    done: queue.Queue[ASREngine | BaseException] = queue.Queue(maxsize=1)
+    done: queue.Queue[_T | BaseException] = queue.Queue(maxsize=1)
 
     def work() -> None:
         try:
@@ -239,7 +244,7 @@ def _load_within(load: Callable[[], ASREngine], timeout_s: float) -> ASREngine:
         except BaseException as exc:  # handed to the caller, which re-raises it
             done.put(exc)
 
-    threading.Thread(target=work, name="doctor-asr-load", daemon=True).start()
+    threading.Thread(target=work, name="doctor-load", daemon=True).start()
     try:
         result = done.get(timeout=timeout_s)
     except queue.Empty:
@@ -292,6 +297,56 @@ def check_vad(config: Config, *, locate: Callable[[], Path] = silero_model_path)
     except ModelLoadError as exc:
         return [Check("vad model", "fail", str(exc), "rerun `make setup`")]
     return [Check("vad model", "ok", f"Silero VAD at {path}")]
+
+
+def check_tts(
+    config: Config,
+    *,
+    loader: Callable[[Config], TTSEngine | None] | None = None,
+    timeout_s: float = TTS_CHECK_TIMEOUT_S,
+) -> list[Check]:
+    """Which voice speaks the replies, and that it really speaks (one short sentence)."""
+    name = tts_engine_name(config)
+    if name == "none":
+        if config.tts_engine == "auto":
+            return [
+                Check(
+                    "tts",
+                    "warn",
+                    "Piper is not installed: replies are text only",
+                    "pip install 'local-ai-gateway[tts]' (Piper is GPL-3.0), or use "
+                    "--tts-engine openai with a speech server",
+                )
+            ]
+        return [Check("tts", "ok", "spoken replies off (--tts-engine none)")]
+
+    def load_and_speak() -> tuple[TTSEngine | None, float]:
+        engine = (loader or _load_tts)(config)
+        if engine is None:
+            return None, 0.0
+        samples = sum(len(chunk) for chunk in engine.synthesize("Ready."))
+        return engine, samples / engine.sample_rate
+
+    try:
+        engine, seconds = _load_within(load_and_speak, timeout_s)
+    except _LoadTimeout:
+        return [Check("tts", "fail", f"{name} did not speak within {timeout_s:.0f} s")]
+    except TTSError as exc:
+        fix = "check --tts-voice" if isinstance(exc, TTSVoiceMissing) else ""
+        return [Check("tts", "fail", str(exc), fix)]
+    if engine is None or seconds <= 0:
+        return [Check("tts", "fail", f"{name} gave no audio for a test sentence")]
+    return [Check("tts", "ok", f"{engine.name} voice {engine.voice} speaks ({seconds:.1f} s)")]
+
+
+def _load_tts(config: Config) -> TTSEngine | None:
+    return load_tts_engine(
+        tts_engine_name(config),
+        voice=config.tts_voice,
+        url=config.tts_url,
+        model=config.tts_model,
+        cache_dir=None,
+    )
 
 
 # --- Ollama ------------------------------------------------------------------------------
@@ -755,6 +810,7 @@ def default_checks() -> list[CheckFn]:
         check_torch,
         check_asr,
         check_vad,
+        check_tts,
         check_ollama,
         check_certificate,
         check_port,
