@@ -52,6 +52,8 @@ _AEC3_DELAY = {8_000: 88, 16_000: 128, 32_000: 260, 48_000: 430}
 # Also the most silence a gap in the microphone is stood in for by.
 _MAX_WAIT_S = 1.0
 _MAX_STREAM_DELAY_MS = 2_000
+# How much echo-free speech warm_up plays to AEC3: its transparent mode engaged after 5-8 s.
+WARM_UP_S = 8.0
 
 
 class EchoCanceller:
@@ -112,6 +114,39 @@ class EchoCanceller:
         self._processed = 0  # samples out of it
         self._cuts.clear()
         self._out: Float32Array = np.zeros(self._frame, dtype=np.float32)
+
+    def warm_up(self, render: Int16Array, sample_rate: int, seconds: float = WARM_UP_S) -> None:
+        """Let AEC3 hear ``render`` (speech, looped) with a silent microphone before the
+        session starts. Fresh, AEC3 assumes the worst of an echo path it has not measured
+        and suppresses the microphone while a reply plays; with no echo to measure (the
+        browser cancelled it, or headphones) it stays so until its transparent mode
+        engages, about 6 s into the first reply: a person talking over it in that time was
+        cut by 20-30 dB (measured) and could not interrupt. Warmed up on echo-free speech,
+        it passes that person through, and still cancels a real echo once it appears
+        (measured: residual echo -25 dB within the first 0.5 s). Blocking (~25 ms of CPU
+        per second warmed): run it before the canceller is shared with the event loop."""
+        if render.ndim != 1 or not render.size:
+            raise ValueError("warm-up audio must be mono and not empty")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(render, dtype=np.int16).reshape(1, -1),
+            format="s16",
+            layout="mono",
+        )
+        frame.sample_rate = sample_rate
+        parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+        speech = np.concatenate(parts).astype(np.int16)
+        frames = int(seconds * 100)
+        looped = np.resize(speech, frames * self._frame)  # repeats the sentence
+        for index in range(frames):
+            far = looped[index * self._frame : (index + 1) * self._frame].tobytes()
+            self._apm.process_reverse_stream(
+                AudioFrame(bytearray(far), self.sample_rate, 1, self._frame)
+            )
+            self._apm.process_stream(
+                AudioFrame(bytearray(self._silence), self.sample_rate, 1, self._frame)
+            )
 
     def far_end(self, samples: Int16Array, sample_rate: int) -> None:
         """The reply audio at the pace it is sent (a whole reply given at once would be

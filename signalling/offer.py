@@ -58,7 +58,9 @@ overrides. ``gateway.http.app`` gives aiohttp the same limit, which answers 413 
 MAX_SYSTEM_PROMPT_CHARS = 8000
 MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use
 
-SESSION_KEYS = frozenset({"language", "system_prompt", "tts"})
+# "echo_cancellation": the client's microphone already cancels echo (the browser's
+# getSettings() says so); the gateway's own canceller then starts warm (media/echo.py).
+SESSION_KEYS = frozenset({"language", "system_prompt", "tts", "echo_cancellation"})
 """The keys a client may set in ``"session"`` (the same ones ``session.update`` takes)."""
 
 DIGEST_BYTES: Mapping[str, int] = MappingProxyType(
@@ -150,7 +152,7 @@ def parse_session(value: object) -> Mapping[str, object]:
     checked: dict[str, object] = {}
     for key, item in value.items():
         where = f'"session.{key}"'
-        if key == "tts":
+        if key in ("tts", "echo_cancellation"):
             if not isinstance(item, bool):
                 raise OfferError(f"{where} must be true or false, got {_describe_json(item)}")
         elif not isinstance(item, str):

@@ -192,6 +192,8 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
         # The same rules as the "session" overrides of an offer: one validator for both.
         # null leaves a setting as it is.
         fields = {k: v for k, v in obj.items() if k != "type" and v is not None}
+        if "echo_cancellation" in fields:
+            raise ProtocolError('"echo_cancellation" describes the microphone: offer it only')
         try:
             checked = parse_session(fields)
         except OfferError as exc:

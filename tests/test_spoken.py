@@ -71,13 +71,25 @@ async def ask(peer: LoopbackClient, text: str) -> None:
 
 
 async def spoken_session(
-    gateway: GatewayFactory, ollama: Ollama, reply: str, **config: Any
+    gateway: GatewayFactory,
+    ollama: Ollama,
+    reply: str,
+    *,
+    echo_cancellation: bool = True,
+    **config: Any,
 ) -> tuple[TestClient, LoopbackClient, dict[str, Any]]:  # type: ignore[type-arg]
+    """``echo_cancellation``: what the client says of its microphone; the loopback client
+    hears no echo unless ``feed_back_echo`` (a speaker without the browser's canceller)."""
     state, url = ollama
     state.reply = reply
     client = await gateway(speak=True, ollama_host=url, **config)
     peer = LoopbackClient()
-    response = await client.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
+    offer = {
+        "sdp": await peer.offer(),
+        "type": "offer",
+        "session": {"echo_cancellation": echo_cancellation},
+    }
+    response = await client.post("/offer", json=offer)
     assert response.status == 200, await response.text()
     await peer.accept(await response.json())
     ready = await peer.next_event("session.ready", within=10)
@@ -154,7 +166,7 @@ async def test_speaking_over_the_reply_cuts_it_off(gateway: GatewayFactory, olla
 async def test_its_own_voice_in_the_microphone_neither_interrupts_nor_is_transcribed(
     gateway: GatewayFactory, ollama: Ollama
 ) -> None:
-    _, peer, _ = await spoken_session(gateway, ollama, LONG_ANSWER)
+    _, peer, _ = await spoken_session(gateway, ollama, LONG_ANSWER, echo_cancellation=False)
     try:
         peer.feed_back_echo(gain_db=-20.0, delay_ms=40.0)  # a laptop speaker, no canceller
         await ask(peer, "tell me about museums")
@@ -165,6 +177,27 @@ async def test_its_own_voice_in_the_microphone_neither_interrupts_nor_is_transcr
         assert "speech.started" not in seen, [e for e in events if e["type"].startswith("speech")]
         assert "transcript.final" not in seen
         assert "reply.cancelled" not in seen
+    finally:
+        await peer.close()
+
+
+async def test_a_person_still_interrupts_over_the_echo(
+    gateway: GatewayFactory, ollama: Ollama
+) -> None:
+    _, peer, _ = await spoken_session(gateway, ollama, LONG_ANSWER, echo_cancellation=False)
+    try:
+        peer.feed_back_echo(gain_db=-20.0, delay_ms=40.0)
+        await ask(peer, "tell me about museums")
+        await peer.next_event("reply.audio.started", within=20)
+        await asyncio.sleep(3.0)
+        _, audio = load_clips()[0]
+        peer.mic.play(audio)  # double talk: the person over the gateway's echo
+        cut = await peer.next_event("reply.audio.done", within=20)
+        assert cut["interrupted"] is True
+        final = await peer.next_event("transcript.final", within=20)
+        said = final["text"].lower()
+        assert "weather" in said, said  # the person's words ("What is the weather like...")
+        assert not {"museum", "museums", "louvre", "orsay"} & set(said.split()), said
     finally:
         await peer.close()
 

@@ -102,14 +102,17 @@ class VoicePipeline:
     def start(self) -> None:
         self.session.spawn(self._transcribe_loop(), "transcriber")
 
-    def speak_with(self, speaker: ReplyVoice, echo: EchoCanceller, barge_in_min_ms: int) -> None:
-        """The session speaks: cancel its echo, and while it speaks let only speech of
-        ``barge_in_min_ms`` interrupt it (the endpointer already waited min_speech_ms)."""
+    def speak_with(self, speaker: ReplyVoice, barge_in_min_ms: int) -> None:
+        """The session speaks: while it does, only speech of ``barge_in_min_ms``
+        interrupts it (the endpointer has already waited min_speech_ms of it)."""
         self._speaker = speaker
+        self._barge_in_wait_s = max(0, barge_in_min_ms - self._endpointer.min_speech_ms) / 1000
+
+    def cancel_echo(self, echo: EchoCanceller) -> None:
+        """Remove the gateway's own voice from the microphone from now on."""
         self._echo = echo
         if self._listener is not None:
             self._listener.echo = echo
-        self._barge_in_wait_s = max(0, barge_in_min_ms - self._endpointer.min_speech_ms) / 1000
 
     # --- inputs ---
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import numpy as np
 from aiohttp import web
 
 from gateway.conversation.llm import LLMSettings, OllamaChat
@@ -25,6 +26,7 @@ from gateway.http.state import (
     ASR,
     CLIENT_SESSIONS,
     CONFIG,
+    ECHO_WARM_UP,
     ICE_POLICY,
     LLM,
     METRICS,
@@ -39,7 +41,7 @@ from gateway.ops.metrics import Metrics, watch_loop_lag
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
-from media.tts.base import TTSEngine
+from media.tts.base import Int16Array, TTSEngine
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.service import TTSService
 from media.vad import SileroModel, VadBatcher
@@ -142,11 +144,25 @@ def _speech(preloaded: TTSEngine | None) -> Callable[[web.Application], AsyncIte
             yield
             return
         logger.info("TTS ready: %s voice %s", engine.name, engine.voice)
+        try:
+            app[ECHO_WARM_UP] = await asyncio.to_thread(_warm_up_sentence, engine)
+        except Exception as exc:  # the speech server may be down now and up later
+            logger.warning("echo canceller starts cold (the voice gave no warm-up): %s", exc)
         app[TTS] = service = TTSService(engine)
         yield
         await service.close()
 
     return ctx
+
+
+WARM_UP_TEXT = "Hello. I am your assistant, and I am listening to everything you say."
+
+
+def _warm_up_sentence(engine: TTSEngine) -> tuple[Int16Array, int]:
+    pcm = np.concatenate([np.zeros(0, np.int16), *engine.synthesize(WARM_UP_TEXT)])
+    if not pcm.size:
+        raise ValueError("no audio")
+    return pcm.astype(np.int16, copy=False), engine.sample_rate
 
 
 def llm_settings(config: Config) -> LLMSettings:

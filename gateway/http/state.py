@@ -12,6 +12,7 @@ from gateway.conversation.llm import OllamaChat
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
 from media.asr.service import ASRService
+from media.tts.base import Int16Array
 from media.tts.service import TTSService
 from media.vad import VadBatcher
 from signalling.ice import IcePolicy
@@ -22,6 +23,10 @@ from signalling.session import Session
 CONFIG = web.AppKey("config", Config)
 # Spoken replies; absent when --tts-engine is none (or auto without piper installed).
 TTS = web.AppKey("tts", TTSService)
+# A sentence in the gateway's own voice, (PCM, rate), that each session's echo canceller
+# learns the absence of an echo from (media.echo.EchoCanceller.warm_up); absent when the
+# voice could not say it at start-up.
+ECHO_WARM_UP = web.AppKey("echo_warm_up", tuple[Int16Array, int])
 ASR = web.AppKey("asr", ASRService)
 VAD = web.AppKey("vad", VadBatcher)
 SESSIONS = web.AppKey("sessions", SessionRegistry)

@@ -19,6 +19,7 @@ from media.echo import EchoCanceller
 from media.endpointer import EndpointerSettings
 from media.playout import RATE as PLAYOUT_RATE
 from media.playout import ReplyAudioTrack
+from media.tts.base import Int16Array
 from media.tts.service import TTSService
 from signalling.datachannel import PeerTransport
 from signalling.errors import OfferError
@@ -67,7 +68,10 @@ async def open_session(
         register(session)
     if tts is not None and track is not None:
         if sends_audio(transport.pc, track):
-            _speak(app, session, conversation, voice, tts, track)
+            # A microphone that cancels echo itself leaves none for ours to find: start it
+            # warm (transparent), or it would suppress the person until it learns so.
+            warm = offer.session.get("echo_cancellation") is True
+            _speak(app, session, conversation, voice, tts, track, warm=warm)
         else:
             track.stop()
             conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"
@@ -86,15 +90,35 @@ def _speak(
     voice: VoicePipeline,
     tts: TTSService,
     track: ReplyAudioTrack,
+    *,
+    warm: bool,
 ) -> None:
     """The answer sends audio: replies are spoken on ``track``, and the gateway's own voice
     is removed from what the microphone hears."""
     speaker = Speaker(session, tts, track, app[keys.METRICS])
-    echo = EchoCanceller()
-    track.on_frame = lambda samples: echo.far_end(samples, PLAYOUT_RATE)
     conversation.voice = speaker
-    voice.speak_with(speaker, echo, app[keys.CONFIG].barge_in_min_ms)
+    voice.speak_with(speaker, app[keys.CONFIG].barge_in_min_ms)
     speaker.start()
+    warm_up = app.get(keys.ECHO_WARM_UP) if warm else None
+    session.spawn(_cancel_echo(voice, track, warm_up), "echo")
+
+
+async def _cancel_echo(
+    voice: VoicePipeline, track: ReplyAudioTrack, warm_up: tuple[Int16Array, int] | None
+) -> None:
+    """Make the session's echo canceller (warmed up off the loop when asked: a fraction of
+    a second of CPU), then give it the reply audio and the microphone; until then the
+    barge-in rule alone guards against the gateway's own voice."""
+
+    def make() -> EchoCanceller:
+        echo = EchoCanceller()
+        if warm_up is not None:
+            echo.warm_up(*warm_up)
+        return echo
+
+    echo = await asyncio.to_thread(make)
+    track.on_frame = lambda samples: echo.far_end(samples, PLAYOUT_RATE)
+    voice.cancel_echo(echo)
 
 
 def _watch_connection(session: Session, transport: PeerTransport) -> None:
