@@ -17,6 +17,9 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
         ├── ASRBusyError                 too much speech waiting (retryable)
         ├── ModelLoadError               a model cannot be found, downloaded or converted
         └── UnsupportedLanguage          the model cannot do that language
+    └── TTSError                         speech synthesis failed
+        ├── TTSUnavailable               the engine or speech server is down or slow
+        └── TTSVoiceMissing              no such voice (or not per session)
     gateway.errors.GatewayError
     ├── ConfigError                      a bad flag, variable or TOML key (names the flag)
     ├── AuthError                        missing or unacceptable credentials (401)
@@ -30,7 +33,16 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
 from __future__ import annotations
 
 from certs.errors import CertificateError
-from media.errors import ASRBusyError, ASRError, MediaError, ModelLoadError, UnsupportedLanguage
+from media.errors import (
+    ASRBusyError,
+    ASRError,
+    MediaError,
+    ModelLoadError,
+    TTSError,
+    TTSUnavailable,
+    TTSVoiceMissing,
+    UnsupportedLanguage,
+)
 from signalling.errors import (
     IcePolicyError,
     OfferError,
@@ -61,6 +73,9 @@ __all__ = [
     "SessionLimitError",
     "SessionNotFound",
     "SignallingError",
+    "TTSError",
+    "TTSUnavailable",
+    "TTSVoiceMissing",
     "UnsupportedLanguage",
 ]
 

@@ -60,7 +60,7 @@ MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use
 
 # "echo_cancellation": the client's microphone already cancels echo (the browser's
 # getSettings() says so); the gateway's own canceller then starts warm (media/echo.py).
-SESSION_KEYS = frozenset({"language", "system_prompt", "tts", "echo_cancellation"})
+SESSION_KEYS = frozenset({"language", "system_prompt", "tts", "voice", "echo_cancellation"})
 """The keys a client may set in ``"session"`` (the same ones ``session.update`` takes)."""
 
 DIGEST_BYTES: Mapping[str, int] = MappingProxyType(
@@ -110,6 +110,8 @@ _DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
 _CANDIDATE_FOUNDATION = re.compile(r"[A-Za-z0-9+/]{1,32}", re.ASCII)
 _MSID = re.compile(f"{_TOKEN_CHAR}{{1,64}}( {_TOKEN_CHAR}{{1,64}})?", re.ASCII)
 _LANGUAGE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+_VOICE = re.compile(r"[A-Za-z0-9_.:-]+", re.ASCII)  # a speech server's voice name
+MAX_VOICE_CHARS = 64
 
 
 def _no_overrides() -> Mapping[str, object]:
@@ -165,6 +167,12 @@ def parse_session(value: object) -> Mapping[str, object]:
             if not _LANGUAGE.fullmatch(item):
                 raise OfferError(f"{where} is not a language code: {_quote_json(item)}")
             item = item.lower()  # Whisper's codes are lower case: "EN" means "en"
+        elif key == "voice":
+            if not 0 < len(item) <= MAX_VOICE_CHARS or not _VOICE.fullmatch(item):
+                raise OfferError(
+                    f"{where} must be a voice name of up to {MAX_VOICE_CHARS} letters, digits "
+                    f"and ._:- characters, got {_quote_json(item)}"
+                )
         else:  # system_prompt
             if len(item) > MAX_SYSTEM_PROMPT_CHARS:
                 raise OfferError(

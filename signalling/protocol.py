@@ -141,6 +141,7 @@ class SessionUpdate:
     system_prompt: str | None = None
     language: str | None = None
     tts: bool | None = None
+    voice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,11 +199,14 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
             checked = parse_session(fields)
         except OfferError as exc:
             raise ProtocolError(str(exc).replace('"session', '"session.update', 1)) from None
-        language, prompt, tts = (checked.get(k) for k in ("language", "system_prompt", "tts"))
+        language, prompt, tts, voice = (
+            checked.get(k) for k in ("language", "system_prompt", "tts", "voice")
+        )
         return SessionUpdate(
             system_prompt=prompt if isinstance(prompt, str) else None,
             language=language if isinstance(language, str) else None,
             tts=tts if isinstance(tts, bool) else None,
+            voice=voice if isinstance(voice, str) else None,
         )
     if not isinstance(kind, str):
         raise ProtocolError('message has no "type" string')

@@ -460,7 +460,7 @@ BAD_OFFERS: list[tuple[str, bytes, str]] = [
     ("sdp is an object", body({"sdp": CHROME_OFFER}), '"sdp" must be a string, got an object'),
     ("sdp null", body(None), "got null"),
     # the session overrides
-    ("unknown session key", body(CHROME_OFFER, session={"voice": "x"}), 'unknown key "voice"'),
+    ("unknown session key", body(CHROME_OFFER, session={"speed": 2}), 'unknown key "speed"'),
     ("unknown session keys", body(CHROME_OFFER, session={"b": 1, "a": 2}), 'keys "a", "b"'),
     ("session not an object", body(CHROME_OFFER, session=["en"]), "must be a JSON object"),
     ("session null", body(CHROME_OFFER, session=None), '"session" must be a JSON object'),

@@ -142,8 +142,8 @@ def test_a_message_of_exactly_the_limit_is_accepted() -> None:
             '"session.update.system_prompt" is too long: 8001 characters, limit 8000',
         ),
         (
-            '{"type": "session.update", "voice": "x", "speed": 2}',
-            '"session.update" has unknown keys "speed", "voice"',
+            '{"type": "session.update", "pitch": "x", "speed": 2}',
+            '"session.update" has unknown keys "pitch", "speed"',
         ),
         (
             '{"type": "session.update", "\\ud800": 1}',
@@ -353,3 +353,17 @@ def test_encode_is_compact_utf8_json() -> None:
         '{"type":"transcript.final","utterance_id":"u1","text":"Café ✓","timings":{"asr_ms":1.5}}'
     )
     assert json.loads(text)["text"] == "Café ✓"
+
+
+def test_session_update_voice() -> None:
+    update = protocol.parse_client_message('{"type": "session.update", "voice": "af_heart"}')
+    assert update == protocol.SessionUpdate(voice="af_heart")
+    with pytest.raises(ProtocolError, match="voice name"):
+        protocol.parse_client_message('{"type": "session.update", "voice": "two words"}')
+    with pytest.raises(ProtocolError, match="voice name"):
+        protocol.parse_client_message(json.dumps({"type": "session.update", "voice": "v" * 65}))
+
+
+def test_echo_cancellation_is_for_the_offer_only() -> None:
+    with pytest.raises(ProtocolError, match="offer it only"):
+        protocol.parse_client_message('{"type": "session.update", "echo_cancellation": true}')

@@ -26,11 +26,12 @@ class ToneEngine:
 
     name = "tone"
     voice = "tone"
+    voice_per_request = False
 
     def __init__(self, sample_rate: int = 22050) -> None:
         self.sample_rate = sample_rate
 
-    def synthesize(self, text: str) -> Iterator[Int16Array]:
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
         t = np.arange(self.sample_rate) / self.sample_rate
         for _ in range(text.count(".") or 1):
             yield (np.sin(2 * np.pi * 440 * t) * 10000).astype(np.int16)

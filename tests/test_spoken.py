@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway.http.app import WARM_UP_TEXT
 from gateway.testing.loopback import LoopbackClient, load_clips
 from gateway.testing.ollama_server import FakeOllama
 from gateway.testing.speech_server import speech_server
@@ -319,3 +320,49 @@ def test_a_missing_voice_file_stops_start_up_with_one_line(
     assert len(errors) == 1, err
     assert "--tts-voice" in errors[0]
     assert "Traceback" not in err
+
+
+async def test_a_voice_per_session_with_a_speech_server(
+    gateway: GatewayFactory, ollama: Ollama, engines: EngineCache
+) -> None:
+    state, url = ollama
+    state.reply = ANSWER
+    async with speech_server(engine=engines.piper()) as (speech, speech_url):
+        client = await gateway(ollama_host=url, tts_engine="openai", tts_url=speech_url)
+        peer = LoopbackClient()
+        offer = {"sdp": await peer.offer(), "type": "offer", "session": {"voice": "joe"}}
+        response = await client.post("/offer", json=offer)
+        assert response.status == 200
+        await peer.accept(await response.json())
+        try:
+            ready = await peer.next_event("session.ready", within=10)
+            assert ready["tts"] == {"enabled": True, "engine": "openai", "voice": "joe"}
+            await ask(peer, "weather?")
+            await peer.next_event("reply.audio.started", within=20)
+            replies = [r for r in speech.requests if r["input"] != WARM_UP_TEXT]
+            assert {r["voice"] for r in replies} == {"joe"}
+            # A voice the server does not have: said at the next reply, text unharmed.
+            peer.channel.send(json.dumps({"type": "session.update", "voice": "nobody"}))
+            await ask(peer, "again?")
+            events = await gather(peer, "error", "reply.done")
+            assert events["error"]["code"] == "tts_voice_missing"
+            assert events["reply.done"]["text"] == ANSWER
+        finally:
+            await peer.close()
+
+
+async def test_piper_speaks_one_voice_per_gateway(gateway: GatewayFactory, ollama: Ollama) -> None:
+    client, peer, _ = await spoken_session(gateway, ollama, ANSWER)
+    try:
+        peer.channel.send(json.dumps({"type": "session.update", "voice": "en_US-amy-low"}))
+        error = await peer.next_event("error", within=5)
+        assert error["code"] == "tts_voice_missing"
+        assert "--tts-voice" in error["message"]
+        other = LoopbackClient()
+        offer = {"sdp": await other.offer(), "type": "offer", "session": {"voice": "amy"}}
+        response = await client.post("/offer", json=offer)
+        await other.close()
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "tts_voice_missing"
+    finally:
+        await peer.close()

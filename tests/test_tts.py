@@ -412,6 +412,7 @@ class CountingEngine:
 
     name = "counting"
     voice = "test"
+    voice_per_request = False
     sample_rate = 16000
 
     def __init__(
@@ -431,7 +432,7 @@ class CountingEngine:
         self.threads: set[str] = set()
         self.closed = threading.Event()
 
-    def synthesize(self, text: str) -> Iterator[Int16Array]:
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
         try:
             for index in range(self.chunks):
                 time.sleep(self.first_delay_s if index == 0 else self.delay_s)  # blocking, as Piper

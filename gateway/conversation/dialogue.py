@@ -30,7 +30,7 @@ from gateway.conversation.llm import OllamaChat
 from gateway.errors import LLMError, ProtocolError
 from gateway.ops.metrics import Metrics
 from media.asr.base import check_language
-from media.errors import UnsupportedLanguage
+from media.errors import TTSVoiceMissing, UnsupportedLanguage
 from signalling import protocol
 from signalling.limits import RateLimiter
 
@@ -70,6 +70,8 @@ class ReplyVoice(Protocol):
     def finish(self, reply_id: str) -> None: ...
 
     def cut(self) -> tuple[str, str] | None: ...
+
+    def choose_voice(self, voice: str) -> None: ...
 
     def timings(self, reply_id: str) -> dict[str, float]: ...
 
@@ -187,7 +189,12 @@ class Conversation:
         elif isinstance(message, protocol.SessionUpdate):
             try:  # all or nothing: a refused update changes no setting
                 check_language(message.language or None, self._settings.languages, self._asr_model)
-            except UnsupportedLanguage as exc:
+                if message.voice is not None:
+                    if self.voice is None:
+                        self.report_error("not_supported", self.no_voice_reason)
+                        return
+                    self.voice.choose_voice(message.voice)
+            except (UnsupportedLanguage, TTSVoiceMissing) as exc:
                 self.report_error(exc.code, str(exc))
                 return
             if message.tts is not None:

@@ -20,10 +20,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from aiortc.mediastreams import MediaStreamError
+
 from gateway.conversation.dialogue import EventSink, TurnTimes, elapsed_ms
 from gateway.ops.metrics import Metrics
 from media.errors import TTSError
 from media.playout import ReplyAudioTrack
+from media.tts.base import check_voice
 from media.tts.service import TTSService
 from media.tts.speakable import SpeechSplitter
 from signalling import protocol
@@ -84,6 +87,7 @@ class Speaker:
         self._wake = asyncio.Event()
         self._synthesis: asyncio.Task[None] | None = None
         self._underruns = 0
+        self._voice: str | None = None  # this session's choice, where the engine allows
         track.on_mark_started = self._on_started
         track.on_mark_played = self._on_played
 
@@ -93,7 +97,13 @@ class Speaker:
 
     @property
     def voice(self) -> str:
-        return self._tts.engine.voice
+        return self._voice or self._tts.engine.voice
+
+    def choose_voice(self, voice: str) -> None:
+        """Speak this session's replies in ``voice``; :class:`TTSVoiceMissing` if the engine
+        cannot (a speech server that lacks it says so at the next reply)."""
+        check_voice(self._tts.engine, voice)
+        self._voice = voice
 
     @property
     def speaking(self) -> bool:
@@ -180,7 +190,8 @@ class Speaker:
             spoken.requested = self._clock()
         mark = _Chunk(spoken, index)
         try:
-            async with contextlib.aclosing(self._tts.stream(spoken.pieces[index])) as chunks:
+            pieces = self._tts.stream(spoken.pieces[index], self._voice)
+            async with contextlib.aclosing(pieces) as chunks:
                 async for chunk in chunks:
                     if spoken.first_chunk is None:
                         spoken.first_chunk = self._clock()
@@ -188,6 +199,8 @@ class Speaker:
                     spoken.outstanding += 1
                     await self._track.put(chunk, self._tts.engine.sample_rate, mark)
                     self._track.expect_audio(True)  # mid-sentence: a gap now is an underrun
+        except MediaStreamError:
+            return  # the track has stopped: the session is ending
         except TTSError as exc:
             if not spoken.failed:
                 spoken.failed = True

@@ -21,6 +21,7 @@ from gateway.errors import (
     ProtocolError,
     SessionLimitError,
     SessionNotFound,
+    TTSVoiceMissing,
     UnsupportedLanguage,
 )
 from gateway.ops.logs import loggable
@@ -36,6 +37,7 @@ _STATUS: dict[type[Exception], int] = {
     SessionNotFound: 404,
     SessionLimitError: 503,
     UnsupportedLanguage: 400,
+    TTSVoiceMissing: 400,
 }
 _HTTP_CODES = {
     400: "bad_request",

@@ -15,6 +15,7 @@ from gateway.http.middleware import rate_limited
 from gateway.http.webrtc import open_session
 from gateway.http.ws import websocket
 from media.asr.base import check_language
+from media.tts.base import check_voice
 from signalling import protocol
 from signalling.limits import client_key
 from signalling.offer import parse_offer
@@ -101,6 +102,12 @@ async def offer(request: web.Request) -> web.Response:
     language = parsed.session.get("language")
     engine = request.app[keys.ASR].engine
     check_language(language if isinstance(language, str) else None, engine.languages, engine.model)
+    voice = parsed.session.get("voice")
+    if isinstance(voice, str):
+        tts = request.app.get(keys.TTS)
+        if tts is None:
+            raise web.HTTPBadRequest(reason="spoken replies are off on this gateway: no voice")
+        check_voice(tts.engine, voice)
     session, answer = await open_session(request.app, parsed, request.remote)
     return web.json_response(
         {"sdp": answer, "type": "answer", "session_id": session.id},

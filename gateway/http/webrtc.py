@@ -71,7 +71,10 @@ async def open_session(
             # A microphone that cancels echo itself leaves none for ours to find: start it
             # warm (transparent), or it would suppress the person until it learns so.
             warm = offer.session.get("echo_cancellation") is True
+            voice_name = offer.session.get("voice")
             _speak(app, session, conversation, voice, tts, track, warm=warm)
+            if isinstance(voice_name, str) and conversation.voice is not None:
+                conversation.voice.choose_voice(voice_name)  # checked by the route
         else:
             track.stop()
             conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"

@@ -14,6 +14,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from media.errors import TTSVoiceMissing
+
 Int16Array = npt.NDArray[np.int16]  # mono PCM samples
 
 # About -50 dBFS: quieter than any speech, louder than a voice's dithering noise.
@@ -25,10 +27,25 @@ class TTSEngine(Protocol):
     name: str  # "piper" | "openai"
     voice: str  # what the user asked for: a voice name or a path
     sample_rate: int  # of every chunk synthesize yields
+    # Whether synthesize takes another voice per call (a speech server does; Piper loads
+    # one voice model per engine).
+    voice_per_request: bool
 
-    def synthesize(self, text: str) -> Iterator[Int16Array]:
-        """Mono int16 PCM chunks of ``text`` spoken, each as soon as it is made. Blocking."""
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
+        """Mono int16 PCM chunks of ``text`` spoken (in ``voice`` when the engine takes a
+        voice per request, else its own), each as soon as it is made. Blocking."""
         ...
+
+
+def check_voice(engine: TTSEngine, voice: str) -> None:
+    """Raise :class:`TTSVoiceMissing` unless ``engine`` can speak in ``voice`` per session:
+    a speech server takes any voice it has; Piper speaks the one voice it loaded."""
+    if engine.voice_per_request or voice == engine.voice:
+        return
+    raise TTSVoiceMissing(
+        f"{engine.name} speaks one voice per gateway ({engine.voice}); choose another with "
+        "--tts-voice, or use --tts-engine openai for a voice per session"
+    )
 
 
 def trim_leading_silence(chunk: Int16Array, threshold: int, keep: int = 0) -> Int16Array:

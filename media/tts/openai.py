@@ -70,11 +70,13 @@ class OpenAISpeechEngine:
     def __repr__(self) -> str:  # never the API key
         return f"OpenAISpeechEngine({self._where!r}, model={self.model!r}, voice={self.voice!r})"
 
-    def synthesize(self, text: str) -> Iterator[Int16Array]:
-        return skip_leading_silence(self._stream(text), self.sample_rate)
+    voice_per_request = True  # the voice is a field of each request
 
-    def _stream(self, text: str) -> Iterator[Int16Array]:
-        body = {"model": self.model, "input": text, "voice": self.voice, "response_format": "pcm"}
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
+        return skip_leading_silence(self._stream(text, voice or self.voice), self.sample_rate)
+
+    def _stream(self, text: str, voice: str) -> Iterator[Int16Array]:
+        body = {"model": self.model, "input": text, "voice": voice, "response_format": "pcm"}
         # One client per call: nothing to close later, and a generator closed early (the
         # reply was interrupted) drops its connection, which tells the server to stop.
         try:

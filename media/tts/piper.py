@@ -62,7 +62,10 @@ class PiperEngine:
             raise TTSVoiceMissing(_voice_hint(self.voice, f"cannot be loaded: {exc}")) from exc
         self.sample_rate = int(self._voice.config.sample_rate)
 
-    def synthesize(self, text: str) -> Iterator[Int16Array]:
+    voice_per_request = False
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
+        # One loaded voice: ``voice`` is not per request here (see voice_per_request).
         # Piper yields one chunk per sentence; the first has ~35 ms of lead-in to trim.
         return skip_leading_silence(self._sentences(text), self.sample_rate)
 

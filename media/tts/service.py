@@ -27,9 +27,10 @@ class _Synthesis:
     """One text being spoken. Its generator is created, advanced and closed only in worker
     threads, one at a time; ``stopped`` is the cancel flag they check between chunks."""
 
-    def __init__(self, engine: TTSEngine, text: str) -> None:
+    def __init__(self, engine: TTSEngine, text: str, voice: str | None) -> None:
         self._engine = engine
         self._text = text
+        self._voice = voice
         self._chunks: Iterator[Int16Array] | None = None
         self._lock = threading.Lock()  # a generator must never run in two threads
         self.stopped = threading.Event()
@@ -41,7 +42,7 @@ class _Synthesis:
             if self.stopped.is_set() or self.finished:
                 return None
             if self._chunks is None:  # made here: an engine may work before its first yield
-                self._chunks = self._engine.synthesize(self._text)
+                self._chunks = self._engine.synthesize(self._text, self._voice)
             try:
                 return next(self._chunks)
             except StopIteration:
@@ -89,8 +90,9 @@ class TTSService:
     def pending(self) -> int:
         return len(self._live)
 
-    async def stream(self, text: str) -> AsyncGenerator[Int16Array, None]:
-        """``text`` spoken as int16 chunks at ``engine.sample_rate``. Leaving early
+    async def stream(self, text: str, voice: str | None = None) -> AsyncGenerator[Int16Array, None]:
+        """``text`` spoken as int16 chunks at ``engine.sample_rate`` (in ``voice``, where the
+        engine takes one per request). Leaving early
         (``break``, ``aclose()``, cancellation) stops the synthesis between chunks."""
         if self._closed:
             raise TTSUnavailable("speech synthesis has shut down")
@@ -99,7 +101,7 @@ class TTSService:
         if not text.strip():
             return
         loop = asyncio.get_running_loop()
-        job = _Synthesis(self.engine, text)
+        job = _Synthesis(self.engine, text, voice)
         self._live.add(job)
         limit_s = self._first_chunk_timeout_s
         try:
