@@ -8,6 +8,7 @@ are printed: Talk pressed → session ready, and end of speech → first reply t
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,11 +21,24 @@ from gateway.http.state import SESSIONS
 from gateway.testing.loopback import DATA
 from gateway.testing.ollama_server import FakeOllama
 from tests.browser import (
+    LONG_REPLY,
     PHONE_VIEWPORT,
+    PLAYING,
+    RECORD_PEERS,
     Microphone,
     chromium,
+    clip_seconds,
     fake_microphone_wav,
+    falls_silent,
+    jitter_buffer_ms,
+    mic_trace,
+    page_now,
+    playback,
     requires_chromium,
+    start_voice_probe,
+    voice_changes,
+    voice_levels,
+    wait_page_time,
     watch_console,
 )
 from tests.conftest import GatewayFactory
@@ -32,6 +46,8 @@ from tests.conftest import GatewayFactory
 Ollama = tuple[FakeOllama, str]
 API_KEY = "browser-test-key-0123456789abcdef"
 SCREENSHOT_COPY = Path("/tmp/browser-page.png")  # for a person to look at after a run
+AUDIO = "#reply-audio"  # the page's element that plays the gateway's voice
+LOUD = 0.02  # RMS at the microphone: speech (what the page's own level meter calls loud)
 
 
 def page_url(client: TestClient) -> str:  # type: ignore[type-arg]
@@ -289,3 +305,144 @@ async def test_unreachable_gateway_in_words(gateway: GatewayFactory, tmp_path: P
             "The gateway is not answering."
         )
         await expect(box).to_have_value("anyone there?")  # kept, to send once it is back
+
+
+@requires_chromium
+async def test_the_page_speaks_the_reply_and_speaking_over_it_cuts_it_off(
+    gateway: GatewayFactory, ollama: Ollama, tmp_path: Path
+) -> None:
+    state, url = ollama
+    state.reply = LONG_REPLY
+    client = await gateway(speak=True, ollama_host=url)
+    # The fake microphone: a question, then, while the ~15 s answer is being spoken, another
+    # utterance. The voice begins 2-5 s after the first one ends (500 ms of VAD silence,
+    # Whisper, Piper's first clause: measured on two busy cores), so the second one starts
+    # 7.5 s after that end: seconds into the voice, and 10 s or more before it would end.
+    first, second = DATA / "weather.wav", DATA / "lights.wav"
+    wav = fake_microphone_wav([first, second], tmp_path / "mic.wav", lead_s=1.5, gap_s=7.5)
+    assert clip_seconds(second) > 1.0  # well past the gateway's 300 ms barge-in threshold
+
+    async with chromium(tmp_path, fake_audio=wav) as context:
+        page = await context.new_page()
+        problems = watch_console(page)
+        await page.add_init_script(RECORD_PEERS)
+        await page.goto(page_url(client))
+        voice, mute = page.locator("#voice"), page.get_by_role("button", name="Mute voice")
+        await expect(voice).to_be_hidden()
+        async with page.expect_request("**/offer") as offered:
+            await page.locator("#talk").click()
+        # The browser cancels the microphone's echo: the gateway's canceller can start warm.
+        offer = json.loads((await offered.value).post_data or "{}")
+        assert offer["session"] == {"echo_cancellation": True}
+        assert "a=sendrecv" in offer["sdp"]
+        await expect(page.locator("#connection")).to_have_attribute(
+            "data-state", "connected", timeout=15_000
+        )
+        await expect(voice).to_have_text("Voice on")
+        await expect(mute).to_have_attribute("aria-pressed", "false")
+        await start_voice_probe(page, AUDIO, "#voice")
+
+        # The answer is spoken: the indicator says so, and its voice plays, audibly.
+        await expect(voice).to_have_attribute("data-state", "speaking", timeout=20_000)
+        await expect(voice).to_have_text("Assistant speaking")
+        reply = page.locator(".msg.assistant").first
+        await expect(reply).to_have_class(re.compile(r"\bspeaking\b"))
+        started = next(t for t, s in await voice_changes(page) if s == "speaking")
+        await wait_page_time(page, started + 1500)
+        playing = await playback(page, AUDIO)
+        loud = await voice_levels(page, started, started + 1500)
+        # (Its currentTime is not checked to advance: under load it stalls for a second.)
+        assert playing | {"time": 0} == PLAYING, playing
+        assert float(playing["time"]) > 0  # type: ignore[arg-type]
+        assert max(loud) > 0.05, loud
+        assert sum(level > 0.01 for level in loud) >= len(loud) // 2, loud  # speech, not a click
+        timings = page.locator(".timings").first
+        await expect(timings).to_contain_text("end of speech → voice")
+
+        # The second utterance cuts the voice off: the indicator goes out, the reply says
+        # why, and the audio falls silent once what the browser had buffered has played.
+        await expect(voice).to_have_attribute("data-state", "idle", timeout=20_000)
+        await expect(reply.locator(".note")).to_have_text("Voice stopped: you started speaking")
+        await expect(reply).not_to_have_class(re.compile(r"\bspeaking\b"))
+        await expect(page.locator(".msg.user")).to_have_count(1)  # the second is still talking
+        cut = next(t for t, s in await voice_changes(page) if s == "idle" and t > started)
+        spoken_s = (cut - started) / 1000
+        assert 0.5 < spoken_s < 12, spoken_s  # cut by the second utterance, not ended
+        speaking_until_cut = await voice_levels(page, cut - 1500, cut)
+        assert max(speaking_until_cut) > 0.03, speaking_until_cut
+        silent_after = await falls_silent(page, cut)
+        # When the second utterance began, as the page sent it: how long the gateway took to
+        # let it interrupt (its barge-in needs 300 ms of speech while it speaks).
+        said = [t for t, level in await mic_trace(page, started, cut) if level > LOUD]
+        assert said, "the microphone sent nothing loud while the voice played"
+        barge_in_ms = cut - said[0]
+        print(
+            f"\nspoken {spoken_s:.1f} s; cut {barge_in_ms:.0f} ms into the second utterance; "
+            f"silent {silent_after:.0f} ms after the page heard of the cut (jitter buffer "
+            f"{await jitter_buffer_ms(page):.0f} ms); timings: {await timings.text_content()}"
+        )
+        # Heard at once (~400 ms), as the offer's echo_cancellation lets the gateway's echo
+        # canceller start warm; a cold one suppressed the speech for ~1.5 s of it.
+        assert barge_in_ms < 1000
+        assert problems == []
+
+
+@requires_chromium
+async def test_mute_silences_the_page_only_and_stop_cuts_the_voice(
+    gateway: GatewayFactory, ollama: Ollama, tmp_path: Path
+) -> None:
+    state, url = ollama
+    state.reply = LONG_REPLY
+    client = await gateway(speak=True, ollama_host=url)
+
+    async with chromium(tmp_path) as context:
+        page = await context.new_page()
+        problems = watch_console(page)
+        await page.goto(page_url(client))
+        box = page.get_by_label("Message")
+        await box.fill("tell me about museums")
+        await box.press("Enter")  # connects (no microphone: the voice plays all the same)
+        voice, mute = page.locator("#voice"), page.get_by_role("button", name="Mute voice")
+        await expect(voice).to_be_visible(timeout=15_000)
+        await start_voice_probe(page, AUDIO, "#voice")
+        await expect(voice).to_have_attribute("data-state", "speaking", timeout=20_000)
+
+        # Muted: the element is silent, but the gateway goes on speaking.
+        await mute.click()
+        await expect(mute).to_have_attribute("aria-pressed", "true")
+        await expect(voice).to_have_text("Assistant speaking (muted)")
+        muted_at = await page_now(page)
+        await wait_page_time(page, muted_at + 1000)
+        assert (await playback(page, AUDIO))["muted"] is True
+        still_sent = await voice_levels(page, muted_at, muted_at + 1000)
+        assert max(still_sent) > 0.05, still_sent
+        await expect(voice).to_have_attribute("data-state", "speaking")
+        metrics = await (await client.get("/metrics")).text()
+        assert 'gateway_replies_spoken_total{outcome="cut"}' not in metrics
+
+        await mute.click()
+        await expect(mute).to_have_attribute("aria-pressed", "false")
+        await expect(voice).to_have_text("Assistant speaking")
+        assert await playback(page, AUDIO) | {"time": 0} == PLAYING
+
+        # On a phone the voice controls fit too.
+        await page.set_viewport_size(PHONE_VIEWPORT)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        target = await mute.bounding_box()
+        assert target is not None
+        assert target["height"] >= 24  # WCAG 2.2 target size
+        shot = tmp_path / "page-speaking.png"
+        await page.screenshot(path=shot)
+        shutil.copyfile(shot, SCREENSHOT_COPY.with_name("browser-page-speaking.png"))
+
+        # Stop reply: the text had ended, the voice had not; it stops at once.
+        stop = page.get_by_role("button", name="Stop reply")
+        await stop.click()
+        await expect(voice).to_have_attribute("data-state", "idle")
+        await expect(page.locator(".msg.assistant .note")).to_have_text(
+            "Voice stopped: you cancelled it"
+        )
+        await expect(stop).to_be_hidden()
+        cut = next(t for t, s in await voice_changes(page) if s == "idle")
+        print(f"\nsilent {await falls_silent(page, cut):.0f} ms after Stop reply")
+        assert problems == []

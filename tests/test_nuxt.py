@@ -35,10 +35,18 @@ from gateway.testing.loopback import DATA
 from gateway.testing.ollama_server import FakeOllama
 from tests.browser import (
     CHROMIUM,
+    LONG_REPLY,
+    PLAYING,
     chromium,
     chromium_args,
     fake_microphone_wav,
+    falls_silent,
+    playback,
     requires_chromium,
+    start_voice_probe,
+    voice_changes,
+    voice_levels,
+    wait_page_time,
     watch_console,
 )
 from tests.conftest import GatewayFactory
@@ -241,6 +249,66 @@ async def test_nuxt_page_talks_to_gateway_on_another_origin(
         await expect(page.get_by_test_id("error")).to_have_count(0)
         # The wrong key's refused offer (401) is the only console error.
         assert [p for p in problems if "status of 401 (Unauthorized)" not in p] == []
+
+
+async def test_nuxt_page_plays_the_spoken_reply_with_mute_and_stop(
+    nuxt_site: Path,
+    gateway: GatewayFactory,
+    ollama: Ollama,
+    aiohttp_server: AiohttpServer,
+    tmp_path: Path,
+) -> None:
+    site = await aiohttp_server(static_site(nuxt_site))
+    origin = f"http://127.0.0.1:{site.port}"
+    state, url = ollama
+    state.reply = LONG_REPLY
+    client = await gateway(speak=True, ollama_host=url, cors_origins=(origin,))
+    # A microphone that hears nothing: Chromium's default fake one beeps, which could
+    # interrupt the voice.
+    quiet = fake_microphone_wav([], tmp_path / "mic.wav", lead_s=0.0, tail_s=1.0)
+    audio, indicator = "[data-testid=voice]", "[data-testid=speaking]"
+
+    async with chromium(tmp_path, fake_audio=quiet) as context:
+        page = await context.new_page()
+        problems = watch_console(page)
+        await open_page(page, origin, base_url(client))
+        await page.get_by_test_id("talk").click()
+        await expect(page.get_by_test_id("state")).to_have_text("connected", timeout=15_000)
+        mute = page.get_by_role("button", name="Mute voice")
+        await expect(mute).to_have_attribute("aria-pressed", "false")
+        await start_voice_probe(page, audio, indicator)
+
+        # A typed question: the answer plays on the page's <audio>, audibly.
+        await page.get_by_test_id("text").fill("Tell me about museums")
+        await page.get_by_test_id("text").press("Enter")
+        speaking = page.get_by_test_id("speaking")
+        await expect(speaking).to_have_text("· speaking…", timeout=20_000)
+        started = next(t for t, s in await voice_changes(page) if "speaking" in s)
+        await wait_page_time(page, started + 1000)
+        assert await playback(page, audio) | {"time": 0} == PLAYING
+        loud = await voice_levels(page, started, started + 1000)
+        assert max(loud) > 0.05, loud
+
+        # Mute: this page only; the voice still arrives.
+        await mute.click()
+        await expect(mute).to_have_attribute("aria-pressed", "true")
+        await expect(speaking).to_have_text("· speaking (muted)")
+        assert (await playback(page, audio))["muted"] is True
+        muted_at = started + 1000
+        await wait_page_time(page, muted_at + 800)
+        assert max(await voice_levels(page, muted_at, muted_at + 800)) > 0.05
+
+        # Stop answer: the voice stops (its text had already ended).
+        await page.get_by_test_id("cancel").click()
+        await expect(speaking).to_have_text("")
+        reply = page.get_by_test_id("reply").first
+        await expect(reply.get_by_test_id("voice-stopped")).to_have_text("voice stopped")
+        await expect(reply).to_contain_text("→ voice")
+        cut = next(t for t, s in await voice_changes(page) if t > started and s == "")
+        await falls_silent(page, cut)
+        await expect(page.get_by_test_id("cancel")).to_have_count(0)
+        await expect(page.get_by_test_id("error")).to_have_count(0)
+        assert problems == []
 
 
 async def test_nuxt_page_on_an_unlisted_origin_is_refused(

@@ -1,4 +1,5 @@
-// The built-in page: a talk button, typed messages, and the conversation as it streams.
+// The built-in page: a talk button, typed messages, the conversation as it streams, and
+// the reply spoken aloud (the gateway's voice on the WebRTC audio track).
 // All the WebRTC work is in gateway-client.js (the module other front ends embed too);
 // this file only turns its events into things a person can see and use.
 //
@@ -7,6 +8,7 @@
 //   gateway:click→ready         Talk pressed → session.ready
 //   gateway:speech-end→reply    last loud moment at the microphone → first reply text
 //   gateway:send→reply          typed message sent → first reply text
+//   gateway:speech-end→voice    last loud moment at the microphone → reply.audio.started
 import { GatewayClient, GatewayError } from "/gateway-client.js";
 
 const TOKEN_KEY = "local-ai-gateway.token"; // sessionStorage: gone when the tab closes
@@ -39,9 +41,17 @@ const ui = {
   composer: $("composer"),
   text: $("text"),
   cancel: $("cancel"),
+  voice: $("voice"),
+  voiceText: $("voice-text"),
+  mute: $("mute"),
 };
 
-const client = new GatewayClient({ token: sessionStorage.getItem(TOKEN_KEY) || undefined });
+// The voice plays on the page's own <audio> element; Talk (connect) starts it playing
+// within the click, as browsers' autoplay rules want.
+const client = new GatewayClient({
+  token: sessionStorage.getItem(TOKEN_KEY) || undefined,
+  playback: $("reply-audio"),
+});
 
 let micOn = false;
 /**
@@ -55,6 +65,7 @@ let lastLoudAt = 0; // performance.now() of the last loud moment at the micropho
 let retryCountdown = 0;
 let hintReset = 0;
 let cancelAsked = false; // the person pressed Stop reply (or Escape)
+let hearing = false; // between speech.started and speech.stopped
 
 // --- the conversation ---
 
@@ -73,6 +84,10 @@ const byReply = new Map();
 const typedWaiting = [];
 /** @type {Turn | null} the turn whose reply is streaming */
 let streaming = null;
+/** @type {Map<string, Turn>} by reply id, until its voice ends (it may outlast the text) */
+const voiced = new Map();
+/** @type {Turn | null} the turn whose reply is being spoken */
+let speaking = null;
 
 /** @param {string} who @param {string} text @param {string} cls */
 function message(who, text, cls) {
@@ -121,16 +136,25 @@ function replyBox(turn) {
 function endReply(turn, note) {
   if (turn.reply) {
     turn.reply.setAttribute("aria-busy", "false");
-    if (note) {
-      turn.reply.classList.add("cancelled");
-      const p = document.createElement("p");
-      p.className = "note";
-      p.textContent = note;
-      turn.reply.append(p);
-    }
+    if (note) addNote(turn, note);
   }
   if (streaming === turn) streaming = null;
-  ui.cancel.hidden = streaming === null;
+  showCancel();
+}
+
+/** Stop reply is there while there is a reply to stop: its text or its voice. */
+function showCancel() {
+  ui.cancel.hidden = streaming === null && speaking === null;
+}
+
+/** @param {Turn} turn @param {string} note */
+function addNote(turn, note) {
+  if (!turn.reply || turn.reply.querySelector(".note")) return; // one note says it
+  turn.reply.classList.add("cancelled");
+  const p = document.createElement("p");
+  p.className = "note";
+  p.textContent = note;
+  turn.reply.append(p);
 }
 
 /** @param {Turn} turn */
@@ -142,6 +166,7 @@ function showTimings(turn) {
     // Measured from the end of speech itself, not from the end-of-turn decision.
     ["speech_end_to_final_ms", "end of speech → text"],
     ["speech_end_to_first_token_ms", "end of speech → first word"],
+    ["speech_end_to_first_audio_ms", "end of speech → voice"],
     ["here_ms", "you stopped → reply here"],
   ];
   const parts = labels
@@ -196,18 +221,25 @@ client.on("session.ready", (e) => {
   byUtterance.clear();
   speechEnds.clear();
   byReply.clear();
+  voiced.clear();
+  setSpeaking(null);
   typedWaiting.length = 0;
   const llm = e.llm.available ? e.llm.model : `${e.llm.model} (not available: transcripts only)`;
-  ui.models.textContent = `Whisper ${e.asr.model ?? ""} · ${llm}`;
+  const voice = e.tts?.enabled ? ` · voice ${e.tts.voice ?? e.tts.engine ?? ""}` : "";
+  ui.models.textContent = `Whisper ${e.asr.model ?? ""} · ${llm}${voice}`;
+  // The voice controls only where the gateway speaks (an older or text-only one does not).
+  ui.voice.hidden = ui.mute.hidden = !e.tts?.enabled;
 });
 
 client.on("speech.started", () => {
+  hearing = true;
   ui.mic.dataset.state = "speech";
   ui.micText.textContent = "Hearing you";
   ui.hint.textContent = "Listening… pause when you are done.";
 });
 
 client.on("speech.stopped", (e) => {
+  hearing = false;
   ui.mic.dataset.state = micOn ? "on" : "off";
   ui.micText.textContent = micOn ? "Microphone on" : "Microphone off";
   ui.hint.textContent = "Transcribing…";
@@ -241,8 +273,14 @@ client.on("reply.started", (e) => {
     (e.utterance_id ? byUtterance.get(e.utterance_id) : typedWaiting.shift()) ?? newTurn(null, "");
   if (e.utterance_id) byUtterance.delete(e.utterance_id);
   byReply.set(e.reply_id, replyBox(turn));
+  voiced.set(e.reply_id, turn);
+  // Replies the gateway did not speak (voice off, nothing speakable) never end here.
+  for (const id of voiced.keys()) {
+    if (voiced.size <= 16) break;
+    voiced.delete(id);
+  }
   streaming = turn;
-  ui.cancel.hidden = false;
+  showCancel();
 });
 
 client.on("reply.delta", (e) => {
@@ -296,7 +334,57 @@ client.on("reply.cancelled", (e) => {
   endReply(turn, note);
 });
 
+client.on("reply.audio.started", (e) => {
+  const turn = voiced.get(e.reply_id);
+  if (!turn) return;
+  setSpeaking(turn);
+  Object.assign(turn.timings, e.timings);
+  showTimings(turn);
+  if (turn.speechEndAt) {
+    const span = { start: turn.speechEndAt, end: performance.now() };
+    performance.measure("gateway:speech-end→voice", span);
+  }
+});
+
+client.on("reply.audio.done", (e) => {
+  const turn = voiced.get(e.reply_id);
+  if (!turn) return;
+  voiced.delete(e.reply_id);
+  if (speaking === turn) setSpeaking(null);
+  // When the text was still streaming, reply.cancelled follows and says why.
+  if (e.interrupted && streaming !== turn) {
+    if (hearing) addNote(turn, "Voice stopped: you started speaking");
+    else addNote(turn, cancelAsked ? "Voice stopped: you cancelled it" : "Voice stopped");
+    cancelAsked = false;
+  }
+});
+
 client.on("error", showErrorEvent);
+
+// --- the voice ---
+
+/** @param {Turn | null} turn the turn being spoken, or null */
+function setSpeaking(turn) {
+  speaking?.reply?.classList.remove("speaking");
+  speaking = turn;
+  turn?.reply?.classList.add("speaking");
+  ui.voice.dataset.state = turn ? "speaking" : "idle";
+  showVoice();
+  showCancel();
+}
+
+function showVoice() {
+  const muted = client.muted;
+  ui.voice.dataset.muted = String(muted);
+  if (speaking) ui.voiceText.textContent = muted ? "Assistant speaking (muted)" : "Assistant speaking";
+  else ui.voiceText.textContent = muted ? "Voice muted" : "Voice on";
+  ui.mute.setAttribute("aria-pressed", String(muted));
+}
+
+function onMute() {
+  client.muted = !client.muted; // here only: the gateway goes on speaking
+  showVoice();
+}
 
 // --- connection state ---
 
@@ -311,6 +399,7 @@ client.on("state", (change) => {
     hideProblem();
   }
   if (state === "idle" || state === "closed") ui.connectionText.textContent = "Not connected";
+  if (state !== "connected") setSpeaking(null); // a voice cut off by a drop never ends
   if (state === "reconnecting") {
     // A reply cut off by the drop will never finish.
     if (streaming) endReply(streaming, "Stopped: the connection dropped");
@@ -327,6 +416,7 @@ client.on("state", (change) => {
   } else {
     ui.retryIn.textContent = "";
   }
+  if (state === "idle" || state === "closed") ui.voice.hidden = ui.mute.hidden = true;
   if (state === "closed") {
     if (streaming) endReply(streaming, "Stopped: disconnected");
     setMic(false);
@@ -442,7 +532,7 @@ function sendTyped(text) {
 }
 
 function onCancel() {
-  if (streaming === null) return;
+  if (streaming === null && speaking === null) return;
   try {
     client.cancel();
     cancelAsked = true;
@@ -536,6 +626,7 @@ function showProblem(err) {
 ui.talk.addEventListener("click", onTalk);
 ui.composer.addEventListener("submit", onSend);
 ui.cancel.addEventListener("click", onCancel);
+ui.mute.addEventListener("click", onMute);
 ui.disconnect.addEventListener("click", () => {
   setMic(false);
   client.disconnect();
@@ -558,7 +649,7 @@ ui.tokenForm.addEventListener("submit", async (/** @type {SubmitEvent} */ event)
 });
 document.addEventListener("keydown", (event) => {
   // Escape stops the reply from anywhere on the page, as a person would expect.
-  if (event.key === "Escape" && streaming !== null) onCancel();
+  if (event.key === "Escape" && (streaming !== null || speaking !== null)) onCancel();
 });
 // Ends the gateway's session when the tab goes (the DELETE is sent with keepalive).
 window.addEventListener("pagehide", () => client.disconnect());

@@ -14,7 +14,7 @@
  *     client.on("state", ({ state }) => badge(state));  // see ConnectionState
  *     await client.connect({ audio: true });             // resolves on session.ready
  *     client.sendText("What is the weather like?");
- *     client.cancel();                                    // stop the reply
+ *     client.cancel();                                    // stop the reply (text and voice)
  *     await client.setAudio(false);                       // microphone off, session on
  *     await client.disconnect();
  *
@@ -25,8 +25,32 @@
  *
  * Events are the gateway's data-channel messages (DESIGN.md: `session.ready`,
  * `speech.started`, `speech.stopped`, `transcript.final`, `reply.started`, `reply.delta`,
- * `reply.done`, `reply.cancelled`, `error`, `pong`), one callback list per `type`, plus
- * `"*"` for every one of them and `"state"` for connection changes ({@link StateChange}).
+ * `reply.done`, `reply.cancelled`, `reply.audio.started`, `reply.audio.done`, `error`,
+ * `pong`), one callback list per `type`, plus `"*"` for every one of them, `"state"` for
+ * connection changes ({@link StateChange}) and `"remote-audio"` (below).
+ *
+ * Spoken replies. The offer asks to send and receive audio; a gateway with a voice
+ * (`session.ready`'s `tts.enabled`) speaks each reply on that track, between
+ * `reply.audio.started` and `reply.audio.done` (`interrupted: true` when barge-in, `cancel()`
+ * or `setSpeech(false)` cut it). The client plays it:
+ *
+ *   - `client.remoteStream` is one MediaStream for the client's whole life: the gateway's
+ *     track is put in it when it arrives (and swapped after a reconnect), with a
+ *     `"remote-audio"` event `{stream, track}`. Analyse or record it as you like.
+ *   - `playback` (constructor option): `true` (default) plays it on an `<audio>` element the
+ *     client makes; an `HTMLAudioElement` of yours (in the page) is used instead; `false`
+ *     plays nothing (your page plays `remoteStream`). `client.audioElement` is the element.
+ *   - Browsers play sound only after a user gesture (Safari: `play()` called within it).
+ *     `connect()` starts the element playing synchronously, before its first `await`, so
+ *     call `connect()` from a click (or key) handler. A page that connects otherwise calls
+ *     `client.startPlayback()` from its next click. Reconnections reuse the playing element.
+ *   - `client.muted = true` mutes playback here only (the gateway goes on speaking, events
+ *     and all; the setting outlives reconnections); `client.setSpeech(false)` asks the
+ *     gateway to stop speaking for this session (`session.update {tts: false}`: text only;
+ *     also sent in the offer of a reconnection), `true` to speak again.
+ *   - The offer's `session.echo_cancellation` tells the gateway whether the microphone
+ *     cancels echo itself (from the track's `getSettings()`), so that its own canceller
+ *     starts warm and a person talking over the first reply is heard at once.
  *
  * After a drop (the connection "failed", "disconnected" for over 5 s, or the data channel
  * closed) the client reconnects with back-off (1 s, 2 s, 4 s … 30 s), as a new session with
@@ -74,6 +98,8 @@ const MICROPHONE_CONSTRAINTS = {
  * @property {string} [token]     API key or JWT, sent as `Authorization: Bearer`
  * @property {RTCIceServer[]} [iceServers]  default: what the gateway's `/config` says
  * @property {boolean} [reconnect]  retry with back-off after a drop (default true)
+ * @property {HTMLAudioElement | boolean} [playback]  plays the spoken replies: `true` (default)
+ *   on an element of the client's own, an element of yours, or `false`: not at all
  */
 
 /** A failure with a machine-readable `code`, the HTTP `status` when there was one. */
@@ -94,7 +120,7 @@ export class GatewayError extends Error {
 
 export class GatewayClient {
   /** @param {ClientOptions} [options] */
-  constructor({ baseUrl = "", token, iceServers, reconnect = true } = {}) {
+  constructor({ baseUrl = "", token, iceServers, reconnect = true, playback = true } = {}) {
     this.baseUrl = baseUrl.replace(/\/+$/, "");
     /** @type {string | undefined} may be changed between connections */
     this.token = token;
@@ -106,6 +132,14 @@ export class GatewayClient {
     this.session = null;
     /** @type {MediaStream | null} what the microphone sends, if anything */
     this.stream = null;
+    /** @type {MediaStream | null} the gateway's voice (see the header); made on connect() */
+    this.remoteStream = null;
+    /** @type {HTMLAudioElement | null} what plays `remoteStream`, per `playback` */
+    this.audioElement = playback instanceof HTMLAudioElement ? playback : null;
+    this._playback = playback !== false;
+    this._muted = false;
+    /** Whether the gateway should speak (setSpeech); a reconnection's offer says so. */
+    this._speech = true;
     /** @type {Map<string, Set<Listener>>} */
     this._listeners = new Map();
     /** @type {RTCPeerConnection | null} */
@@ -147,7 +181,8 @@ export class GatewayClient {
   /** @param {string} type @param {any} payload */
   _emit(type, payload) {
     const targets = [...(this._listeners.get(type) ?? [])];
-    if (type !== "state") targets.push(...(this._listeners.get("*") ?? []));
+    // "*" is for the gateway's events, not the client's own.
+    if (type !== "state" && type !== "remote-audio") targets.push(...(this._listeners.get("*") ?? []));
     for (const callback of targets) {
       // One broken callback must not starve the others (or the client's own bookkeeping).
       try {
@@ -177,6 +212,7 @@ export class GatewayClient {
    * @returns {Promise<GatewayEvent>}
    */
   async connect({ audio = true } = {}) {
+    this.startPlayback(); // first, while the click that called connect() still counts
     await this.disconnect();
     const generation = ++this._generation;
     this._setState("connecting");
@@ -217,6 +253,67 @@ export class GatewayClient {
     await ended;
   }
 
+  // --- the gateway's voice ---
+
+  /**
+   * Starts the element that plays the gateway's voice (made here unless the page gave one).
+   * Call it from a user gesture; `connect()` does. Harmless to call again.
+   */
+  startPlayback() {
+    if (!this.remoteStream) this.remoteStream = new MediaStream();
+    if (!this._playback) return;
+    if (!this.audioElement) this.audioElement = new Audio();
+    const element = this.audioElement;
+    element.autoplay = true;
+    element.muted = this._muted;
+    // Assigned anew even when it is the same stream: that (re)loads it, and an element
+    // does not take up a track added to its stream after it loaded (Chromium).
+    element.srcObject = this.remoteStream;
+    // Refused without a user gesture (NotAllowedError): the next call from one (Talk)
+    // succeeds; until then there is nothing to hear, and nothing to report. Interrupted by
+    // the next load (AbortError): that load plays instead.
+    element.play().catch(() => {});
+  }
+
+  /** Playback muted here; the gateway still speaks (and sends its events). */
+  get muted() {
+    return this._muted;
+  }
+
+  set muted(value) {
+    this._muted = Boolean(value);
+    if (this.audioElement) this.audioElement.muted = this._muted;
+  }
+
+  /**
+   * Asks the gateway to speak its replies (`true`), or to send text only (`false`: a reply
+   * being spoken stops). Kept for reconnections and the next `connect()`, which ask for it
+   * in their offer; throws `not_connected` (the wish kept all the same) when not connected.
+   * @param {boolean} on
+   */
+  setSpeech(on) {
+    this._speech = Boolean(on);
+    this.send({ type: "session.update", tts: this._speech });
+  }
+
+  /** Whether the gateway was asked to speak (see {@link setSpeech}). */
+  get speech() {
+    return this._speech;
+  }
+
+  /** @param {MediaStreamTrack} track */
+  _remoteTrack(track) {
+    const stream = this.remoteStream ?? (this.remoteStream = new MediaStream());
+    for (const old of stream.getAudioTracks()) {
+      if (old !== track) stream.removeTrack(old);
+    }
+    if (!stream.getTrackById(track.id)) stream.addTrack(track);
+    // Once played within a user gesture (connect() from a click), the element may play
+    // again without one: a reconnection's voice plays too.
+    if (this._playback) this.startPlayback();
+    this._emit("remote-audio", { stream, track });
+  }
+
   /** @param {MediaStream} stream @param {boolean} owned */
   _useStream(stream, owned) {
     this.stream = stream;
@@ -254,13 +351,17 @@ export class GatewayClient {
     const pc = new RTCPeerConnection({ iceServers });
     this._pc = pc;
     // The gateway wants an audio section in every offer: a transceiver without a track
-    // sends nothing until setAudio() attaches the microphone.
-    const transceiver = pc.addTransceiver("audio", { direction: "sendonly" });
+    // sends nothing until setAudio() attaches the microphone. sendrecv: the gateway speaks
+    // its replies on the same section (it answers recvonly when it has no voice).
+    const transceiver = pc.addTransceiver("audio", { direction: "sendrecv" });
     this._sender = transceiver.sender;
     const track = this.stream?.getAudioTracks()[0];
     if (track) await transceiver.sender.replaceTrack(track);
     const channel = pc.createDataChannel("events");
     this._channel = channel;
+    pc.ontrack = (e) => {
+      if (generation === this._generation && e.track.kind === "audio") this._remoteTrack(e.track);
+    };
 
     /** @type {(event: GatewayEvent) => void} */
     let ready = () => {};
@@ -306,7 +407,11 @@ export class GatewayClient {
     const response = await this._fetch("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription?.sdp, type: "offer" }),
+      body: JSON.stringify({
+        sdp: pc.localDescription?.sdp,
+        type: "offer",
+        session: this._sessionSettings(),
+      }),
     }).catch((err) => {
       const message = `POST /offer failed: ${err.message}`;
       throw new GatewayError("unreachable", message, { cause: err, retryable: true });
@@ -343,6 +448,24 @@ export class GatewayClient {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** The offer's `session`: what the gateway should know from the start. */
+  _sessionSettings() {
+    /** @type {{tts?: boolean, echo_cancellation?: boolean}} */
+    const session = {};
+    // A reconnection keeps "text only" (setSpeech(false)); speaking is the default.
+    if (!this._speech) session.tts = false;
+    // Whether the microphone cancels echo itself (what the browser reports): then the
+    // gateway's own canceller starts warm, and hears a person over the first reply at once.
+    // Without a microphone yet, the one setAudio(true) opens will (MICROPHONE_CONSTRAINTS).
+    const track = this.stream?.getAudioTracks()[0];
+    const echo = track ? track.getSettings().echoCancellation : true;
+    // (Newer browsers may say which echo: "all" or "remote-only" is cancelling it too.)
+    if (echo !== undefined) {
+      session.echo_cancellation = echo === true || echo === "all" || echo === "remote-only";
+    }
+    return session;
   }
 
   /** @returns {Promise<RTCIceServer[]>} */
@@ -431,10 +554,12 @@ export class GatewayClient {
     clearTimeout(this._graceTimer);
     if (this._channel) this._channel.onclose = this._channel.onmessage = null;
     if (this._pc) {
-      this._pc.onconnectionstatechange = null;
+      this._pc.onconnectionstatechange = this._pc.ontrack = null;
       this._pc.close();
     }
     this._pc = this._channel = this._sender = null;
+    // The same stream (and playing element) carries the next session's voice.
+    this.remoteStream?.getTracks().forEach((t) => this.remoteStream?.removeTrack(t));
     this._sessionUrl = null;
     this.session = null;
     if (!sessionUrl) return Promise.resolve();
@@ -462,7 +587,8 @@ export class GatewayClient {
     this.send({ type: "text", text });
   }
 
-  /** Stops the reply in progress (`reply.cancelled` with reason `client`). */
+  /** Stops the reply in progress, its voice too (`reply.cancelled` with reason `client`,
+   * or only `reply.audio.done` with `interrupted` when its text had already ended). */
   cancel() {
     this.send({ type: "cancel" });
   }

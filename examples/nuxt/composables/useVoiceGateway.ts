@@ -1,7 +1,8 @@
-// Talks to the Local AI Gateway: the microphone goes out over WebRTC, and the gateway's
-// events come back on a data channel as reactive state. Browser-only: call connect() from
-// a click handler or onMounted, never during server rendering.
-import { computed, getCurrentInstance, onBeforeUnmount, readonly, ref, shallowRef } from 'vue'
+// Talks to the Local AI Gateway: the microphone goes out over WebRTC, the gateway's events
+// come back on a data channel as reactive state, and its spoken replies come back on the
+// same connection's audio track and play. Browser-only: call connect() from a click
+// handler (that is what lets the voice play), never during server rendering.
+import { computed, getCurrentInstance, onBeforeUnmount, readonly, ref, shallowRef, watch } from 'vue'
 import { useRuntimeConfig } from '#app'
 
 /** `idle` before connect() and after disconnect(); `closed`: the gateway ended the session. */
@@ -23,6 +24,10 @@ export interface AssistantTurn {
   text: string
   status: 'streaming' | 'done' | 'cancelled'
   cancelReason?: string
+  /** The spoken reply: `speaking` from `reply.audio.started`; `done` when it played out,
+   * `interrupted` when barge-in, cancel() or setSpeech(false) cut it. Unset: not spoken. */
+  voice?: 'speaking' | 'done' | 'interrupted'
+  /** `reply.done`'s, with `reply.audio.started`'s (`speech_end_to_first_audio_ms`, …). */
   timings?: Record<string, number>
 }
 
@@ -39,7 +44,8 @@ export interface SessionInfo {
   protocol: number
   asr: { engine: string, model: string }
   llm: { model: string, available: boolean }
-  tts: { enabled: boolean }
+  /** Whether this session's replies are spoken, and by which engine and voice. */
+  tts: { enabled: boolean, engine?: string | null, voice?: string | null }
 }
 
 export interface VoiceGatewayOptions {
@@ -49,6 +55,9 @@ export interface VoiceGatewayOptions {
   token?: () => string | undefined
   /** How long to wait for ICE gathering before sending the offer anyway (ms). */
   iceGatheringTimeoutMs?: number
+  /** The element that plays the spoken replies (e.g. a template ref to an `<audio>`);
+   * default: one of the composable's own, outside the page. */
+  audioElement?: () => HTMLAudioElement | null | undefined
 }
 
 export interface ConnectOptions {
@@ -84,6 +93,8 @@ function str(value: unknown): string {
 function numbers(value: unknown): Record<string, number> | undefined {
   return value !== null && typeof value === 'object' ? (value as Record<string, number>) : undefined
 }
+
+function noop(): void {}
 
 function waitForIceGathering(pc: RTCPeerConnection, timeoutMs: number): Promise<void> {
   // The gateway does not trickle candidates: the offer must hold them all.
@@ -132,8 +143,16 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   /** True between `speech.started` and `speech.stopped`. */
   const hearing = ref(false)
   const microphone = shallowRef<MediaStream | null>(null)
-  /** The gateway's audio (spoken replies, when it has them). */
+  /** The gateway's audio (spoken replies, when it has them): one stream for the
+   * composable's life, its track swapped on each connection. */
   const remoteAudio = shallowRef<MediaStream | null>(null)
+  /** True between `reply.audio.started` and `reply.audio.done`: the voice is playing. */
+  const speaking = ref(false)
+  /** Playback muted here only: the gateway goes on speaking (and sending its events). */
+  const muted = ref(false)
+  /** Whether the gateway is asked to speak (setSpeech); sent in the next offer too. */
+  const speech = ref(true)
+  let ownPlayer: HTMLAudioElement | null = null
 
   const replyText = computed(() => {
     const last = turns.value.at(-1)
@@ -146,6 +165,42 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   const transcripts = computed(() =>
     turns.value.filter((t): t is UserTurn => t.role === 'user' && t.source === 'voice'),
   )
+
+  function player(): HTMLAudioElement {
+    return options.audioElement?.() ?? (ownPlayer ??= new Audio())
+  }
+
+  /**
+   * Plays the gateway's voice. Browsers allow sound only after a user gesture (Safari: a
+   * play() within it), so connect() calls this before its first await; call it yourself
+   * from a click if you connect otherwise. Once allowed, the element may play again later
+   * (each new track reloads it) without one.
+   */
+  function startPlayback(): void {
+    const stream = (remoteAudio.value ??= new MediaStream())
+    const element = player()
+    element.autoplay = true
+    element.muted = muted.value
+    // Assigned anew even when it is the same stream: that (re)loads it, and an element
+    // does not take up a track added to its stream after it loaded (Chromium).
+    element.srcObject = stream
+    // NotAllowedError without a gesture, AbortError when the next load replaces this one.
+    element.play().catch(noop)
+  }
+
+  watch(muted, (value) => {
+    const element = options.audioElement?.() ?? ownPlayer
+    if (element) element.muted = value
+  })
+
+  function remoteTrack(track: MediaStreamTrack): void {
+    const stream = (remoteAudio.value ??= new MediaStream())
+    for (const old of stream.getAudioTracks()) {
+      if (old !== track) stream.removeTrack(old)
+    }
+    if (!stream.getTrackById(track.id)) stream.addTrack(track)
+    startPlayback()
+  }
 
   let pc: RTCPeerConnection | null = null
   let channel: RTCDataChannel | null = null
@@ -169,7 +224,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
           protocol: Number(event.protocol),
           asr: event.asr as SessionInfo['asr'],
           llm: event.llm as SessionInfo['llm'],
-          tts: event.tts as SessionInfo['tts'],
+          tts: (event.tts as SessionInfo['tts'] | undefined) ?? { enabled: false },
         }
         break
       case 'speech.started':
@@ -198,7 +253,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
         if (turn) {
           turn.text = str(event.text) || turn.text
           turn.status = 'done'
-          turn.timings = numbers(event.timings)
+          turn.timings = { ...turn.timings, ...numbers(event.timings) }
         }
         break
       }
@@ -208,6 +263,21 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
           turn.status = 'cancelled'
           turn.cancelReason = str(event.reason)
         }
+        break
+      }
+      case 'reply.audio.started': {
+        speaking.value = true
+        const turn = assistantTurn(str(event.reply_id))
+        if (turn) {
+          turn.voice = 'speaking'
+          turn.timings = { ...turn.timings, ...numbers(event.timings) }
+        }
+        break
+      }
+      case 'reply.audio.done': {
+        speaking.value = false
+        const turn = assistantTurn(str(event.reply_id))
+        if (turn) turn.voice = event.interrupted === true ? 'interrupted' : 'done'
         break
       }
       case 'error':
@@ -230,9 +300,24 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     return body.ice_servers ?? []
   }
 
+  /** The offer's `session`: what the gateway should know from the start. */
+  function sessionSettings(stream: MediaStream | null): Record<string, boolean> {
+    const session: Record<string, boolean> = {}
+    // Text only when setSpeech(false) said so; otherwise the gateway speaks if it can.
+    if (!speech.value) session.tts = false
+    // Whether the microphone cancels echo itself (as the browser reports it): then the
+    // gateway's own canceller starts warm, and hears you over its first reply at once.
+    const echo: unknown = stream?.getAudioTracks()[0]?.getSettings().echoCancellation
+    if (echo !== undefined) {
+      session.echo_cancellation = echo === true || echo === 'all' || echo === 'remote-only'
+    }
+    return session
+  }
+
   async function connect(connectOptions: ConnectOptions = {}): Promise<void> {
     if (!import.meta.client) throw new Error('useVoiceGateway().connect() runs in the browser only')
     if (pc) return
+    startPlayback() // first, while the click that called connect() still counts
     const mine = ++attempt
     state.value = 'connecting'
     errors.value = []
@@ -263,7 +348,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
         }
       }
       peer.ontrack = (e) => {
-        remoteAudio.value = e.streams[0] ?? new MediaStream([e.track])
+        if (pc === peer && e.track.kind === 'audio') remoteTrack(e.track)
       }
       // Created before the offer, so the offer carries it (the gateway takes the first one).
       channel = peer.createDataChannel('events')
@@ -282,6 +367,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
         }
         onEvent(event)
       }
+      // Send and receive: the gateway speaks its replies on the same audio section.
       if (stream) stream.getTracks().forEach(t => peer.addTrack(t, stream))
       else peer.addTransceiver('audio', { direction: 'sendrecv' })
 
@@ -290,7 +376,11 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
       const response = await fetch(`${baseUrl()}/offer`, {
         method: 'POST',
         headers: headers({ 'Content-Type': 'application/json' }),
-        body: JSON.stringify({ sdp: peer.localDescription?.sdp, type: 'offer' }),
+        body: JSON.stringify({
+          sdp: peer.localDescription?.sdp,
+          type: 'offer',
+          session: sessionSettings(stream),
+        }),
         signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
       })
       if (!response.ok) throw await failureOf(response)
@@ -343,8 +433,10 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   async function teardown(final: ConnectionState): Promise<void> {
     const [peer, dc, mic, url] = [pc, channel, microphone.value, sessionUrl]
     pc = channel = sessionUrl = null // from here on, the old connection's events are ignored
-    microphone.value = remoteAudio.value = null
-    hearing.value = false
+    microphone.value = null
+    // The same stream (and playing element) carries the next connection's voice.
+    remoteAudio.value?.getTracks().forEach(t => remoteAudio.value?.removeTrack(t))
+    hearing.value = speaking.value = false
     state.value = final
     mic?.getTracks().forEach(t => t.stop())
     // DELETE before closing, or the gateway may see the peer leave first and answer 404.
@@ -375,9 +467,16 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     }
   }
 
-  /** Stops the reply in progress. */
+  /** Stops the reply in progress, and its voice. */
   function cancel(): void {
     send({ type: 'cancel' })
+  }
+
+  /** Asks the gateway to speak its replies (true) or send text only (false: the voice in
+   * progress stops). Kept for the next connection. */
+  function setSpeech(on: boolean): void {
+    speech.value = on
+    if (channel?.readyState === 'open') send({ type: 'session.update', tts: on })
   }
 
   function clear(): void {
@@ -396,6 +495,10 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     replyText,
     replying,
     hearing: readonly(hearing),
+    speaking: readonly(speaking),
+    /** Writable: `muted.value = true` mutes playback here (not the gateway's speech). */
+    muted,
+    speech: readonly(speech),
     errors: readonly(errors),
     microphone: computed(() => microphone.value),
     remoteAudio: computed(() => remoteAudio.value),
@@ -404,6 +507,8 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     disconnect,
     sendText,
     cancel,
+    setSpeech,
+    startPlayback,
     clear,
   }
 }
