@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import asr, e2e, media, setup, transcript
+from bench import asr, e2e, media, setup, transcript, voice
 from bench.common import Benchmark
 
 logger = logging.getLogger("bench")
@@ -20,6 +20,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     setup.BENCHMARK,
     asr.BENCHMARK,
     media.BENCHMARK,
+    voice.BENCHMARK,
 )
 
 
