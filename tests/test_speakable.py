@@ -22,7 +22,7 @@ def words(text: str) -> list[str]:
 
 
 def test_the_first_piece_comes_at_a_clause_once_it_has_a_few_words() -> None:
-    splitter = SpeechSplitter(first_min_words=4)
+    splitter = SpeechSplitter(first_min_words=4, first_max_words=8)
     assert splitter.push("Well, ") == []  # a clause, but one word is too short to sound natural
     assert splitter.push("the weather in Paris is mild, ") == [
         "Well, the weather in Paris is mild,"
@@ -31,6 +31,16 @@ def test_the_first_piece_comes_at_a_clause_once_it_has_a_few_words() -> None:
     assert splitter.push("around fifteen degrees, with ") == []
     assert splitter.push("light rain. Bring a coat") == ["around fifteen degrees, with light rain."]
     assert splitter.flush() == ["Bring a coat"]
+
+
+def test_without_a_clause_the_first_piece_is_cut_after_a_few_words() -> None:
+    splitter = SpeechSplitter(first_min_words=2, first_max_words=4)
+    assert splitter.push("The Louvre is the") == []  # the 4th word may still be growing
+    assert splitter.push(" largest museum in Paris. ") == [
+        "The Louvre is the",
+        "largest museum in Paris.",
+    ]
+    assert SpeechSplitter().push("Yes. ") == ["Yes."]  # a sentence is never held back
 
 
 def test_a_sentence_is_not_cut_before_its_trailing_space_arrives() -> None:
@@ -46,7 +56,8 @@ def test_word_by_word_deltas_give_the_same_pieces_as_one_delta() -> None:
     by_word = split([w + " " for w in text.split()])
     by_char = split(list(text))
     assert one == by_word == by_char
-    assert one == ["Sure, here is the plan for today.", "First we walk.", "Then we eat lunch!"]
+    # The first piece after at most 4 words (no clause of 2 came first), then sentences.
+    assert one == ["Sure, here is the", "plan for today.", "First we walk.", "Then we eat lunch!"]
 
 
 def test_markdown_is_not_read_aloud() -> None:

@@ -24,7 +24,7 @@ from media.tts.base import Int16Array, TTSEngine, skip_leading_silence, trim_lea
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.openai import OpenAISpeechEngine
 from media.tts.piper import PiperEngine
-from media.tts.service import TTSService
+from media.tts.service import TTSService, _Synthesis
 
 TWO_SENTENCES = "Hello there. How are you doing today, my friend?"
 KEEP = round(22050 * 0.010)  # the lead-in trimming leaves
@@ -413,6 +413,7 @@ class CountingEngine:
     name = "counting"
     voice = "test"
     voice_per_request = False
+    chunks_are_sentences = False
     sample_rate = 16000
 
     def __init__(
@@ -677,3 +678,43 @@ async def test_leaving_an_openai_stream_drops_the_connection(
         )
     finally:
         await service.close()
+
+
+class SentenceEngine:
+    """Whole-sentence chunks, as Piper yields them."""
+
+    name = "sentences"
+    voice = "test"
+    sample_rate = 16000
+    voice_per_request = False
+    chunks_are_sentences = True
+
+    def __init__(self, sentences: int) -> None:
+        self.sentences = sentences
+
+    def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
+        for _ in range(self.sentences):
+            yield np.ones(1600, dtype=np.int16)
+
+
+@pytest.mark.parametrize(("sentences", "calls"), [(1, 1), (3, 2)])
+async def test_the_end_of_a_piece_is_known_with_its_last_chunk(
+    monkeypatch: pytest.MonkeyPatch, sentences: int, calls: int
+) -> None:
+    # Another worker call just to learn "no more" would wait behind every other session's
+    # synthesis (measured: 95-135 ms gaps mid-sentence with 4 sessions).
+    made: list[None] = []
+    original = _Synthesis.next_chunk
+
+    def counted(self: _Synthesis) -> Int16Array | None:
+        made.append(None)
+        return original(self)
+
+    monkeypatch.setattr(_Synthesis, "next_chunk", counted)
+    service = TTSService(SentenceEngine(sentences))
+    try:
+        chunks = [chunk async for chunk in service.stream("One. Two. Three.")]
+    finally:
+        await service.close()
+    assert len(chunks) == sentences
+    assert len(made) == calls

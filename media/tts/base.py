@@ -30,6 +30,9 @@ class TTSEngine(Protocol):
     # Whether synthesize takes another voice per call (a speech server does; Piper loads
     # one voice model per engine).
     voice_per_request: bool
+    # Whether each chunk is a whole sentence (Piper): then looking one chunk ahead costs
+    # nothing at a piece's end, and tells the service the piece is over in the same call.
+    chunks_are_sentences: bool
 
     def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
         """Mono int16 PCM chunks of ``text`` spoken (in ``voice`` when the engine takes a

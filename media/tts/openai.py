@@ -71,6 +71,7 @@ class OpenAISpeechEngine:
         return f"OpenAISpeechEngine({self._where!r}, model={self.model!r}, voice={self.voice!r})"
 
     voice_per_request = True  # the voice is a field of each request
+    chunks_are_sentences = False  # network reads: looking ahead would hold a chunk back
 
     def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
         return skip_leading_silence(self._stream(text, voice or self.voice), self.sample_rate)

@@ -63,6 +63,7 @@ class PiperEngine:
         self.sample_rate = int(self._voice.config.sample_rate)
 
     voice_per_request = False
+    chunks_are_sentences = True
 
     def synthesize(self, text: str, voice: str | None = None) -> Iterator[Int16Array]:
         # One loaded voice: ``voice`` is not per request here (see voice_per_request).

@@ -32,25 +32,41 @@ class _Synthesis:
         self._text = text
         self._voice = voice
         self._chunks: Iterator[Int16Array] | None = None
+        self._ahead: Int16Array | None = None  # the next chunk, made with the one before
         self._lock = threading.Lock()  # a generator must never run in two threads
         self.stopped = threading.Event()
         self.finished = False  # the generator is exhausted, failed or closed
 
+    def take_ahead(self) -> Int16Array | None:
+        """The chunk already made by the last call, if any: no worker needed."""
+        chunk, self._ahead = self._ahead, None
+        return chunk
+
     def next_chunk(self) -> Int16Array | None:
-        """The next chunk, or None when there is none or the consumer has gone. Blocking."""
+        """The next chunk, or None when there is none or the consumer has gone. Blocking.
+        With whole-sentence chunks it also makes the one after (usually: learns there is
+        none), so that the end of a piece is known now, not after another turn in the
+        queue behind other sessions' synthesis."""
         with self._lock:
             if self.stopped.is_set() or self.finished:
                 return None
             if self._chunks is None:  # made here: an engine may work before its first yield
                 self._chunks = self._engine.synthesize(self._text, self._voice)
-            try:
-                return next(self._chunks)
-            except StopIteration:
-                self.finished = True
-                return None
-            except BaseException:
-                self.finished = True
-                raise
+            chunk = self._advance()
+            if chunk is not None and self._engine.chunks_are_sentences:
+                self._ahead = self._advance()
+            return chunk
+
+    def _advance(self) -> Int16Array | None:
+        assert self._chunks is not None
+        try:
+            return next(self._chunks)
+        except StopIteration:
+            self.finished = True
+            return None
+        except BaseException:
+            self.finished = True
+            raise
 
     def close(self) -> None:
         """Stop between chunks: waits for a chunk being made, then closes the generator
@@ -106,7 +122,11 @@ class TTSService:
         limit_s = self._first_chunk_timeout_s
         try:
             while True:
-                chunk = await self._next(job, loop, limit_s)
+                chunk = job.take_ahead()
+                if chunk is None:
+                    if job.finished and not self._closed:
+                        return  # known in the call that made the last chunk
+                    chunk = await self._next(job, loop, limit_s)
                 if chunk is None:
                     if self._closed:
                         raise TTSUnavailable("speech synthesis stopped: shutting down")

@@ -2,9 +2,11 @@
 
 A voice should start after a few words, not a whole answer, and should not read markup
 aloud. The first piece is cut at the first clause boundary (``,;:`` or a sentence end)
-once it holds ``first_min_words`` words; later pieces are whole sentences (or lines), and
-anything longer than ``max_chars`` is cut at a space. Fenced code blocks are skipped
-whole; inline code, URLs, emoji, list markers, headings and emphasis are stripped, and a
+once it holds ``first_min_words`` words, or after ``first_max_words`` words at a space
+when no boundary comes (each word waited for and synthesised is time before the voice
+starts; the rest is synthesised while the first piece plays); later pieces are whole
+sentences (or lines), and anything longer than ``max_chars`` is cut at a space. Fenced
+code blocks are skipped whole; inline code, URLs, emoji, list markers, headings and emphasis are stripped, and a
 link keeps its text.
 """
 
@@ -50,10 +52,13 @@ def speakable(text: str) -> str:
 
 
 class SpeechSplitter:
-    def __init__(self, *, first_min_words: int = 4, max_chars: int = 250) -> None:
-        if first_min_words < 1 or max_chars < 20:
-            raise ValueError("need first_min_words >= 1 and max_chars >= 20")
+    def __init__(
+        self, *, first_min_words: int = 2, first_max_words: int = 4, max_chars: int = 250
+    ) -> None:
+        if not 1 <= first_min_words <= first_max_words or max_chars < 20:
+            raise ValueError("need 1 <= first_min_words <= first_max_words and max_chars >= 20")
         self._first_min_words = first_min_words
+        self._first_max_words = first_max_words
         self._max_chars = max_chars
         self._pending = ""  # raw text not yet cut into a piece
         self._spoken_any = False
@@ -80,10 +85,18 @@ class SpeechSplitter:
             return None if close < 0 else close + len(_FENCE)
         # Never cut inside a fence, nor inside what may be the start of one ("`" or "``").
         region = text[:fence] if fence > 0 else text[: len(text.rstrip("`"))]
-        if not self._spoken_any:
-            for clause in _CLAUSE_END.finditer(region):
-                if len(region[: clause.end()].split()) >= self._first_min_words:
-                    return clause.end()
+        if not self._spoken_any:  # the earliest of: a clause, a sentence, enough words
+            cuts = [
+                clause.end()
+                for clause in _CLAUSE_END.finditer(region)
+                if len(region[: clause.end()].split()) >= self._first_min_words
+            ][:1]
+            if (sentence := _SENTENCE_END.search(region)) is not None:
+                cuts.append(sentence.end())
+            if (enough := _after_words(region, self._first_max_words)) is not None:
+                cuts.append(enough)
+            if cuts:
+                return min(cuts)
         sentence = _SENTENCE_END.search(region)
         if sentence is not None:
             return sentence.end()
@@ -100,3 +113,12 @@ class SpeechSplitter:
             return []
         self._spoken_any = True
         return [piece]
+
+
+def _after_words(text: str, count: int) -> int | None:
+    """The position just after the space that ends the ``count``-th word, once the text
+    goes on past it (a word still arriving is not cut)."""
+    for index, match in enumerate(re.finditer(r"\S+\s", text), start=1):
+        if index == count:
+            return match.end()
+    return None
