@@ -6,8 +6,8 @@ once it holds ``first_min_words`` words, or after ``first_max_words`` words at a
 when no boundary comes (each word waited for and synthesised is time before the voice
 starts; the rest is synthesised while the first piece plays); later pieces are whole
 sentences (or lines), and anything longer than ``max_chars`` is cut at a space. Fenced
-code blocks are skipped whole; inline code, URLs, emoji, list markers, headings and emphasis are stripped, and a
-link keeps its text.
+code blocks are skipped whole; inline code, URLs, emoji, list markers, headings and
+emphasis are stripped, and a link keeps its text.
 """
 
 from __future__ import annotations
