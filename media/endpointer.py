@@ -120,6 +120,11 @@ class Endpointer:
     def in_speech(self) -> bool:
         return self._state is _State.SPEECH
 
+    @property
+    def hearing(self) -> bool:
+        """Speech may have begun: a candidate not yet long enough, or speech."""
+        return self._state is not _State.SILENCE
+
     def process(self, chunk: Float32Array, probability: float) -> list[EndpointerEvent]:
         """Feed the next chunk and Silero's probability for it."""
         s = self.settings

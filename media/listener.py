@@ -37,6 +37,7 @@ class AudioListener:
         on_event: Callable[[EndpointerEvent], None],
         *,
         on_frame: Callable[[int], None] = lambda lost: None,
+        on_probability: Callable[[float], None] = lambda p: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resampler = MonoResampler(settings.sample_rate)
@@ -46,6 +47,7 @@ class AudioListener:
         self.endpointer = Endpointer(settings)
         self._on_event = on_event
         self._on_frame = on_frame
+        self._on_probability = on_probability  # each chunk's, as Silero gives it
         self._next_pts: int | None = None
         self._clock = clock
         self._received = 0  # samples of the 16 kHz stream so far
@@ -102,5 +104,6 @@ class AudioListener:
             samples = self.echo.near_end(samples)
         for chunk in self._chunker.push(samples):
             probability = await self._vad.probability(self._stream, chunk)
+            self._on_probability(probability)
             for event in self.endpointer.process(chunk, probability):
                 self._on_event(event)

@@ -147,6 +147,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._expecting = False
         self._last_had_audio = False
         self.underruns = 0
+        self._holding = False
         self.on_mark_started: Callable[[object], None] = _ignore
         self.on_mark_played: Callable[[object], None] = _ignore
         self.on_frame: Callable[[Int16Array], None] = _ignore_frame
@@ -213,9 +214,20 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._clear_queue()
         self._epoch += 1
         self._expecting = False
+        self._holding = False  # the next reply starts unheld
         self._last_had_audio = False
         self._changed.set()
         return dropped
+
+    def hold(self, on: bool) -> None:
+        """Hold the voice (the person may be starting to speak): frames are silence and
+        the queue waits, from the next frame; released, it goes on where it was."""
+        self._holding = on
+        self._changed.set()
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
 
     def stop(self) -> None:
         super().stop()
@@ -232,13 +244,18 @@ class ReplyAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         # Built only now, after the wait, so that a flush() during it silences this frame.
         samples = np.zeros(FRAME, dtype=np.int16)
-        filled = self._fill(samples, 0)
-        if filled < FRAME and self._stream is not None and not self._put_lock.locked():
+        filled = 0 if self._holding else self._fill(samples, 0)
+        if (
+            filled < FRAME
+            and not self._holding
+            and self._stream is not None
+            and not self._put_lock.locked()
+        ):
             # Nothing more follows yet: the resampler's tail belongs out now. A later put()
             # starts a new stream; the gap between them is silence anyway.
             self._end_stream()
             filled = self._fill(samples, filled)
-        if filled == 0 and self._expecting:
+        if filled == 0 and self._expecting and not self._holding:
             self.underruns += 1
         self._last_had_audio = filled > 0
         stereo = np.repeat(samples, 2).reshape(1, -1)  # interleaved L, R

@@ -274,6 +274,25 @@ async def test_flush_silences_the_next_frame_and_returns_unplayed_marks() -> Non
     assert log.played() == ["done", "next"]
 
 
+async def test_hold_silences_from_the_next_frame_and_keeps_the_place() -> None:
+    fake = FakeTime()
+    track = make_track(fake)
+    track.expect_audio(True)
+    tone = sine(440, 0.1, RATE)  # five frames
+    await track.put(tone, RATE, mark="piece")
+    first = await frames(track, 2)
+    track.hold(True)  # someone may be starting to speak
+    held = await frames(track, 3)
+    assert not any(f.any() for f in held)
+    assert track.underruns == 0  # holding is not running dry
+    track.hold(False)  # it was a cough: go on exactly where it stopped
+    rest = await frames(track, 3)
+    assert np.array_equal(np.concatenate(first + rest), tone)
+    track.hold(True)
+    track.flush()  # a barge-in: the next reply starts unheld
+    assert not track.holding
+
+
 async def test_flush_during_the_wait_for_a_frame_silences_that_frame() -> None:
     fake = FakeTime()
     gate = asyncio.Event()

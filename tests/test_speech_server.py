@@ -27,6 +27,7 @@ class ToneEngine:
     name = "tone"
     voice = "tone"
     voice_per_request = False
+    chunks_are_sentences = False
 
     def __init__(self, sample_rate: int = 22050) -> None:
         self.sample_rate = sample_rate

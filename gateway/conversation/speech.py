@@ -151,6 +151,11 @@ class Speaker:
             self._end(spoken, interrupted=True)
         return spoken.reply_id, spoken.heard_text
 
+    def hold(self, on: bool) -> None:
+        """Silence the voice for now, keeping its place (the person may be starting to
+        speak: the next frame is silence), or go on."""
+        self._track.hold(on)
+
     def timings(self, reply_id: str) -> dict[str, float]:
         """What is known so far of a reply's first audio, for ``reply.done``."""
         spoken = self._current

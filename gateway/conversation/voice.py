@@ -49,6 +49,9 @@ from signalling.session import Session
 logger = logging.getLogger(__name__)
 
 UTTERANCE_QUEUE_LIMIT = 4
+# Beyond min_speech_ms (and the barge-in wait), how long a held voice waits for the
+# endpointer to confirm speech: Silero's onset lags the voice by a chunk or two.
+HOLD_SLACK_MS = 150
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class VoicePipeline:
         self._echo: EchoCanceller | None = None
         self._barge_in_wait_s = 0.0
         self._unconfirmed: str | None = None  # a turn begun while speaking, not yet heard
+        self._holding = 0  # > 0: the voice is held at a possible onset (its generation)
+        self._holds = 0
         pc.on("track", self.on_track)
 
     def start(self) -> None:
@@ -130,10 +135,41 @@ class VoicePipeline:
             self._endpointer,
             self.on_vad_event,
             on_frame=self._on_frame,
+            on_probability=self._on_probability,
             clock=self._clock,
         )
         listener.echo = self._echo
         self.session.spawn(listener.run(track), "listener")
+
+    def _on_probability(self, probability: float) -> None:
+        """While the gateway speaks, the first voiced chunk holds the voice at once, so a
+        person who starts to talk hears it stop within a frame or two; the hold becomes a
+        cut when the barge-in is confirmed, and is released if it was not speech after all
+        (the endpointer gives up, or the time for confirming runs out)."""
+        speaker, listener = self._speaker, self._listener
+        if speaker is None or listener is None:
+            return
+        if self._holding:
+            if not listener.endpointer.hearing and self._unconfirmed is None:
+                self._release_hold(self._holding)
+            return
+        if probability >= self._endpointer.threshold and speaker.speaking:
+            self._holds += 1
+            self._holding = self._holds
+            speaker.hold(True)
+            self.session.spawn(self._hold_expires(self._holding), "hold")
+
+    async def _hold_expires(self, hold: int) -> None:
+        # The endpointer needs min_speech_ms, then barge-in needs its wait; Silero lags.
+        await asyncio.sleep(
+            (self._endpointer.min_speech_ms + HOLD_SLACK_MS) / 1000 + self._barge_in_wait_s
+        )
+        self._release_hold(hold)
+
+    def _release_hold(self, hold: int) -> None:
+        if self._holding == hold and self._speaker is not None:
+            self._holding = 0
+            self._speaker.hold(False)
 
     def _on_frame(self, lost: int) -> None:
         self.metrics.frames_received.inc()
@@ -164,6 +200,7 @@ class VoicePipeline:
         self._announce(utterance_id)
 
     def _announce(self, utterance_id: str) -> None:
+        self._holding = 0  # cut, not held: the barge-in stops the reply
         self.session.send(protocol.speech_started(utterance_id))
         self.conversation.on_speech_started()
 
@@ -179,6 +216,7 @@ class VoicePipeline:
             # Too short to interrupt the voice: echo or noise, not a turn. Not transcribed.
             self._unconfirmed = None
             self._discard_early()
+            self._release_hold(self._holding)
             self.metrics.barge_ins.labels("ignored").inc()
             logger.debug("[%s] %s: too short to interrupt", self.session.id, turn.utterance_id)
             return
