@@ -52,8 +52,8 @@ class AudioListener:
         self._clock = clock
         self._received = 0  # samples of the 16 kHz stream so far
         self.arrivals = SampleClock(settings.sample_rate)  # stream position → arrival time
-        # Removes the gateway's own voice from the microphone when it speaks (set once the
-        # session knows it sends audio; frames only arrive after that).
+        # Removes the gateway's own voice from the microphone when it speaks: set once the
+        # session's canceller is ready (microphone audio before then passes as it is).
         self.echo: EchoCanceller | None = None
 
     async def run(self, track: MediaStreamTrack) -> None:

@@ -296,6 +296,9 @@ async def test_a_failing_speech_server_is_an_error_and_the_text_still_arrives(
             assert events["error"]["retryable"] is True
             assert events["reply.done"]["text"] == ANSWER  # the text reply is whole
             assert not [e for _, e in peer.received if e["type"] == "reply.audio.started"]
+            # One failure is enough: the rest of that reply is not sent to the server.
+            await asyncio.sleep(0.3)
+            assert len([r for r in speech.requests if r["input"] != WARM_UP_TEXT]) == 1
             # The server is back: the next reply is spoken.
             speech.mode = "normal"
             await ask(peer, "and tomorrow?")

@@ -16,6 +16,7 @@ from gateway.conversation.voice import UTTERANCE_QUEUE_LIMIT, VoicePipeline
 from gateway.ops.metrics import Metrics
 from media.asr.service import ASRService
 from media.endpointer import EndpointerSettings, SpeechEnded, SpeechStarted
+from media.listener import AudioListener
 from media.vad import SileroModel, VadBatcher
 from signalling.lifecycle import SessionLimits
 from signalling.session import Session
@@ -65,3 +66,91 @@ async def test_asr_backlog_drops_the_oldest_utterance_and_says_so() -> None:
         await asr.close()
         await llm.close()
         await pc.close()
+
+
+class FakeVoice:
+    """A speaker that is always speaking; records holds and cuts."""
+
+    engine = "fake"
+    voice = "fake"
+    speaking = True
+
+    def __init__(self) -> None:
+        self.holds: list[bool] = []
+        self.cuts = 0
+
+    def begin(self, reply_id: str, times: object) -> None: ...
+
+    def add(self, reply_id: str, delta: str) -> None: ...
+
+    def finish(self, reply_id: str) -> None: ...
+
+    def cut(self) -> tuple[str, str] | None:
+        self.cuts += 1
+        return None
+
+    def timings(self, reply_id: str) -> dict[str, float]:
+        return {}
+
+    def choose_voice(self, voice: str) -> None: ...
+
+    def hold(self, on: bool) -> None:
+        self.holds.append(on)
+
+
+async def speak_over(chunks: list[float]) -> tuple[FakeVoice, list[str], Metrics]:
+    """Feed Silero probabilities (one per 32 ms chunk, in real time) to a pipeline whose
+    session is speaking; returns the voice, the events sent and the metrics."""
+    transport = StalledTransport()
+    transport.release.set()
+    session = Session("s1", transport)
+    metrics = Metrics()
+    llm = OllamaChat(LLMSettings(host="http://127.0.0.1:9", connect_timeout_s=0.5))
+    conversation = Conversation(session, llm, metrics, ConversationSettings(system_prompt=""))
+    fake = FakeVoice()
+    conversation.voice = fake
+    vad = VadBatcher(SileroModel())
+    pc = RTCPeerConnection()
+    settings = EndpointerSettings()
+    voice = VoicePipeline(
+        session, pc, conversation, ASRService(GatedEngine()), vad, settings, metrics
+    )
+    voice.speak_with(fake, barge_in_min_ms=300)
+    listener = AudioListener(vad, settings, voice.on_vad_event)
+    voice._listener = listener  # the seam: drive its endpointer by hand
+    session.start(SessionLimits())
+    try:
+        chunk = np.zeros(512, dtype=np.float32)
+        for probability in chunks:
+            voice._on_probability(probability)
+            for event in listener.endpointer.process(chunk, probability):
+                voice.on_vad_event(event)
+            await asyncio.sleep(0.032)
+        await asyncio.sleep(0.1)
+        return fake, [json.loads(t)["type"] for t in transport.written], metrics
+    finally:
+        await session.close("client")
+        vad.close()
+        await llm.close()
+        await pc.close()
+
+
+async def test_a_cough_while_the_gateway_speaks_holds_the_voice_but_does_not_cut_it() -> None:
+    # 192 ms of voice (past min_speech_ms, short of --barge-in-min-ms), then quiet.
+    fake, events, metrics = await speak_over([0.9] * 6 + [0.1] * 22)
+    assert fake.holds[0] is True  # held at the first voiced chunk
+    assert fake.holds[-1] is False  # and released
+    assert fake.cuts == 0
+    assert "speech.started" not in events
+    assert metrics.registry.get_sample_value("gateway_barge_ins_total", {"outcome": "ignored"}) == 1
+
+
+async def test_speech_while_the_gateway_speaks_cuts_it() -> None:
+    fake, events, metrics = await speak_over([0.9] * 20 + [0.1] * 20)
+    assert fake.holds[0] is True
+    assert fake.cuts >= 1
+    assert "speech.started" in events
+    assert (
+        metrics.registry.get_sample_value("gateway_barge_ins_total", {"outcome": "interrupted"})
+        == 1
+    )

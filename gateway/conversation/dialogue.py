@@ -231,11 +231,6 @@ class Conversation:
             self.voice.begin(reply.id, times)
         reply.task = self.sink.spawn(self._run(reply), f"reply-{reply.id}")
 
-    @property
-    def replying(self) -> bool:
-        """An answer is streaming, or still being spoken."""
-        return self._reply is not None or (self.voice is not None and self.voice.speaking)
-
     def cancel_reply(self, reason: protocol.CancelReason) -> None:
         """Stop the reply in progress and its speech, whichever is still going."""
         reply = self._reply

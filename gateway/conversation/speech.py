@@ -50,7 +50,8 @@ class _Spoken:
     synthesized: int = 0  # pieces whose synthesis ended (spoken, failed or empty)
     outstanding: int = 0  # chunks queued on the track, not yet played
     text_done: bool = False
-    failed: bool = False
+    failed: bool = False  # speech failed: the rest of this reply is text only
+    truncated: bool = False  # too long to speak whole: what is queued is still spoken
     requested: float | None = None  # the first piece's synthesis began
     first_chunk: float | None = None  # ... and produced its first audio
     first_audio: float | None = None  # the first frame of it went out
@@ -121,7 +122,7 @@ class Speaker:
 
     def add(self, reply_id: str, delta: str) -> None:
         spoken = self._current
-        if spoken is None or spoken.reply_id != reply_id or spoken.failed:
+        if spoken is None or spoken.reply_id != reply_id or spoken.failed or spoken.truncated:
             return
         for piece in spoken.splitter.push(delta):
             self._enqueue(spoken, piece)
@@ -130,7 +131,7 @@ class Speaker:
         spoken = self._current
         if spoken is None or spoken.reply_id != reply_id:
             return
-        if not spoken.failed:
+        if not (spoken.failed or spoken.truncated):
             for piece in spoken.splitter.flush():
                 self._enqueue(spoken, piece)
         spoken.text_done = True
@@ -142,13 +143,14 @@ class Speaker:
         spoken, self._current = self._current, None
         self._queue.clear()
         self._track.flush()
-        self._track.expect_audio(False)
         if self._synthesis is not None:
             self._synthesis.cancel()
         if spoken is None or spoken.ended:
             return None
         if spoken.first_audio is not None:
             self._end(spoken, interrupted=True)
+        if spoken.failed:
+            return None  # spoken in part at most: the text the person read stands
         return spoken.reply_id, spoken.heard_text
 
     def hold(self, on: bool) -> None:
@@ -168,7 +170,7 @@ class Speaker:
     def _enqueue(self, spoken: _Spoken, piece: str) -> None:
         if len(self._queue) >= MAX_PIECES:
             logger.warning("[%s] reply %s: too long to speak whole", self._sink.id, spoken.reply_id)
-            spoken.failed = True  # the rest is text only
+            spoken.truncated = True  # the rest is text only
             return
         spoken.pieces.append(piece)
         self._queue.append((spoken, len(spoken.pieces) - 1))
@@ -191,6 +193,8 @@ class Speaker:
             self._maybe_done(spoken)
 
     async def _speak(self, spoken: _Spoken, index: int) -> None:
+        if spoken.failed:
+            return  # one failure is reported; the rest of the reply is not retried
         if spoken.requested is None:
             spoken.requested = self._clock()
         mark = _Chunk(spoken, index)

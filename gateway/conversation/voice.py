@@ -100,6 +100,7 @@ class VoicePipeline:
         self._echo: EchoCanceller | None = None
         self._barge_in_wait_s = 0.0
         self._unconfirmed: str | None = None  # a turn begun while speaking, not yet heard
+        self._confirmable = False  # its wait is over: the next voiced chunk confirms it
         self._holding = 0  # > 0: the voice is held at a possible onset (its generation)
         self._holds = 0
         pc.on("track", self.on_track)
@@ -149,11 +150,15 @@ class VoicePipeline:
         speaker, listener = self._speaker, self._listener
         if speaker is None or listener is None:
             return
+        voiced = probability >= self._endpointer.threshold
+        if self._unconfirmed is not None and self._confirmable and voiced:
+            self._confirm(self._unconfirmed)  # the person speaks on past the wait
+            return
         if self._holding:
             if not listener.endpointer.hearing and self._unconfirmed is None:
                 self._release_hold(self._holding)
             return
-        if probability >= self._endpointer.threshold and speaker.speaking:
+        if voiced and speaker.speaking:
             self._holds += 1
             self._holding = self._holds
             speaker.hold(True)
@@ -167,7 +172,8 @@ class VoicePipeline:
         self._release_hold(hold)
 
     def _release_hold(self, hold: int) -> None:
-        if self._holding == hold and self._speaker is not None:
+        # Not while a turn waits for confirmation: it ends in a cut or in being ignored.
+        if self._holding == hold and self._speaker is not None and self._unconfirmed is None:
             self._holding = 0
             self._speaker.hold(False)
 
@@ -195,6 +201,7 @@ class VoicePipeline:
         if speaker is not None and speaker.speaking and self._barge_in_wait_s > 0:
             # Perhaps the gateway's own voice, or a cough: it must last to interrupt.
             self._unconfirmed = utterance_id
+            self._confirmable = False
             self.session.spawn(self._confirm_barge_in(utterance_id), "barge-in")
             return
         self._announce(utterance_id)
@@ -206,15 +213,27 @@ class VoicePipeline:
 
     async def _confirm_barge_in(self, utterance_id: str) -> None:
         await asyncio.sleep(self._barge_in_wait_s)
-        if self._unconfirmed == utterance_id:  # not ended meanwhile: a person is speaking
-            self._unconfirmed = None
-            self.metrics.barge_ins.labels("interrupted").inc()
-            self._announce(utterance_id)
+        if self._unconfirmed != utterance_id:
+            return  # ended meanwhile
+        listener = self._listener
+        if listener is not None and listener.endpointer.pausing:
+            # A cough, or a burst of echo: quiet again. Only more voice confirms it now
+            # (_on_probability); otherwise its turn ends and is ignored.
+            self._confirmable = True
+            return
+        self._confirm(utterance_id)
+
+    def _confirm(self, utterance_id: str) -> None:
+        self._unconfirmed = None
+        self._confirmable = False
+        self.metrics.barge_ins.labels("interrupted").inc()
+        self._announce(utterance_id)
 
     def _end_turn(self, turn: TurnEnded) -> None:
         if self._unconfirmed == turn.utterance_id:
             # Too short to interrupt the voice: echo or noise, not a turn. Not transcribed.
             self._unconfirmed = None
+            self._confirmable = False
             self._discard_early()
             self._release_hold(self._holding)
             self.metrics.barge_ins.labels("ignored").inc()

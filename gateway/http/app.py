@@ -145,7 +145,9 @@ def _speech(preloaded: TTSEngine | None) -> Callable[[web.Application], AsyncIte
             return
         logger.info("TTS ready: %s voice %s", engine.name, engine.voice)
         try:
-            app[ECHO_WARM_UP] = await asyncio.to_thread(_warm_up_sentence, engine)
+            app[ECHO_WARM_UP] = await asyncio.wait_for(
+                asyncio.to_thread(_warm_up_sentence, engine), WARM_UP_TIMEOUT_S
+            )
         except Exception as exc:  # the speech server may be down now and up later
             logger.warning("echo canceller starts cold (the voice gave no warm-up): %s", exc)
         app[TTS] = service = TTSService(engine)
@@ -155,6 +157,7 @@ def _speech(preloaded: TTSEngine | None) -> Callable[[web.Application], AsyncIte
     return ctx
 
 
+WARM_UP_TIMEOUT_S = 30.0
 WARM_UP_TEXT = "Hello. I am your assistant, and I am listening to everything you say."
 
 

@@ -74,6 +74,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         register(session)
     session.set_state(SessionState.CONNECTED)
     conversation = new_conversation(app, session, {}, plain_text=True)
+    conversation.no_voice_reason = "a WebSocket session has no audio track: text replies only"
     conversation.send_ready()
     logger.info("[%s] WebSocket session for %s", session.id, request.remote)
     try:
