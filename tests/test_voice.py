@@ -112,9 +112,10 @@ async def speak_over(chunks: list[float]) -> tuple[FakeVoice, list[str], Metrics
     vad = VadBatcher(SileroModel())
     pc = RTCPeerConnection()
     settings = EndpointerSettings()
-    voice = VoicePipeline(
-        session, pc, conversation, ASRService(GatedEngine()), vad, settings, metrics
-    )
+    engine = GatedEngine()
+    engine.release.set()  # transcribes at once: only the turns matter here
+    asr = ASRService(engine)
+    voice = VoicePipeline(session, pc, conversation, asr, vad, settings, metrics)
     voice.speak_with(fake, barge_in_min_ms=300)
     listener = AudioListener(vad, settings, voice.on_vad_event)
     voice._listener = listener  # the seam: drive its endpointer by hand
@@ -131,6 +132,7 @@ async def speak_over(chunks: list[float]) -> tuple[FakeVoice, list[str], Metrics
     finally:
         await session.close("client")
         vad.close()
+        await asr.close()
         await llm.close()
         await pc.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,7 +46,7 @@ class ASRService:
         work = self._executor.submit(self.engine.transcribe, audio, language)
         self._pending += 1
         # Counted down when the worker is done, not when this coroutine stops waiting.
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._finished))
+        work.add_done_callback(lambda _: self._finished_from_worker(loop))
         try:
             return await asyncio.wait_for(asyncio.wrap_future(work, loop=loop), self._timeout_s)
         except TimeoutError as exc:
@@ -55,6 +56,10 @@ class ASRService:
         except Exception as exc:
             logger.exception("ASR engine %s failed", self.engine.name)
             raise ASRError(f"transcription failed: {type(exc).__name__}: {exc}") from exc
+
+    def _finished_from_worker(self, loop: asyncio.AbstractEventLoop) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has gone: nothing left to count
+            loop.call_soon_threadsafe(self._finished)
 
     def _finished(self) -> None:
         self._pending -= 1
