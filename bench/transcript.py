@@ -360,7 +360,11 @@ async def stream_pass(
 ) -> None:
     with _no_llm() as ollama_host, _quiet_llm("gateway.http.app", "gateway.conversation.dialogue"):
         config = Config(
-            no_tls=True, asr_engine=name, vad_silence_ms=vad_silence_ms, ollama_host=ollama_host
+            no_tls=True,
+            asr_engine=name,
+            vad_silence_ms=vad_silence_ms,
+            ollama_host=ollama_host,
+            tts_engine="none",  # transcripts only: no voice to load
         )
         await _serve_and_listen(config, engine, warmup, sentences, run)
 
@@ -704,6 +708,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser, default_engine: str) -
         default=default_engine,
         help="which ASR engine to measure (default %(default)s)",
     )
+    add_vad_silence_argument(parser)
+
+
+def add_vad_silence_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vad-silence-ms",
         type=silence_ms,

@@ -85,11 +85,11 @@ from bench.transcript import (
     POLL_S,
     BenchError,
     Sentence,
+    add_vad_silence_argument,
     bounded,
     end_session,
     prepare_sentences,
     received_at,
-    silence_ms,
 )
 from gateway.http.app import build_app
 from gateway.ops.config import AsrEngineName, Config
@@ -1192,13 +1192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="the test Ollama's fixed time to first token (default %(default)s)",
     )
-    parser.add_argument(
-        "--vad-silence-ms",
-        type=silence_ms,
-        default=Config().vad_silence_ms,
-        metavar="MS",
-        help="the gateway's VAD silence hangover (default %(default)s, the gateway's own)",
-    )
+    add_vad_silence_argument(parser)
     parser.add_argument(
         "--barge-in-low-ms",
         type=int,
