@@ -121,11 +121,6 @@ class Endpointer:
         return self._state is _State.SPEECH
 
     @property
-    def pausing(self) -> bool:
-        """In speech, but the last chunks were silence (the hangover is running)."""
-        return self._silence_start is not None
-
-    @property
     def hearing(self) -> bool:
         """Speech may have begun: a candidate not yet long enough, or speech."""
         return self._state is not _State.SILENCE

@@ -42,7 +42,7 @@ from media.echo import EchoCanceller
 from media.endpointer import EndpointerEvent, EndpointerSettings
 from media.errors import ASRBusyError, ASRError
 from media.listener import AudioListener
-from media.vad import VadBatcher
+from media.vad import CHUNK_SAMPLES, VadBatcher
 from signalling import protocol
 from signalling.session import Session
 
@@ -100,7 +100,7 @@ class VoicePipeline:
         self._echo: EchoCanceller | None = None
         self._barge_in_wait_s = 0.0
         self._unconfirmed: str | None = None  # a turn begun while speaking, not yet heard
-        self._confirmable = False  # its wait is over: the next voiced chunk confirms it
+        self._voice_needed_s = 0.0  # voice it still needs before it interrupts
         self._holding = 0  # > 0: the voice is held at a possible onset (its generation)
         self._holds = 0
         pc.on("track", self.on_track)
@@ -151,8 +151,11 @@ class VoicePipeline:
         if speaker is None or listener is None:
             return
         voiced = probability >= self._endpointer.threshold
-        if self._unconfirmed is not None and self._confirmable and voiced:
-            self._confirm(self._unconfirmed)  # the person speaks on past the wait
+        if self._unconfirmed is not None:
+            if voiced:  # more voice in this turn: evidence of a person, not a burst
+                self._voice_needed_s -= CHUNK_SAMPLES / self._endpointer.sample_rate
+                if self._voice_needed_s <= 0:
+                    self._confirm(self._unconfirmed)
             return
         if self._holding:
             if not listener.endpointer.hearing and self._unconfirmed is None:
@@ -199,10 +202,10 @@ class VoicePipeline:
     def _turn_started(self, utterance_id: str) -> None:
         speaker = self._speaker
         if speaker is not None and speaker.speaking and self._barge_in_wait_s > 0:
-            # Perhaps the gateway's own voice, or a cough: it must last to interrupt.
+            # Perhaps the gateway's own voice, or a cough: it must have this much more
+            # voice, in this turn, to interrupt (counted in _on_probability).
             self._unconfirmed = utterance_id
-            self._confirmable = False
-            self.session.spawn(self._confirm_barge_in(utterance_id), "barge-in")
+            self._voice_needed_s = self._barge_in_wait_s
             return
         self._announce(utterance_id)
 
@@ -211,21 +214,8 @@ class VoicePipeline:
         self.session.send(protocol.speech_started(utterance_id))
         self.conversation.on_speech_started()
 
-    async def _confirm_barge_in(self, utterance_id: str) -> None:
-        await asyncio.sleep(self._barge_in_wait_s)
-        if self._unconfirmed != utterance_id:
-            return  # ended meanwhile
-        listener = self._listener
-        if listener is not None and listener.endpointer.pausing:
-            # A cough, or a burst of echo: quiet again. Only more voice confirms it now
-            # (_on_probability); otherwise its turn ends and is ignored.
-            self._confirmable = True
-            return
-        self._confirm(utterance_id)
-
     def _confirm(self, utterance_id: str) -> None:
         self._unconfirmed = None
-        self._confirmable = False
         self.metrics.barge_ins.labels("interrupted").inc()
         self._announce(utterance_id)
 
@@ -233,7 +223,6 @@ class VoicePipeline:
         if self._unconfirmed == turn.utterance_id:
             # Too short to interrupt the voice: echo or noise, not a turn. Not transcribed.
             self._unconfirmed = None
-            self._confirmable = False
             self._discard_early()
             self._release_hold(self._holding)
             self.metrics.barge_ins.labels("ignored").inc()
