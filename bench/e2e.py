@@ -368,6 +368,11 @@ def table(summaries: Sequence[dict[str, Any]], first_token_ms: int) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, Config().asr_engine)
+    add_first_token_argument(parser)
+
+
+def add_first_token_argument(parser: argparse.ArgumentParser) -> None:
+    """``--first-token-ms``, shared with the voice benchmark."""
     parser.add_argument(
         "--first-token-ms",
         type=int,

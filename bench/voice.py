@@ -80,6 +80,8 @@ from piper import SynthesisConfig
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Benchmark, Recording, fmt, markdown_table, mean, percentile, write_json
+from bench.e2e import FIRST_TOKEN_MS as E2E_FIRST_TOKEN_MS
+from bench.e2e import add_first_token_argument
 from bench.transcript import (
     CONNECT_TIMEOUT_S,
     POLL_S,
@@ -110,7 +112,7 @@ logger = logging.getLogger(__name__)
 ASR: AsrEngineName = "openai-whisper"
 MODEL = "tiny.en"
 DEVICE = "cpu"
-FIRST_TOKEN_MS = 200
+FIRST_TOKEN_MS = E2E_FIRST_TOKEN_MS  # the same test Ollama as the e2e benchmark
 TOKEN_INTERVAL_S = 0.025
 QUESTION = "Tell me about the museums in Paris."
 REPLY = (
@@ -1185,13 +1187,7 @@ def tts_table(tts: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--first-token-ms",
-        type=int,
-        default=FIRST_TOKEN_MS,
-        metavar="MS",
-        help="the test Ollama's fixed time to first token (default %(default)s)",
-    )
+    add_first_token_argument(parser)
     add_vad_silence_argument(parser)
     parser.add_argument(
         "--barge-in-low-ms",
