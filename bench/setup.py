@@ -50,7 +50,7 @@ from gateway.ops.config import Config
 from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
-from media.asr.base import Transcription
+from media.asr.base import Transcription, transcribe_each
 
 SESSIONS = 30
 QUICK_SESSIONS = 10
@@ -103,6 +103,11 @@ class _SilentASR:
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         return Transcription(())
+
+    def transcribe_batch(
+        self, audios: Sequence[Float32Array], language: str | None
+    ) -> list[Transcription]:
+        return transcribe_each(self, audios, language)
 
 
 # --- the baseline: aiortc's example server, minus its media relay ---

@@ -19,6 +19,13 @@ class ASRBusyError(ASRError):
     code = "asr_busy"
 
 
+class ASRStaleError(ASRError):
+    """A transcription was dropped before it started: its deadline passed, or more urgent
+    speech needed its place in the queue."""
+
+    code = "asr_stale"
+
+
 class ModelLoadError(ASRError):
     """A model cannot be found, downloaded or converted."""
 
@@ -47,3 +54,9 @@ class TTSVoiceMissing(TTSError):
     """The voice asked for does not exist or cannot be loaded."""
 
     code = "tts_voice_missing"
+
+
+class TurnModelError(MediaError):
+    """The end-of-turn model (Smart Turn) cannot be found or loaded."""
+
+    code = "turn_model"

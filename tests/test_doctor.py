@@ -42,7 +42,7 @@ from gateway.ops.doctor import (
 from gateway.ops.exposure import local_addresses, ollama_port
 from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
-from media.asr.base import ASREngine, Transcription
+from media.asr.base import ASREngine, Transcription, transcribe_each
 from tests.conftest import EngineCache
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -156,6 +156,11 @@ class FakeEngine:
 
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         return Transcription(())
+
+    def transcribe_batch(
+        self, audios: Sequence[Float32Array], language: str | None
+    ) -> list[Transcription]:
+        return transcribe_each(self, audios, language)
 
 
 def test_asr_loads_what_the_config_names() -> None:

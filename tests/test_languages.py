@@ -4,6 +4,7 @@ with a clear 400 or ``error`` event, and passed to the recogniser when accepted.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -12,7 +13,7 @@ from gateway.http.app import build_app
 from gateway.ops.config import Config
 from gateway.testing.loopback import LoopbackClient, load_clips
 from media import Float32Array
-from media.asr.base import ASREngine, Transcription, check_language
+from media.asr.base import ASREngine, Transcription, check_language, transcribe_each
 from media.errors import UnsupportedLanguage
 from tests.conftest import AiohttpClient, EngineCache, GatewayFactory
 from tests.test_conversation import ws_session
@@ -89,6 +90,11 @@ class Recording:
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         self.calls.append(language)
         return self.inner.transcribe(audio, language)
+
+    def transcribe_batch(
+        self, audios: Sequence[Float32Array], language: str | None
+    ) -> list[Transcription]:
+        return transcribe_each(self, audios, language)
 
 
 async def test_the_offers_language_reaches_the_recogniser(

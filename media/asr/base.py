@@ -6,6 +6,7 @@ Engines are synchronous and blocking (Whisper holds the CPU or GPU for the whole
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,21 @@ class ASREngine(Protocol):
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         """Transcribe 16 kHz mono float32 audio of at most 30 s. Blocking."""
         ...
+
+    def transcribe_batch(
+        self, audios: Sequence[Float32Array], language: str | None
+    ) -> list[Transcription]:
+        """Transcribe several utterances (each at most 30 s) in one pass of the model: one
+        result per utterance, in order, each what :meth:`transcribe` would give. Blocking.
+        An engine without a batched path may loop (see :func:`transcribe_each`)."""
+        ...
+
+
+def transcribe_each(
+    engine: ASREngine, audios: Sequence[Float32Array], language: str | None
+) -> list[Transcription]:
+    """``transcribe_batch`` as a loop: for engines (and fakes) with no batched path."""
+    return [engine.transcribe(audio, language) for audio in audios]
 
 
 def resolve_device(requested: str) -> str:
