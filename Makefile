@@ -11,6 +11,8 @@ BIN := $(VENV)/bin
 # CPU build add PyTorch's CPU index:  make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 # GPU users install the CUDA build first, as pytorch.org documents; setup then keeps it.
 TORCH_SPEC ?= torch==2.13.0
+# The end-of-turn model; "make setup TURN_MODEL_SPEC=" style overrides work as for torch.
+TURN_MODEL_SPEC ?= pipecat-ai==1.14.0
 TORCH_PIP_ARGS ?=
 ARGS ?=
 
@@ -26,6 +28,9 @@ $(VENV)/.installed: pyproject.toml
 		$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"; \
 	fi
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# Smart Turn v3 (the optional end-of-turn model) ships inside pipecat-ai: only its ONNX
+	@# file is used, so the package comes without its many dependencies.
+	$(BIN)/python -m pip install --quiet --no-deps "$(TURN_MODEL_SPEC)"
 	@touch $@
 
 serve: setup
