@@ -13,13 +13,15 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     ├── TransportClosed                  the client is gone (ends its session)
     └── IcePolicyError                   a bad --ice-address / --udp-ports
     media.errors.MediaError
-    └── ASRError                         the speech recogniser failed
-        ├── ASRBusyError                 too much speech waiting (retryable)
-        ├── ModelLoadError               a model cannot be found, downloaded or converted
-        └── UnsupportedLanguage          the model cannot do that language
-    └── TTSError                         speech synthesis failed
-        ├── TTSUnavailable               the engine or speech server is down or slow
-        └── TTSVoiceMissing              no such voice (or not per session)
+    ├── ASRError                         the speech recogniser failed
+    │   ├── ASRBusyError                 too much speech waiting (retryable)
+    │   ├── ASRStaleError                dropped before it ran: deadline passed, or evicted
+    │   ├── ModelLoadError               a model cannot be found, downloaded or converted
+    │   └── UnsupportedLanguage          the model cannot do that language
+    ├── TTSError                         speech synthesis failed
+    │   ├── TTSUnavailable               the engine or speech server is down or slow
+    │   └── TTSVoiceMissing              no such voice (or not per session)
+    └── TurnModelError                   the --turn-model is missing or corrupt
     gateway.errors.GatewayError
     ├── ConfigError                      a bad flag, variable or TOML key (names the flag)
     ├── AuthError                        missing or unacceptable credentials (401)
@@ -36,11 +38,13 @@ from certs.errors import CertificateError
 from media.errors import (
     ASRBusyError,
     ASRError,
+    ASRStaleError,
     MediaError,
     ModelLoadError,
     TTSError,
     TTSUnavailable,
     TTSVoiceMissing,
+    TurnModelError,
     UnsupportedLanguage,
 )
 from signalling.errors import (
@@ -56,6 +60,7 @@ __all__ = [
     "KNOWN_ERRORS",
     "ASRBusyError",
     "ASRError",
+    "ASRStaleError",
     "AuthError",
     "CertificateError",
     "ConfigError",
@@ -76,6 +81,7 @@ __all__ = [
     "TTSError",
     "TTSUnavailable",
     "TTSVoiceMissing",
+    "TurnModelError",
     "UnsupportedLanguage",
 ]
 

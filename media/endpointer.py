@@ -7,6 +7,11 @@ Time is counted in samples, so a test that feeds N chunks knows exactly what com
        └─ silence ≥ hangover, ────┘      silence ≥ hangover, or max length (SpeechEnded)
           or max length
 
+While speech goes on, ``SpeechProgress`` offers the utterance so far every ``progress_ms``
+(live captions); 200 ms into a silence, ``SpeechPaused`` offers it for early ASR and a
+decision on whether the turn is over, which may end it at once or sooner than the hangover
+(:meth:`Endpointer.end_pause`); speech after that pause is ``SpeechResumed``.
+
 Silence starts at the first chunk under ``neg_threshold`` and only a chunk at or above
 ``threshold`` interrupts it (Silero's own hysteresis), so a murmur between the two
 thresholds does not keep an utterance open forever. ``pre_roll_ms`` of audio before the
@@ -25,7 +30,8 @@ import numpy as np
 
 from media import Float32Array
 
-EndReason = Literal["silence", "max_length", "flush"]
+# "decided": ended before the hangover, because the turn was judged complete (end_pause).
+EndReason = Literal["silence", "max_length", "flush", "decided"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,8 @@ class EndpointerSettings:
     # After this much of the hangover, SpeechPaused offers the utterance so far, so that
     # ASR can start before the end is certain (0: never). Usually the end is confirmed.
     pause_ms: int = 200
+    # While speech goes on, SpeechProgress offers the utterance so far this often (0: never).
+    progress_ms: int = 0
 
     def samples(self, ms: int) -> int:
         return ms * self.sample_rate // 1000
@@ -48,9 +56,19 @@ class EndpointerSettings:
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {self.sample_rate}")
-        if min(self.min_speech_ms, self.silence_ms, self.pre_roll_ms, self.pause_ms) < 0:
+        if (
+            min(
+                self.min_speech_ms,
+                self.silence_ms,
+                self.pre_roll_ms,
+                self.pause_ms,
+                self.progress_ms,
+            )
+            < 0
+        ):
             raise ValueError(
-                "min_speech_ms, silence_ms, pre_roll_ms and pause_ms must not be negative"
+                "min_speech_ms, silence_ms, pre_roll_ms, pause_ms and progress_ms must not be "
+                "negative"
             )
         if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
             raise ValueError("need 0 < neg_threshold <= threshold < 1")
@@ -88,7 +106,23 @@ class SpeechPaused:
     end_sample: int  # where the speech paused; equal to the SpeechEnded's if it ends here
 
 
-EndpointerEvent = SpeechStarted | SpeechPaused | SpeechEnded
+@dataclass(frozen=True)
+class SpeechResumed:
+    """Speech again after a ``SpeechPaused``: that pause was not the end."""
+
+    start_sample: int  # the utterance's, as in its SpeechStarted
+
+
+@dataclass(frozen=True)
+class SpeechProgress:
+    """Another ``progress_ms`` of speech: ``audio`` is the utterance so far (a snapshot)."""
+
+    audio: Float32Array
+    start_sample: int
+    end_sample: int  # the stream position the snapshot reaches
+
+
+EndpointerEvent = SpeechStarted | SpeechProgress | SpeechPaused | SpeechResumed | SpeechEnded
 
 
 class _State(enum.Enum):
@@ -115,6 +149,9 @@ class Endpointer:
         self._silence_start: int | None = None
         self._pause = s.samples(s.pause_ms) if 0 < s.pause_ms < s.silence_ms else None
         self._paused = False  # SpeechPaused already sent for the current silence
+        self._end_after: int | None = None  # end_pause's shorter hangover, for this pause
+        self._progress = s.samples(s.progress_ms)
+        self._next_progress = 0  # stream position of the next SpeechProgress
 
     @property
     def in_speech(self) -> bool:
@@ -147,18 +184,22 @@ class Endpointer:
             self._history_len = 0
 
         self._append(chunk)
+        events: list[EndpointerEvent] = []
         if is_speech:
+            if self._paused:
+                events.append(SpeechResumed(self._start))
             self._silence_start = None
             self._paused = False
+            self._end_after = None
             if self._state is _State.CANDIDATE:
                 self._speech_run += len(chunk)
         elif is_silence and self._silence_start is None:
             self._silence_start = begin
 
-        events: list[EndpointerEvent] = []
         if self._state is _State.CANDIDATE:
             if self._speech_run >= self._min_speech:
                 self._state = _State.SPEECH
+                self._next_progress = self._start + self._progress
                 events.append(SpeechStarted(self._start))
             elif self._silence_long_enough() or self._buffer_len >= self._max_len:
                 # A murmur between the thresholds never starts the silence clock, so a
@@ -168,7 +209,8 @@ class Endpointer:
 
         if self._state is _State.SPEECH:
             if self._silence_long_enough():
-                events.append(self._finish_in_silence("silence"))
+                reason: EndReason = "silence" if self._end_after is None else "decided"
+                events.append(self._finish_in_silence(reason))
             elif self._silence_start is not None and self._buffer_len >= self._max_len:
                 # Too long, but already pausing: end at the pause, not with an utterance
                 # of nothing but silence to follow.
@@ -178,13 +220,29 @@ class Endpointer:
                 # The person is still talking: the next utterance starts right here.
                 self._state = _State.SPEECH
                 self._start = self._position
+                self._next_progress = self._start + self._progress
                 events.append(SpeechStarted(self._start))
             elif self._pause_reached():
                 assert self._silence_start is not None
                 self._paused = True
                 audio = np.concatenate(self._buffer)
                 events.append(SpeechPaused(audio, self._start, self._silence_start))
+            elif self._progress_due():
+                self._next_progress = self._position + self._progress
+                audio = np.concatenate(self._buffer)
+                events.append(SpeechProgress(audio, self._start, self._position))
         return events
+
+    def end_pause(self, after_ms: int = 0) -> list[EndpointerEvent]:
+        """The turn is judged over: end the utterance once this pause has lasted
+        ``after_ms`` (now, if it already has) instead of the whole hangover. Speech before
+        then cancels it. Nothing happens unless speech is paused."""
+        if self._state is not _State.SPEECH or self._silence_start is None:
+            return []
+        self._end_after = self.settings.samples(after_ms)
+        if self._silence_long_enough():
+            return [self._finish_in_silence("decided")]
+        return []
 
     def flush(self) -> list[EndpointerEvent]:
         """The stream ended: an utterance in progress ends here; a candidate is dropped."""
@@ -205,11 +263,20 @@ class Endpointer:
             and self._position - self._silence_start >= self._pause
         )
 
-    def _silence_long_enough(self) -> bool:
+    def _progress_due(self) -> bool:
         return (
-            self._silence_start is not None
-            and self._position - self._silence_start >= self._hangover
+            self._progress > 0
+            and self._silence_start is None
+            and self._position >= self._next_progress
         )
+
+    def _silence_long_enough(self) -> bool:
+        if self._silence_start is None:
+            return False
+        hangover = (
+            self._hangover if self._end_after is None else min(self._hangover, self._end_after)
+        )
+        return self._position - self._silence_start >= hangover
 
     def _append(self, chunk: Float32Array) -> None:
         self._buffer.append(chunk)
@@ -262,6 +329,7 @@ class Endpointer:
 
     def _reset(self) -> None:
         self._paused = False
+        self._end_after = None
         self._state = _State.SILENCE
         self._buffer = []
         self._buffer_len = 0

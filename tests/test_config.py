@@ -76,6 +76,17 @@ CASES = [
     Case("asr_model", ("--asr-model", "base.en"), "base.en", '"base.en"', "base.en"),
     Case("asr_device", ("--asr-device", "cuda"), "cuda", '"cuda"', "cuda"),
     Case("vad_silence_ms", ("--vad-silence-ms", "300"), "300", "300", 300),
+    Case("turn_detection", ("--turn-detection", "text"), "text", '"text"', "text"),
+    Case("turn_min_silence_ms", ("--turn-min-silence-ms", "250"), "250", "250", 250),
+    Case("turn_likely_silence_ms", ("--turn-likely-silence-ms", "700"), "700", "700", 700),
+    Case(
+        "turn_model",
+        ("--turn-model", "/m/st.onnx"),
+        "/m/st.onnx",
+        '"/m/st.onnx"',
+        Path("/m/st.onnx"),
+    ),
+    Case("partial_interval_ms", ("--partial-interval-ms", "0"), "0", "0", 0),
     Case("max_sessions", ("--max-sessions", "2"), "2", "2", 2),
     Case(
         "ice_servers",
@@ -132,7 +143,10 @@ def test_defaults() -> None:
     assert config.asr_engine == "openai-whisper"
     assert config.asr_model == "tiny.en"
     assert config.asr_device == "auto"
-    assert config.vad_silence_ms == 500
+    assert config.vad_silence_ms == 1000  # the longest wait; turn detection ends most sooner
+    assert (config.turn_detection, config.turn_min_silence_ms) == ("auto", 200)
+    assert (config.turn_likely_silence_ms, config.partial_interval_ms) == (500, 800)
+    assert config.turn_model is None
     assert config.max_sessions == 8
     assert config.ice_servers == ()  # no public STUN: LAN/VPN use must not wait on it
     assert config.log_level == "info"
@@ -187,7 +201,7 @@ PRECEDENCE = [
     ("port", "9001", "9002", "9003", 8001, (9001, 9002, 9003)),
     ("asr_model", "base", "small", '"medium"', "tiny.en", ("base", "small", "medium")),
     ("log_level", "debug", "warning", '"error"', "info", ("debug", "warning", "error")),
-    ("vad_silence_ms", "300", "700", "900", 500, (300, 700, 900)),
+    ("vad_silence_ms", "300", "700", "900", 1000, (300, 700, 900)),
 ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from certs.authority import CA_KEY_NAME, SERVER_CERT_NAME, SERVER_KEY_NAME, ensure_certificates
+from gateway.conversation.endofturn import TurnJudge
 from gateway.errors import ModelLoadError
 from gateway.ops import doctor
 from gateway.ops.config import Config
@@ -34,6 +35,7 @@ from gateway.ops.doctor import (
     check_python,
     check_torch,
     check_tts,
+    check_turns,
     check_udp,
     check_vad,
     doctor_command,
@@ -43,6 +45,7 @@ from gateway.ops.exposure import local_addresses, ollama_port
 from gateway.testing.ollama_server import fake_ollama
 from media import Float32Array
 from media.asr.base import ASREngine, Transcription, transcribe_each
+from media.smart_turn import find_turn_model
 from tests.conftest import EngineCache
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -617,3 +620,33 @@ def test_doctor_command_checks_the_serve_flags(
         port = held.getsockname()[1]
         assert doctor_command(["--port", str(port), "--no-tls"]) == 1
     assert f"uses port {port}" in capsys.readouterr().out
+
+
+# --- turn detection ---------------------------------------------------------------------
+
+
+def test_turn_detection_says_whether_the_model_is_in_use(tmp_path: Path) -> None:
+    [fixed] = check_turns(replace(BASE, turn_detection="fixed", vad_silence_ms=700))
+    assert (fixed.status, fixed.detail) == ("ok", "a fixed 700 ms silence ends each turn")
+    [text] = check_turns(replace(BASE, turn_detection="text"))
+    assert text.status == "ok"
+    assert "no end-of-turn model" in text.detail
+
+    def no_model(config: Config) -> TurnJudge:
+        return TurnJudge("auto")  # what auto is when no model is found
+
+    [missing] = check_turns(BASE, load=no_model)
+    assert missing.status == "warn"
+    assert "pipecat-ai" in missing.fix
+    corrupt = tmp_path / "st.onnx"
+    corrupt.write_bytes(b"garbage")
+    [bad] = check_turns(replace(BASE, turn_model=corrupt))
+    assert bad.status == "fail"
+    assert "--turn-model" in bad.detail
+
+
+@pytest.mark.skipif(find_turn_model(None) is None, reason="pipecat-ai is not installed")
+def test_turn_detection_with_the_installed_model() -> None:
+    [check] = check_turns(BASE)
+    assert check.status == "ok"
+    assert "model in use" in check.detail

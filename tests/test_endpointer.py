@@ -23,6 +23,8 @@ from media.endpointer import (
     EndpointerSettings,
     SpeechEnded,
     SpeechPaused,
+    SpeechProgress,
+    SpeechResumed,
     SpeechStarted,
     last_voiced,
 )
@@ -42,6 +44,10 @@ def describe(event: EndpointerEvent) -> Described:
         return ("started", event.start_sample // CHUNK)
     if isinstance(event, SpeechPaused):
         return ("paused", event.start_sample // CHUNK, event.end_sample // CHUNK)
+    if isinstance(event, SpeechResumed):
+        return ("resumed", event.start_sample // CHUNK)
+    if isinstance(event, SpeechProgress):
+        return ("progress", event.start_sample // CHUNK, event.end_sample // CHUNK)
     return ("ended", event.start_sample // CHUNK, event.end_sample // CHUNK, event.reason)
 
 
@@ -51,8 +57,8 @@ def chunks(first: int, stop: int, size: int = CHUNK) -> Float32Array:
 
 
 class Feeder:
-    """Feeds numbered chunks and logs ``(chunk index, event)``; SpeechPaused only with
-    ``paused=True`` (it is an early offer, tested on its own)."""
+    """Feeds numbered chunks and logs ``(chunk index, event)``; SpeechPaused and
+    SpeechResumed only with ``paused=True`` (early offers, tested on their own)."""
 
     def __init__(self, settings: EndpointerSettings | None = None, *, paused: bool = False) -> None:
         self.endpointer = Endpointer(settings)
@@ -65,7 +71,7 @@ class Feeder:
         for _ in range(count):
             chunk = np.full(size, self.index, np.float32)
             for event in self.endpointer.process(chunk, probability):
-                if isinstance(event, SpeechPaused) and not self.paused:
+                if isinstance(event, SpeechPaused | SpeechResumed) and not self.paused:
                     continue
                 self.log.append((self.index, event))
                 new.append(describe(event))
@@ -579,3 +585,69 @@ def test_speech_ended_carries_the_voiced_end() -> None:
     assert ended[0].voiced_end_sample is not None
     assert 0 <= ended[0].voiced_end_sample - 11 * 512 < 160
     assert ended[0].end_sample == 12 * 512
+
+
+# --- turn decisions: resumed speech, progress snapshots, ending a pause early ---
+
+
+def test_speech_after_a_pause_is_resumed_once() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200), paused=True)
+    f.feed(SPEECH, 10)  # 0-9; started at 4
+    assert f.feed(SILENT, 7) == [("paused", 0, 10)]  # 10-16: 7 x 512 >= 3200 samples
+    assert f.feed(SPEECH, 3) == [("resumed", 0)]  # only the first voiced chunk
+    assert f.feed(SILENT, 3) == []  # a short dip, under pause_ms: no pause, no resume
+    assert f.feed(SPEECH) == []
+
+
+def test_end_pause_ends_at_once_when_the_pause_is_long_enough() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200), paused=True)
+    f.feed(SPEECH, 10)
+    f.feed(SILENT, 7)  # paused at chunk 16
+    ended = f.endpointer.end_pause()
+    assert [describe(e) for e in ended] == [("ended", 0, 10, "decided")]
+    assert f.endpointer.in_speech is False
+    assert f.feed(SILENT, 30) == []  # nothing else ends
+
+
+def test_end_pause_after_a_shorter_hangover_and_speech_cancels_it() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200, silence_ms=1000), paused=True)
+    f.feed(SPEECH, 10)
+    f.feed(SILENT, 7)  # 10-16: paused
+    assert f.endpointer.end_pause(after_ms=400) == []  # 400 ms = 12.5 chunks
+    assert f.feed(SILENT, 5) == []  # 17-21: 12 chunks of silence
+    assert f.feed(SILENT) == [("ended", 0, 10, "decided")]  # 22: 13 chunks
+
+    g = Feeder(EndpointerSettings(pause_ms=200, silence_ms=1000), paused=True)
+    g.feed(SPEECH, 10)
+    g.feed(SILENT, 7)
+    g.endpointer.end_pause(after_ms=400)
+    assert g.feed(SPEECH) == [("resumed", 0)]  # the person went on: back to the hangover
+    g.feed(SILENT, 30)  # 30 chunks < the 1000 ms hangover (31.25 chunks)
+    assert g.feed(SILENT, 2) == [("ended", 0, 18, "silence")]
+
+
+def test_end_pause_does_nothing_unless_paused() -> None:
+    f = Feeder()
+    assert f.endpointer.end_pause() == []  # silent
+    f.feed(SPEECH, 10)
+    assert f.endpointer.end_pause() == []  # talking
+    assert f.feed(SILENT, 16) == [("ended", 0, 10, "silence")]
+
+
+def test_progress_offers_the_utterance_so_far_while_speech_goes_on() -> None:
+    f = Feeder(EndpointerSettings(progress_ms=320))  # 10 chunks
+    f.feed(SPEECH, 25)  # started at chunk 4 (start 0): progress at 10 and 20 chunks
+    progress = [(i, e) for i, e in f.log if isinstance(e, SpeechProgress)]
+    assert [(i, describe(e)) for i, e in progress] == [
+        (9, ("progress", 0, 10)),
+        (19, ("progress", 0, 20)),
+    ]
+    np.testing.assert_array_equal(progress[0][1].audio, chunks(0, 10))
+    f.feed(SILENT, 12)  # no progress during a pause
+    assert not [e for i, e in f.log if isinstance(e, SpeechProgress) and i >= 25]
+
+
+def test_no_progress_by_default() -> None:
+    f = Feeder()
+    f.feed(SPEECH, 100)
+    assert not [e for _, e in f.log if isinstance(e, SpeechProgress)]

@@ -27,7 +27,8 @@ def overlap(reference: str, hypothesis: str) -> float:
 
 @pytest.mark.parametrize("engine", ["openai-whisper", "faster-whisper"])
 async def test_speech_gives_transcript(gateway: GatewayFactory, engine: str) -> None:
-    client = await gateway(engine=engine)
+    # The fixed 500 ms hangover: every timing below follows from it.
+    client = await gateway(engine=engine, turn_detection="fixed", vad_silence_ms=500)
     peer, _ = await connect(client)
     text, audio = load_clips()[0]
     peer.mic.play(audio)
@@ -148,7 +149,7 @@ async def connect_raw(client: TestClient) -> ClientResponse:  # type: ignore[typ
 async def test_a_short_pause_is_one_utterance_and_its_early_asr_is_discarded(
     gateway: GatewayFactory,
 ) -> None:
-    client = await gateway()
+    client = await gateway(turn_detection="fixed", vad_silence_ms=500, partial_interval_ms=0)
     peer, _ = await connect(client)
     (text1, audio1), (text2, audio2) = load_clips()[0], load_clips()[2]
     # The clips carry 0.3 s of silence before and 0.2 s after: cut them, then pause 350 ms,

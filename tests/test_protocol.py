@@ -292,7 +292,18 @@ def test_reply_audio_events() -> None:
 
 def test_speech_and_transcript_events() -> None:
     assert protocol.speech_started("u1") == {"type": "speech.started", "utterance_id": "u1"}
-    assert protocol.speech_stopped("u1") == {"type": "speech.stopped", "utterance_id": "u1"}
+    assert protocol.speech_stopped("u1", "model") == {
+        "type": "speech.stopped",
+        "utterance_id": "u1",
+        "end_of_turn": "model",
+    }
+    assert protocol.speech_stopped("u1")["end_of_turn"] == "silence"
+    assert protocol.transcript_partial("u1", "What is the", 8) == {
+        "type": "transcript.partial",
+        "utterance_id": "u1",
+        "text": "What is the",
+        "stable_chars": 8,
+    }
     timings = {"speech_ms": 1200.0, "asr_ms": 310.5}
     event = protocol.transcript_final("u1", "Hello.", timings)
     assert event == {

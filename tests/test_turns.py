@@ -9,11 +9,18 @@ import numpy as np
 from gateway.conversation.turns import (
     DiscardEarlyASR,
     StartEarlyASR,
+    StartPartialASR,
     TurnEnded,
     TurnStarted,
     TurnTracker,
 )
-from media.endpointer import SpeechEnded, SpeechPaused, SpeechStarted
+from media.endpointer import (
+    SpeechEnded,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechResumed,
+    SpeechStarted,
+)
 
 AUDIO = np.zeros(160, dtype=np.float32)
 
@@ -111,3 +118,41 @@ def test_start_early_asr_carries_the_audio_so_far() -> None:
     (start,) = turns.on_event(paused(0, 800), recogniser_idle=True)
     assert isinstance(start, StartEarlyASR)
     assert start.audio is AUDIO
+
+
+def test_resumed_speech_discards_the_early_transcription() -> None:
+    turns = TurnTracker()
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert kinds(turns.on_event(paused(0, 500), recogniser_idle=True)) == ["StartEarlyASR"]
+    assert turns.on_event(SpeechResumed(0), recogniser_idle=True) == [DiscardEarlyASR()]
+    assert turns.on_event(SpeechResumed(0), recogniser_idle=True) == []  # nothing left
+    (end,) = turns.on_event(ended(0, 900), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert not end.use_early
+
+
+def test_early_always_transcribes_at_a_pause_even_when_busy() -> None:
+    assert TurnTracker().on_event(paused(0, 500), recogniser_idle=False) == []
+    always = TurnTracker(early_always=True)
+    assert kinds(always.on_event(paused(0, 500), recogniser_idle=False)) == ["StartEarlyASR"]
+
+
+def test_progress_asks_for_a_partial_only_when_idle_and_in_a_turn() -> None:
+    turns = TurnTracker()
+    progress = SpeechProgress(AUDIO, 0, 800)
+    assert turns.on_event(progress, recogniser_idle=True) == []  # no turn yet
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert turns.on_event(progress, recogniser_idle=False) == []
+    (partial,) = turns.on_event(progress, recogniser_idle=True)
+    assert isinstance(partial, StartPartialASR)
+    assert partial.utterance_id == "u1"
+
+
+def test_a_decided_end_says_so() -> None:
+    turns = TurnTracker(early_always=True)
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(paused(0, 500), recogniser_idle=False)
+    (end,) = turns.on_event(SpeechEnded(AUDIO, 0, 500, "decided"), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert end.use_early
+    assert end.reason == "decided"

@@ -12,6 +12,12 @@ Rules, one reply at a time:
   transcript exists; ``cancel`` does the same with reason ``client``.
 - The part of an answer already sent stays in history, marked as interrupted.
 - Every ``reply.started`` ends in exactly one ``reply.done`` or ``reply.cancelled``.
+
+Preemptive replies: when a pause probably ends the turn, the answer to its transcript may
+start before the turn is final (:meth:`Conversation.preempt`). Its pieces are held here,
+unseen; if the turn ends with that same transcript they are released as the reply (whose
+first piece may already be in), otherwise the request is withdrawn and the client never
+hears of it. One at a time, and never while a real reply streams.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ logger = logging.getLogger(__name__)
 # answered with rate_limited errors instead of reaching Ollama.
 MESSAGES_PER_MINUTE = 120
 MESSAGE_BURST = 20
+# A preemptive answer waits at most this long for its turn to end before it is dropped
+# (the turn's own longest silence is seconds, so this is only a backstop).
+PREEMPT_HOLD_S = 30.0
 
 
 class EventSink(Protocol):
@@ -104,6 +113,10 @@ class _Reply:
     times: TurnTimes
     task: asyncio.Task[None] | None = None
     parts: list[str] = field(default_factory=list)
+    # A preemptive reply: its pieces wait here, unsent, until the turn is final.
+    prompt: str | None = None
+    released: asyncio.Event | None = None
+    released_at: float | None = None
 
     @property
     def text(self) -> str:
@@ -131,6 +144,7 @@ class Conversation:
         self._clock = clock
         self._reply_ids = itertools.count(1)
         self._reply: _Reply | None = None
+        self._preempt: _Reply | None = None
         self._message_rate = RateLimiter(MESSAGES_PER_MINUTE, burst=MESSAGE_BURST, max_keys=1)
         # Set by the transport once it knows it can play audio (see ReplyVoice).
         self.voice: ReplyVoice | None = None
@@ -217,7 +231,50 @@ class Conversation:
         self.cancel_reply("barge-in")
 
     def on_transcript(self, utterance_id: str, text: str, times: TurnTimes) -> None:
-        self.start_reply(text, utterance_id=utterance_id, times=times)
+        held = self._preempt
+        if held is not None and held.utterance_id == utterance_id and held.prompt == text:
+            self._release(held, times)
+        else:
+            self.withdraw_preempt()
+            self.start_reply(text, utterance_id=utterance_id, times=times)
+
+    def preempt(self, utterance_id: str, text: str) -> None:
+        """Start answering ``text`` before its turn is final; nothing is sent until
+        :meth:`on_transcript` confirms it. Not while a reply streams or another is held."""
+        if self._reply is not None or self._preempt is not None or not text:
+            return
+        messages = self.history.messages(self.system_prompt)
+        messages.append({"role": "user", "content": text})
+        reply = _Reply(f"r{next(self._reply_ids)}", utterance_id, TurnTimes(0.0, 0.0))
+        reply.prompt, reply.released = text, asyncio.Event()
+        self._preempt = reply
+        reply.task = self.sink.spawn(self._run(reply, messages), f"preempt-{reply.id}")
+
+    def withdraw_preempt(self, utterance_id: str | None = None) -> None:
+        """Drop the held answer (of ``utterance_id`` only, when given): the person went on,
+        or the turn ended with other words or none."""
+        held = self._preempt
+        if held is None or (utterance_id is not None and held.utterance_id != utterance_id):
+            return
+        self._preempt = None
+        if held.task is not None:
+            held.task.cancel()
+        self.metrics.preemptive_replies.labels("wasted").inc()
+
+    def _release(self, reply: _Reply, times: TurnTimes) -> None:
+        self._preempt = None
+        self.cancel_reply("barge-in")
+        self.history.add_user(text=reply.prompt or "")
+        reply.times, reply.released_at = times, self._clock()
+        self._reply = reply
+        self.metrics.preemptive_replies.labels("used").inc()
+        self.sink.send(protocol.reply_started(reply.id, reply.utterance_id))
+        if self.voice is not None and self.speak:
+            self.voice.begin(reply.id, times)
+        if reply.parts:  # what arrived while the turn was undecided, as one piece
+            self._send_delta(reply, "".join(reply.parts))
+        assert reply.released is not None
+        reply.released.set()
 
     # --- replies ---
 
@@ -229,7 +286,8 @@ class Conversation:
         self.sink.send(protocol.reply_started(reply.id, utterance_id))
         if self.voice is not None and self.speak:
             self.voice.begin(reply.id, times)
-        reply.task = self.sink.spawn(self._run(reply), f"reply-{reply.id}")
+        messages = self.history.messages(self.system_prompt)
+        reply.task = self.sink.spawn(self._run(reply, messages), f"reply-{reply.id}")
 
     def cancel_reply(self, reason: protocol.CancelReason) -> None:
         """Stop the reply in progress and its speech, whichever is still going."""
@@ -269,8 +327,12 @@ class Conversation:
             self._end_cancelled(reply, "error", self._cut_speech(finished=False))
             self.report_error(code, message, retryable=retryable)
 
-    async def _run(self, reply: _Reply) -> None:
-        messages = self.history.messages(self.system_prompt)
+    def _send_delta(self, reply: _Reply, piece: str) -> None:
+        self.sink.send(protocol.reply_delta(reply.id, piece))
+        if self.voice is not None:
+            self.voice.add(reply.id, piece)
+
+    async def _run(self, reply: _Reply, messages: list[dict[str, str]]) -> None:
         started = self._clock()
         first: float | None = None
         try:
@@ -279,10 +341,12 @@ class Conversation:
                     if first is None:
                         first = self._clock()
                     reply.parts.append(piece)
-                    self.sink.send(protocol.reply_delta(reply.id, piece))
-                    if self.voice is not None:
-                        self.voice.add(reply.id, piece)
+                    if reply.released is None or reply.released.is_set():
+                        self._send_delta(reply, piece)
         except LLMError as exc:
+            if reply.released is not None and not reply.released.is_set():
+                self.withdraw_preempt(reply.utterance_id)  # the real turn will try again
+                return
             self._fail(reply, exc.code, str(exc), exc.retryable)
             logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
             return
@@ -290,16 +354,20 @@ class Conversation:
             logger.exception("[%s] reply %s failed", self.sink.id, reply.id)
             self._fail(reply, "internal", "the answer failed; try again", True)
             return
+        if reply.released is not None and not await self._until_released(reply):
+            return
         if self._reply is not reply:
             return  # cancelled while the last piece was being handled
         self._reply = None
         done = self._clock()
+        # What the client saw: a preemptive answer's first piece no earlier than its release.
+        seen = max(first or done, reply.released_at or 0.0)
         timings = {
             "llm_first_token_ms": elapsed_ms(started, first or done),
             "llm_total_ms": elapsed_ms(started, done),
             # From the end of speech (what the person waits), and from the turn decision.
-            "speech_end_to_first_token_ms": elapsed_ms(reply.times.speech_end, first or done),
-            "endpoint_to_first_token_ms": elapsed_ms(reply.times.decided, first or done),
+            "speech_end_to_first_token_ms": elapsed_ms(reply.times.speech_end, seen),
+            "endpoint_to_first_token_ms": elapsed_ms(reply.times.decided, seen),
         }
         self.history.add_assistant(reply.text)
         if self.voice is not None:
@@ -308,8 +376,8 @@ class Conversation:
         self.metrics.replies.labels("done").inc()
         if first is not None:
             self.metrics.llm_first_token.observe(first - started)
-            self.metrics.endpoint_to_first_token.observe(first - reply.times.decided)
-            self.metrics.speech_end_to_first_token.observe(first - reply.times.speech_end)
+            self.metrics.endpoint_to_first_token.observe(seen - reply.times.decided)
+            self.metrics.speech_end_to_first_token.observe(seen - reply.times.speech_end)
         self.sink.send(protocol.reply_done(reply.id, reply.text, timings))
         logger.info(
             "[%s] reply %s: %d chars, first token %.0f ms, total %.0f ms",
@@ -319,6 +387,16 @@ class Conversation:
             timings["llm_first_token_ms"],
             timings["llm_total_ms"],
         )
+
+    async def _until_released(self, reply: _Reply) -> bool:
+        """A preemptive answer that finished before its turn: wait for the verdict."""
+        assert reply.released is not None
+        try:
+            await asyncio.wait_for(reply.released.wait(), PREEMPT_HOLD_S)
+        except TimeoutError:
+            self.withdraw_preempt(reply.utterance_id)
+            return False
+        return True
 
 
 def elapsed_ms(start: float, end: float) -> float:

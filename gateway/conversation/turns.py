@@ -1,10 +1,15 @@
 """Turns from endpointer events: when a turn starts, when ASR may start early, when a turn
 ends and whether the early result stands. Pure: events in, actions out, no tasks, no clock.
 
-Early ASR: when speech pauses (``SpeechPaused``, 200 ms into the hangover) and the
-recogniser is idle, the utterance so far may be transcribed at once. If the pause becomes
-the end, with no speech in between, that result is used; if the person goes on, it is
-discarded. At most one early transcription per session at a time.
+Early ASR: when speech pauses (``SpeechPaused``, 200 ms into the hangover) the utterance so
+far is transcribed at once: always when the turn's end is decided from that transcript
+(``early_always``), else only when the recogniser is idle. If the pause becomes the end,
+with no speech in between, that result is used; if the person goes on
+(``SpeechResumed``), it is discarded. At most one early transcription per session at a time.
+
+Partial captions: while speech goes on (``SpeechProgress``), the utterance so far is offered
+for a partial transcript when the recogniser is idle; never otherwise, so that captions
+cost nobody's final any time.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import itertools
 from dataclasses import dataclass
 
 from media import Float32Array
-from media.endpointer import EndpointerEvent, SpeechPaused, SpeechStarted
+from media.endpointer import (
+    EndpointerEvent,
+    EndReason,
+    SpeechPaused,
+    SpeechProgress,
+    SpeechResumed,
+    SpeechStarted,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,12 @@ class DiscardEarlyASR:
 
 
 @dataclass(frozen=True)
+class StartPartialASR:
+    utterance_id: str
+    audio: Float32Array
+
+
+@dataclass(frozen=True)
 class TurnEnded:
     utterance_id: str
     audio: Float32Array
@@ -39,27 +57,47 @@ class TurnEnded:
     end_sample: int  # stream position where the VAD's silence began
     voiced_end_sample: int  # where the voice itself faded: "end of speech"
     use_early: bool  # the early transcription covers exactly this utterance
+    reason: EndReason = "silence"
 
 
-TurnAction = TurnStarted | StartEarlyASR | DiscardEarlyASR | TurnEnded
+TurnAction = TurnStarted | StartEarlyASR | DiscardEarlyASR | StartPartialASR | TurnEnded
 
 
 class TurnTracker:
-    def __init__(self) -> None:
+    def __init__(self, *, early_always: bool = False) -> None:
         self._ids = itertools.count(1)
         self._current: str | None = None
         self._early: tuple[int, int] | None = None  # the span being transcribed early
+        self._early_always = early_always
 
-    def on_event(self, event: EndpointerEvent, *, recogniser_idle: bool) -> list[TurnAction]:
+    @property
+    def current(self) -> str | None:
+        """The turn in progress, between TurnStarted and TurnEnded."""
+        return self._current
+
+    def on_event(
+        self, event: EndpointerEvent, *, recogniser_idle: bool, turns_idle: bool | None = None
+    ) -> list[TurnAction]:
+        """``recogniser_idle``: nothing is queued or running in ASR (what captions need);
+        ``turns_idle``: no final or early transcription is (what early ASR needs; captions
+        may be running, and yield to it). Unless given, the same as ``recogniser_idle``."""
+        if turns_idle is None:
+            turns_idle = recogniser_idle
         actions: list[TurnAction] = []
         if isinstance(event, SpeechStarted):
             actions += self._discard()
             self._current = f"u{next(self._ids)}"
             actions.append(TurnStarted(self._current))
             return actions
+        if isinstance(event, SpeechProgress):
+            if recogniser_idle and self._current is not None:
+                actions.append(StartPartialASR(self._current, event.audio))
+            return actions
+        if isinstance(event, SpeechResumed):
+            return self._discard()  # the pause was not the end
         if isinstance(event, SpeechPaused):
             actions += self._discard()  # the person spoke again after an earlier pause
-            if recogniser_idle:  # never compete with real work for the recogniser
+            if turns_idle or self._early_always:
                 self._early = (event.start_sample, event.end_sample)
                 actions.append(StartEarlyASR(event.audio))
             return actions
@@ -77,6 +115,7 @@ class TurnTracker:
                 event.end_sample,
                 event.end_sample if event.voiced_end_sample is None else event.voiced_end_sample,
                 use_early,
+                event.reason,
             )
         )
         return actions

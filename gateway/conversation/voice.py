@@ -9,6 +9,13 @@ Stages, each owned by the session and bounded::
 What a turn is, and when early ASR starts or is discarded, is decided by
 :class:`gateway.conversation.turns.TurnTracker`; this module owns the tasks it implies.
 
+End of turn: at a short pause the utterance so far is transcribed (early ASR) and, with
+``--turn-detection`` other than ``fixed``, :class:`gateway.conversation.endofturn.TurnJudge`
+decides from that transcript (and the audio model) whether the person has finished: the
+turn ends at once (END), or after a little more silence while the answer starts early and
+is held (PREEMPT), or only at the long silence limit (WAIT). Live captions
+(``transcript.partial``) come from the same recogniser, only when it is idle.
+
 Timings start at the end of speech itself: the last voiced sample, mapped to the time it
 arrived through the listener's :class:`media.audio.SampleClock`. The endpointer decides a
 hangover later (``endpoint_ms``); both are reported.
@@ -25,10 +32,14 @@ from dataclasses import dataclass
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from gateway.conversation.captions import CaptionStabiliser
 from gateway.conversation.dialogue import Conversation, ReplyVoice, TurnTimes, elapsed_ms
+from gateway.conversation.endofturn import TurnJudge
+from gateway.conversation.turn_policy import TurnDecision
 from gateway.conversation.turns import (
     DiscardEarlyASR,
     StartEarlyASR,
+    StartPartialASR,
     TurnEnded,
     TurnStarted,
     TurnTracker,
@@ -37,7 +48,7 @@ from gateway.ops.metrics import Metrics
 from media import Float32Array
 from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
-from media.asr.service import ASRService
+from media.asr.service import ASRService, Priority
 from media.echo import EchoCanceller
 from media.endpointer import EndpointerEvent, EndpointerSettings
 from media.errors import ASRBusyError, ASRError
@@ -52,6 +63,8 @@ UTTERANCE_QUEUE_LIMIT = 4
 # Beyond min_speech_ms (and the barge-in wait), how long a held voice waits for the
 # endpointer to confirm speech: Silero's onset lags the voice by a chunk or two.
 HOLD_SLACK_MS = 150
+# A partial caption not started by then is stale: newer speech will ask again.
+PARTIAL_DEADLINE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class VoicePipeline:
         endpointer: EndpointerSettings,
         metrics: Metrics,
         *,
+        judge: TurnJudge | None = None,
+        likely_silence_ms: int = 500,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session = session
@@ -91,7 +106,13 @@ class VoicePipeline:
         self._vad = vad
         self._endpointer = endpointer
         self._clock = clock
-        self._turns = TurnTracker()
+        self._judge = judge if judge is not None and judge.decides else None
+        self._likely_silence_ms = likely_silence_ms
+        # What judged the current turn over, if anything did before the long silence.
+        self._decided_by: protocol.EndOfTurn | None = None
+        self._turns = TurnTracker(early_always=self._judge is not None)
+        self._captions = CaptionStabiliser()
+        self._partial: asyncio.Task[None] | None = None
         self._utterances: asyncio.Queue[Utterance] = asyncio.Queue(UTTERANCE_QUEUE_LIMIT)
         self._listener: AudioListener | None = None
         self._early: _Early | None = None
@@ -188,18 +209,31 @@ class VoicePipeline:
     def on_vad_event(self, event: EndpointerEvent) -> None:
         """What the listener's endpointer found (also the seam for tests)."""
         self.session.touch()
-        for action in self._turns.on_event(event, recogniser_idle=not self._asr.pending):
+        for action in self._turns.on_event(
+            event, recogniser_idle=self._asr.idle, turns_idle=not self._asr.urgent_pending
+        ):
             if isinstance(action, TurnStarted):
                 self._turn_started(action.utterance_id)
             elif isinstance(action, StartEarlyASR):
-                task = self.session.spawn(self._recognise(action.audio), "early-asr")
-                self._early = _Early(self._clock(), task)
+                task = self.session.spawn(
+                    self._recognise(action.audio, Priority.EARLY), "early-asr"
+                )
+                self._early = early = _Early(self._clock(), task)
+                if self._judge is not None:
+                    self.session.spawn(self._decide(early, action.audio), "turn-decision")
+            elif isinstance(action, StartPartialASR):
+                if self._partial is None or self._partial.done():
+                    self._partial = self.session.spawn(
+                        self._caption(action.utterance_id, action.audio), "partial-asr"
+                    )
             elif isinstance(action, DiscardEarlyASR):
                 self._discard_early()
             else:
                 self._end_turn(action)
 
     def _turn_started(self, utterance_id: str) -> None:
+        self._decided_by = None
+        self._captions.reset()
         speaker = self._speaker
         if speaker is not None and speaker.speaking and self._barge_in_wait_s > 0:
             # Perhaps the gateway's own voice, or a cough: it must have this much more
@@ -229,10 +263,15 @@ class VoicePipeline:
             logger.debug("[%s] %s: too short to interrupt", self.session.id, turn.utterance_id)
             return
         early, self._early = (self._early, None) if turn.use_early else (None, self._early)
+        self._stop_captions()
         decided = self._clock()
         listener = self._listener
         speech_end = listener.arrivals.time_of(turn.voiced_end_sample) if listener else None
-        self.session.send(protocol.speech_stopped(turn.utterance_id))
+        end_of_turn: protocol.EndOfTurn = "silence"
+        if turn.reason == "decided" and self._decided_by is not None:
+            end_of_turn = self._decided_by
+        self.metrics.turn_ends.labels(end_of_turn).inc()
+        self.session.send(protocol.speech_stopped(turn.utterance_id, end_of_turn))
         utterance = Utterance(
             id=turn.utterance_id,
             audio=turn.audio,
@@ -253,15 +292,82 @@ class VoicePipeline:
             )
         self._utterances.put_nowait(utterance)
 
-    async def _recognise(self, audio: Float32Array) -> Transcription | ASRError:
+    async def _recognise(
+        self, audio: Float32Array, priority: Priority = Priority.FINAL
+    ) -> Transcription | ASRError:
         # The error is returned, not raised: a discarded early run's failure is nobody's,
         # and an awaited one is reported by the transcriber.
         try:
-            return await self._asr.transcribe(audio, self.conversation.language)
+            return await self._asr.transcribe(audio, self.conversation.language, priority=priority)
         except ASRError as exc:
             return exc
 
+    async def _decide(self, early: _Early, audio: Float32Array) -> None:
+        """Whether the pause that started ``early`` ends the turn; acts only if that pause
+        is still going on when the transcript (and the model's verdict) is in."""
+        judge = self._judge
+        assert judge is not None
+        probability = await judge.probability(audio)
+        await asyncio.wait({early.task})
+        listener = self._listener
+        if self._early is not early or early.task.cancelled() or listener is None:
+            return  # the person went on, or the silence already ended the turn
+        outcome = early.task.result()
+        if isinstance(outcome, ASRError):
+            return  # the silence decides; the transcriber reports the error
+        text = clean_transcript(outcome)
+        judgement = judge.judge(text, probability)
+        logger.debug(
+            "[%s] pause: %s by %s (model %s)",
+            self.session.id,
+            judgement.decision.name,
+            judgement.by,
+            "-" if probability is None else f"{probability:.2f}",
+        )
+        self.metrics.turn_decisions.labels(judgement.decision.value, judgement.by).inc()
+        self._decided_by = judgement.by
+        if judgement.decision is TurnDecision.END:
+            events = listener.endpointer.end_pause()
+        elif judgement.decision is TurnDecision.PREEMPT:
+            utterance_id = self._turns.current
+            if utterance_id is not None and self._unconfirmed is None:
+                self.conversation.preempt(utterance_id, text)
+            events = listener.endpointer.end_pause(self._likely_silence_ms)
+        else:
+            return
+        for event in events:
+            self.on_vad_event(event)
+
+    async def _caption(self, utterance_id: str, audio: Float32Array) -> None:
+        """A live caption of the utterance so far, if the recogniser gets to it in time."""
+        try:
+            outcome = await self._asr.transcribe(
+                audio,
+                self.conversation.language,
+                priority=Priority.PARTIAL,
+                deadline_s=PARTIAL_DEADLINE_S,
+            )
+        except ASRError:
+            return  # stale or busy: captions are best effort
+        if self._turns.current != utterance_id:
+            return  # the turn ended meanwhile: the final replaces any caption
+        text = clean_transcript(outcome)
+        if not text:
+            return
+        caption = self._captions.update(text)
+        self.metrics.partial_transcripts.inc()
+        self.session.send(
+            protocol.transcript_partial(utterance_id, caption.text, caption.stable_chars)
+        )
+
+    def _stop_captions(self) -> None:
+        if self._partial is not None:
+            self._partial.cancel()
+            self._partial = None
+        self._captions.reset()
+
     def _discard_early(self) -> None:
+        self.conversation.withdraw_preempt()
         if self._early is not None:
             self._cancel(self._early)
             self._early = None
@@ -282,6 +388,13 @@ class VoicePipeline:
                 )
 
     async def _transcribe(self, utterance: Utterance) -> None:
+        try:
+            await self._transcribe_one(utterance)
+        finally:
+            # An answer begun early for a turn that yields no transcript is withdrawn.
+            self.conversation.withdraw_preempt(utterance.id)
+
+    async def _transcribe_one(self, utterance: Utterance) -> None:
         early = utterance.early
         if early is not None:
             self.metrics.early_asr.labels("used").inc()

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 from aiohttp import web
 
+from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import LLMSettings, OllamaChat
 from gateway.errors import ConfigError, IcePolicyError
 from gateway.http.auth import setup_auth
@@ -33,14 +34,17 @@ from gateway.http.state import (
     OFFER_LIMITER,
     SESSIONS,
     TTS,
+    TURN_JUDGE,
     VAD,
 )
 from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
-from gateway.ops.metrics import Metrics, watch_loop_lag
+from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop_lag
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
+from media.errors import TurnModelError
+from media.smart_turn import SmartTurn, find_turn_model
 from media.tts.base import Int16Array, TTSEngine
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.service import TTSService
@@ -109,13 +113,37 @@ def _models(
             )
         logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
         app[VAD] = vad = VadBatcher(await asyncio.to_thread(SileroModel))
-        app[ASR] = service = ASRService(loaded)
-        app[METRICS].asr_queue_depth.set_function(lambda: service.pending)
+        app[ASR] = service = ASRService(loaded, observer=ASRMetrics(app[METRICS]))
+        app[METRICS].asr_pending.set_function(lambda: service.pending)
+        app[METRICS].asr_queue_depth.set_function(lambda: service.queue_depth)
+        app[TURN_JUDGE] = judge = await asyncio.to_thread(load_turn_judge, config)
         yield
         vad.close()
         await service.close()
+        await judge.close()
 
     return ctx
+
+
+def load_turn_judge(config: Config) -> TurnJudge:
+    """What decides the end of a turn. Blocking (loads the model). A ``--turn-model`` that
+    is missing or corrupt raises :class:`media.errors.TurnModelError` naming the flag."""
+    explicit = find_turn_model(config.turn_model) if config.turn_model else None
+    if config.turn_detection in ("fixed", "text"):
+        return TurnJudge(config.turn_detection)
+    path = explicit or find_turn_model(None)
+    if path is None:
+        if config.turn_detection == "model":
+            raise TurnModelError(
+                "--turn-model: no Smart Turn model found; pass the .onnx file with "
+                "--turn-model PATH, install pipecat-ai (make setup does), or use "
+                "--turn-detection text"
+            )
+        logger.info("end of turn: the transcript decides (no turn model; see --turn-model)")
+        return TurnJudge("text")
+    judge = TurnJudge(config.turn_detection, SmartTurn(path))
+    logger.info("end of turn: the transcript and the Smart Turn model at %s decide", path)
+    return judge
 
 
 def tts_engine_name(config: Config) -> str:

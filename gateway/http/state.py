@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from gateway.conversation.dialogue import Conversation, ConversationSettings
+from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
@@ -28,6 +29,7 @@ TTS = web.AppKey("tts", TTSService)
 # voice could not say it at start-up.
 ECHO_WARM_UP = web.AppKey("echo_warm_up", tuple[Int16Array, int])
 ASR = web.AppKey("asr", ASRService)
+TURN_JUDGE = web.AppKey("turn_judge", TurnJudge)  # whether a pause ends the turn
 VAD = web.AppKey("vad", VadBatcher)
 SESSIONS = web.AppKey("sessions", SessionRegistry)
 LLM = web.AppKey("llm", OllamaChat)

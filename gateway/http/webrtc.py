@@ -55,8 +55,15 @@ async def open_session(
                 conversation,
                 app[keys.ASR],
                 app[keys.VAD],
-                EndpointerSettings(silence_ms=config.vad_silence_ms),
+                EndpointerSettings(
+                    silence_ms=config.vad_silence_ms,
+                    pause_ms=config.turn_min_silence_ms,
+                    progress_ms=config.partial_interval_ms,
+                ),
                 app[keys.METRICS],
+                judge=app[keys.TURN_JUDGE],
+                # A probable end never waits longer than the longest silence.
+                likely_silence_ms=min(config.turn_likely_silence_ms, config.vad_silence_ms),
             )
             _watch_connection(session, transport)
             answer = await answer_offer(transport.pc, offer.sdp, outbound=track)

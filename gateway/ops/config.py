@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
+from gateway.conversation.endofturn import TURN_DETECTIONS, TurnDetection
 from gateway.errors import ConfigError
 from gateway.ops.logs import LogFormat
 
@@ -51,7 +52,14 @@ class Config:
     asr_engine: AsrEngineName = "openai-whisper"
     asr_model: str = "tiny.en"
     asr_device: AsrDevice = "auto"
-    vad_silence_ms: int = 500
+    # The longest silence a turn waits for; turn detection ends most turns much sooner.
+    vad_silence_ms: int = 1000
+    # End of turn: "auto" is the audio model when one is found, else the text policy.
+    turn_detection: TurnDetection = "auto"
+    turn_min_silence_ms: int = 200  # the pause at which the turn's end is judged
+    turn_likely_silence_ms: int = 500  # a probable end waits this much silence
+    turn_model: Path | None = None  # Smart Turn v3 ONNX; default: an installed pipecat-ai's
+    partial_interval_ms: int = 800  # live captions this often while speaking (0: off)
     max_sessions: int = 8
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     log_level: LogLevel = "info"
@@ -269,7 +277,28 @@ def _options() -> tuple[_Option, ...]:
         _Option(
             "vad_silence_ms",
             _int_range(100, 5000),
-            "silence that ends an utterance, ms (default 500)",
+            "the longest silence a turn waits for, ms (default 1000)",
+        ),
+        _Option(
+            "turn_detection",
+            _choice(TURN_DETECTIONS),
+            "end of turn: auto (default: model if found, else text), model, text, fixed",
+        ),
+        _Option(
+            "turn_min_silence_ms",
+            _int_range(100, 2000),
+            "pause at which the end of turn is judged, ms (default 200)",
+        ),
+        _Option(
+            "turn_likely_silence_ms",
+            _int_range(100, 5000),
+            "silence after a probable end of turn, ms (default 500)",
+        ),
+        _Option("turn_model", _path, "Smart Turn v3 .onnx (default: from an installed pipecat-ai)"),
+        _Option(
+            "partial_interval_ms",
+            _int_range(0, 10_000),
+            "live captions while speaking, every ms of speech (default 800; 0 off)",
         ),
         _Option("max_sessions", _int_range(1, 1000), "concurrent sessions (default 8)"),
         _Option(

@@ -44,14 +44,15 @@ from certs.authority import (
     SERVER_KEY_NAME,
     certificate_warnings,
 )
+from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
-from gateway.http.app import llm_settings, tts_engine_name
+from gateway.http.app import llm_settings, load_turn_judge, tts_engine_name
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
-from media.errors import TTSError, TTSVoiceMissing
+from media.errors import MediaError, TTSError, TTSVoiceMissing
 from media.tts.base import TTSEngine
 from media.tts.engines import load_tts_engine
 from media.vad import silero_model_path
@@ -297,6 +298,28 @@ def check_vad(config: Config, *, locate: Callable[[], Path] = silero_model_path)
     except ModelLoadError as exc:
         return [Check("vad model", "fail", str(exc), "rerun `make setup`")]
     return [Check("vad model", "ok", f"Silero VAD at {path}")]
+
+
+def check_turns(
+    config: Config, *, load: Callable[[Config], TurnJudge] = load_turn_judge
+) -> list[Check]:
+    """What ends a turn, and that the end-of-turn model (if any) loads and answers."""
+    try:
+        judge = load(config)
+    except MediaError as exc:  # a --turn-model that is missing or corrupt
+        return [Check("turn detection", "fail", str(exc), "fix --turn-model, or omit it")]
+    # The model answered once as it loaded (SmartTurn warms up), so loading is the test.
+    if not judge.decides:
+        detail = f"a fixed {config.vad_silence_ms} ms silence ends each turn"
+        return [Check("turn detection", "ok", detail)]
+    if judge.uses_model:
+        detail = "the transcript and the Smart Turn model decide (model in use)"
+        return [Check("turn detection", "ok", detail)]
+    detail = "the transcript decides; no end-of-turn model in use"
+    if config.turn_detection == "auto":
+        fix = "make setup installs it (pipecat-ai, no dependencies), or pass --turn-model PATH"
+        return [Check("turn detection", "warn", detail, fix)]
+    return [Check("turn detection", "ok", detail)]
 
 
 def check_tts(
@@ -810,6 +833,7 @@ def default_checks() -> list[CheckFn]:
         check_torch,
         check_asr,
         check_vad,
+        check_turns,
         check_tts,
         check_ollama,
         check_certificate,

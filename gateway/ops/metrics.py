@@ -14,6 +14,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from media.asr.service import Priority
+
 logger = logging.getLogger(__name__)
 
 # Latency buckets in seconds: from a fast loopback turn to a cold model load.
@@ -58,6 +60,45 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.asr_queue_depth = Gauge(
+            "gateway_asr_queue_depth", "ASR jobs waiting for the worker (not running)", registry=r
+        )
+        self.asr_wait = Histogram(
+            "gateway_asr_wait_seconds",
+            "Time an ASR job waited for the worker, by priority (final, early, partial)",
+            ["priority"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+        for priority in Priority:
+            self.asr_wait.labels(priority.name.lower())  # every series from the start
+        self.asr_batch_size = Histogram(
+            "gateway_asr_batch_size",
+            "Utterances per ASR engine call (batched on a GPU)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
+        self.turn_ends = Counter(
+            "gateway_turn_ends",
+            "Turns ended, by what decided: silence (the long limit), text or model",
+            ["end_of_turn"],
+            registry=r,
+        )
+        self.turn_decisions = Counter(
+            "gateway_turn_decisions",
+            "Verdicts at a pause: end, preempt (probably over) or wait; by text or model",
+            ["decision", "by"],
+            registry=r,
+        )
+        self.preemptive_replies = Counter(
+            "gateway_preemptive_replies",
+            "Answers started before the turn was final: used, or wasted (withdrawn)",
+            ["outcome"],
+            registry=r,
+        )
+        self.partial_transcripts = Counter(
+            "gateway_partial_transcripts", "transcript.partial events sent", registry=r
+        )
         self.replies_spoken = Counter(
             "gateway_replies_spoken",
             "Spoken replies ended: played to the end (done) or interrupted (cut)",
@@ -75,7 +116,7 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
-        self.asr_queue_depth = Gauge(
+        self.asr_pending = Gauge(
             "gateway_asr_pending", "Utterances waiting for or in ASR", registry=r
         )
         self.loop_lag = Gauge(
@@ -126,3 +167,16 @@ async def watch_loop_lag(gauge: Gauge, interval_s: float = LOOP_LAG_INTERVAL_S) 
         start = loop.time()
         await asyncio.sleep(interval_s)
         gauge.set(max(0.0, loop.time() - start - interval_s))
+
+
+class ASRMetrics:
+    """The ASR scheduler's observations (:class:`media.asr.service.ASRObserver`) as metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def job_started(self, priority: Priority, waited_s: float) -> None:
+        self._metrics.asr_wait.labels(priority.name.lower()).observe(waited_s)
+
+    def batch_done(self, size: int, seconds: float) -> None:
+        self._metrics.asr_batch_size.observe(size)
