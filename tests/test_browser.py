@@ -20,6 +20,13 @@ from playwright.async_api import Page, expect
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import DATA
 from gateway.testing.ollama_server import FakeOllama
+from scripts.make_test_speech import (
+    SPEECH_PEAK,
+    load_voice,
+    scale_to_peak,
+    with_pause,
+    write_wav,
+)
 from tests.browser import (
     LONG_REPLY,
     PHONE_VIEWPORT,
@@ -445,4 +452,37 @@ async def test_mute_silences_the_page_only_and_stop_cuts_the_voice(
         await expect(stop).to_be_hidden()
         cut = next(t for t, s in await voice_changes(page) if s == "idle")
         print(f"\nsilent {await falls_silent(page, cut):.0f} ms after Stop reply")
+        assert problems == []
+
+
+@requires_chromium
+async def test_captions_settle_and_a_pause_mid_sentence_does_not_end_the_turn(
+    gateway: GatewayFactory, ollama: Ollama, tmp_path: Path
+) -> None:
+    # The defaults: turn detection (model and text), captions every 800 ms of speech.
+    client = await gateway(ollama_host=ollama[1])
+    text = "I would like to know the weather in Paris and in London this weekend."
+    speech = with_pause(text, 5, 0.7, load_voice(alignments=True))
+    clip = tmp_path / "paused.wav"
+    write_wav(clip, scale_to_peak(speech, SPEECH_PEAK), 16_000)
+    wav = fake_microphone_wav(clip, tmp_path / "mic.wav")
+
+    async with chromium(tmp_path, fake_audio=wav) as context:
+        page = await context.new_page()
+        problems = watch_console(page)
+        await page.goto(page_url(client))
+        await page.locator("#talk").click()
+        # A caption while the person speaks: grey until it settles.
+        caption = page.locator('.msg[data-state="partial"]').first
+        await expect(caption).to_be_visible(timeout=20_000)
+        utterance = await caption.get_attribute("data-utterance-id")
+        # The same line becomes the final: one turn, both halves of the sentence.
+        line = page.locator(f'.msg[data-utterance-id="{utterance}"]')
+        await expect(line).to_have_attribute("data-state", "final", timeout=20_000)
+        await expect(line).to_contain_text("weather", ignore_case=True)
+        await expect(line).to_contain_text("London", ignore_case=True)
+        await expect(page.locator(".msg.user")).to_have_count(1)
+        assert await line.locator(".unstable").count() == 0
+        reply = page.locator(".msg.assistant").first
+        await expect(reply).to_have_attribute("aria-busy", "false", timeout=10_000)
         assert problems == []

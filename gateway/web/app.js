@@ -3,6 +3,11 @@
 // All the WebRTC work is in gateway-client.js (the module other front ends embed too);
 // this file only turns its events into things a person can see and use.
 //
+// While the person speaks, `transcript.partial` shows their line in progress (the settled
+// words, then the rest in grey); `transcript.final` turns that same element into the line
+// they said. For tests: the line is `.msg[data-utterance-id="<id>"]`, `data-state`
+// "partial" then "final" (`.msg.user` only once final); the grey tail is `.unstable`.
+//
 // Timings go to the Performance API (performance.measure), so that devtools and the
 // browser tests read the same numbers the page shows:
 //   gateway:click→ready         Talk pressed → session.ready
@@ -15,6 +20,7 @@ const TOKEN_KEY = "local-ai-gateway.token"; // sessionStorage: gone when the tab
 const LOUD_RMS = 0.02; // about -34 dBFS: speech, not room noise after noise suppression
 const METER_INTERVAL_MS = 50;
 const HINT_RESET_MS = 8000; // "Transcribing…" for longer than this means no words were heard
+const CAPTION_DROP_MS = HINT_RESET_MS; // a caption with no final this long after the turn was noise
 
 /** @param {string} id @returns {any} */
 const $ = (id) => document.getElementById(id);
@@ -72,12 +78,22 @@ let hearing = false; // between speech.started and speech.stopped
 /**
  * A turn: what the person said or typed, the reply, and the turn's timings.
  * @typedef {{li: HTMLElement, timings: Record<string, number>, startedAt: number,
- *   speechEndAt?: number, reply?: HTMLElement, replyText?: HTMLElement, firstDeltaAt?: number}} Turn
+ *   user?: HTMLElement, speechEndAt?: number, endOfTurn?: string, reply?: HTMLElement,
+ *   replyText?: HTMLElement, firstDeltaAt?: number}} Turn
+ */
+/**
+ * A line the person is still saying: shown from transcript.partial until its final.
+ * @typedef {{turn: Turn, stable: HTMLElement, unstable: HTMLElement, drop?: number}} Caption
  */
 /** @type {Map<string, Turn>} by utterance id */
 const byUtterance = new Map();
-/** @type {Map<string, number>} by utterance id: when the person stopped speaking */
+/** @type {Map<string, {at: number, endOfTurn?: string}>} by utterance id: when the person
+ * stopped speaking (the last loud moment here), and what ended the turn */
 const speechEnds = new Map();
+/** @type {Map<string, Caption>} by utterance id, until its transcript.final */
+const captions = new Map();
+/** @type {Set<string>} utterances whose final came: a late partial must not reopen them */
+const settled = new Set();
 /** @type {Map<string, Turn>} by reply id */
 const byReply = new Map();
 /** @type {Turn[]} typed turns waiting for their reply.started */
@@ -107,8 +123,11 @@ function message(who, text, cls) {
 function newTurn(userText, kind) {
   const li = document.createElement("li");
   li.className = "turn";
+  /** @type {HTMLElement | undefined} */
+  let user;
   if (userText !== null) {
-    li.append(message(kind === "typed" ? "You typed" : "You said", userText, "user").box);
+    user = message(kind === "typed" ? "You typed" : "You said", userText, "user").box;
+    li.append(user);
   }
   const timings = document.createElement("p");
   timings.className = "timings";
@@ -116,7 +135,60 @@ function newTurn(userText, kind) {
   ui.conversation.append(li);
   ui.empty.hidden = true;
   scrollToEnd();
-  return { li, timings: {}, startedAt: performance.now() };
+  return { li, user, timings: {}, startedAt: performance.now() };
+}
+
+/**
+ * The person's line in progress, as a turn of its own so that the reply lands under it.
+ * Not `.msg.user` until it is final: that is the line they said.
+ * @param {string} utteranceId @returns {Caption}
+ */
+function newCaption(utteranceId) {
+  const turn = newTurn(null, "");
+  const { box, body } = message("You are saying", "", "user-partial");
+  box.dataset.utteranceId = utteranceId;
+  box.dataset.state = "partial";
+  // Screen readers hear the line once it is final, not every revision of it.
+  box.setAttribute("aria-busy", "true");
+  const stable = document.createElement("span");
+  const unstable = document.createElement("span");
+  unstable.className = "unstable";
+  body.append(stable, unstable);
+  turn.li.prepend(box);
+  turn.user = box;
+  const caption = { turn, stable, unstable };
+  captions.set(utteranceId, caption);
+  return caption;
+}
+
+/**
+ * `text` split after `stableChars` characters, counted as the gateway counts them (code
+ * points, so that an emoji is not cut in two).
+ * @param {string} text @param {unknown} stableChars @returns {[string, string]}
+ */
+function splitStable(text, stableChars) {
+  const chars = Array.from(text);
+  const n = Math.max(0, Math.min(chars.length, Math.trunc(Number(stableChars) || 0)));
+  return [chars.slice(0, n).join(""), chars.slice(n).join("")];
+}
+
+/** Removes a caption whose final will not come (noise, or a session that ended). @param {string} id */
+function dropCaption(id) {
+  const caption = captions.get(id);
+  if (!caption) return;
+  captions.delete(id);
+  clearTimeout(caption.drop);
+  if (!caption.turn.reply) caption.turn.li.remove();
+  ui.empty.hidden = ui.conversation.childElementCount > 0;
+}
+
+/** @param {string} id */
+function markSettled(id) {
+  settled.add(id);
+  for (const old of settled) {
+    if (settled.size <= 16) break;
+    settled.delete(old);
+  }
 }
 
 /** @param {Turn} turn */
@@ -172,9 +244,15 @@ function showTimings(turn) {
   const parts = labels
     .filter(([key]) => turn.timings[key] !== undefined)
     .map(([key, label]) => `${label} ${duration(turn.timings[key])}`);
+  if (turn.endOfTurn) {
+    parts.push(`turn ended by ${/** @type {Record<string, string>} */ (END_OF_TURN)[turn.endOfTurn] ?? turn.endOfTurn}`);
+  }
   const line = turn.li.querySelector(".timings");
   if (line) line.textContent = parts.join(" · ");
 }
+
+/** What `speech.stopped`'s `end_of_turn` says decided that the person had finished. */
+const END_OF_TURN = { silence: "a pause", text: "the words", model: "the turn model" };
 
 /** @param {number} ms */
 function duration(ms) {
@@ -220,6 +298,8 @@ client.on("session.ready", (e) => {
   // A new session (after a reconnect, too) numbers its utterances and replies afresh.
   byUtterance.clear();
   speechEnds.clear();
+  for (const id of [...captions.keys()]) dropCaption(id); // their finals will never come
+  settled.clear();
   byReply.clear();
   voiced.clear();
   setSpeaking(null);
@@ -231,8 +311,13 @@ client.on("session.ready", (e) => {
   ui.voice.hidden = ui.mute.hidden = !e.tts?.enabled;
 });
 
-client.on("speech.started", () => {
+client.on("speech.started", (e) => {
   hearing = true;
+  // A caption whose turn never ended gets no final; one whose turn ended waits for its
+  // final on a timer (it may come after the person has started again).
+  for (const [id, caption] of captions) {
+    if (id !== e.utterance_id && caption.drop === undefined) dropCaption(id);
+  }
   ui.mic.dataset.state = "speech";
   ui.micText.textContent = "Hearing you";
   ui.hint.textContent = "Listening… pause when you are done.";
@@ -248,7 +333,13 @@ client.on("speech.stopped", (e) => {
   hintReset = setTimeout(() => (ui.hint.textContent = restingHint()), HINT_RESET_MS);
   // The gateway decides the end after a pause; the last loud moment here is when the
   // person actually stopped, which is where their wait for an answer begins.
-  speechEnds.set(e.utterance_id, lastLoudAt);
+  speechEnds.set(e.utterance_id, { at: lastLoudAt, endOfTurn: e.end_of_turn ?? undefined });
+  // Noise ends a turn that holds no words: then no final comes to settle its caption.
+  const caption = captions.get(e.utterance_id);
+  if (caption) {
+    clearTimeout(caption.drop);
+    caption.drop = setTimeout(() => dropCaption(e.utterance_id), CAPTION_DROP_MS);
+  }
   // Noise makes utterances with no transcript: keep only the recent ones.
   for (const id of speechEnds.keys()) {
     if (speechEnds.size <= 16) break;
@@ -256,11 +347,49 @@ client.on("speech.stopped", (e) => {
   }
 });
 
+client.on("transcript.partial", (e) => {
+  if (settled.has(e.utterance_id) || !e.text) return;
+  let caption = captions.get(e.utterance_id);
+  if (!caption) {
+    caption = newCaption(e.utterance_id);
+    // Its turn already ended (a partial that came late): the final is due, or never comes.
+    if (speechEnds.has(e.utterance_id)) {
+      caption.drop = setTimeout(() => dropCaption(e.utterance_id), CAPTION_DROP_MS);
+    }
+  }
+  const [stable, unstable] = splitStable(e.text, e.stable_chars);
+  caption.stable.textContent = stable;
+  caption.unstable.textContent = unstable;
+  scrollToEnd();
+});
+
 client.on("transcript.final", (e) => {
   clearTimeout(hintReset);
-  const turn = newTurn(e.text, "spoken");
-  turn.speechEndAt = speechEnds.get(e.utterance_id);
+  markSettled(e.utterance_id);
+  const caption = captions.get(e.utterance_id);
+  /** @type {Turn} */
+  let turn;
+  if (caption) {
+    // The line in progress settles where it is: the same element, now what was said.
+    captions.delete(e.utterance_id);
+    clearTimeout(caption.drop);
+    turn = caption.turn;
+    const line = /** @type {HTMLElement} */ (turn.user);
+    line.className = "msg user";
+    line.setAttribute("aria-busy", "false");
+    /** @type {HTMLElement} */ (line.querySelector(".who")).textContent = "You said";
+    /** @type {HTMLElement} */ (line.querySelector(".text")).textContent = e.text;
+  } else {
+    turn = newTurn(e.text, "spoken");
+  }
+  const box = /** @type {HTMLElement} */ (turn.user);
+  box.dataset.utteranceId = e.utterance_id;
+  box.dataset.state = "final";
+  const end = speechEnds.get(e.utterance_id);
   speechEnds.delete(e.utterance_id);
+  turn.speechEndAt = end?.at;
+  turn.endOfTurn = end?.endOfTurn;
+  if (end?.endOfTurn) box.dataset.endOfTurn = end.endOfTurn;
   turn.timings = { ...e.timings };
   byUtterance.set(e.utterance_id, turn);
   showTimings(turn);
@@ -419,6 +548,7 @@ client.on("state", (change) => {
   if (state === "idle" || state === "closed") ui.voice.hidden = ui.mute.hidden = true;
   if (state === "closed") {
     if (streaming) endReply(streaming, "Stopped: disconnected");
+    for (const id of [...captions.keys()]) dropCaption(id);
     setMic(false);
     // A failed connect() is reported where it was called; this is for drops.
     if (change.error && change.previous !== "connecting") showProblem(change.error);

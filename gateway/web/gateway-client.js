@@ -24,10 +24,19 @@
  * `unauthorized`. `connect({audio: false})` opens a session for typed text only.
  *
  * Events are the gateway's data-channel messages (DESIGN.md: `session.ready`,
- * `speech.started`, `speech.stopped`, `transcript.final`, `reply.started`, `reply.delta`,
- * `reply.done`, `reply.cancelled`, `reply.audio.started`, `reply.audio.done`, `error`,
- * `pong`), one callback list per `type`, plus `"*"` for every one of them, `"state"` for
- * connection changes ({@link StateChange}) and `"remote-audio"` (below).
+ * `speech.started`, `speech.stopped`, `transcript.partial`, `transcript.final`,
+ * `reply.started`, `reply.delta`, `reply.done`, `reply.cancelled`, `reply.audio.started`,
+ * `reply.audio.done`, `error`, `pong`), one callback list per `type`, plus `"*"` for every
+ * one of them, `"state"` for connection changes ({@link StateChange}) and `"remote-audio"`
+ * (below). Every type the gateway sends is passed on, including ones newer than this file.
+ *
+ * Live captions. While the person speaks, `transcript.partial` `{utterance_id, text,
+ * stable_chars}` comes about once a second: `text.slice(0, stable_chars)` will not change
+ * any more, the rest may. `transcript.final` for the same `utterance_id` replaces the
+ * partials; when the utterance was only noise no final comes, so drop a leftover caption at
+ * the next `speech.started`. `speech.stopped` says what ended the turn in `end_of_turn`:
+ * `"silence"` (a pause), `"text"` (the words read as finished) or `"model"` (the turn
+ * model decided).
  *
  * Spoken replies. The offer asks to send and receive audio; a gateway with a voice
  * (`session.ready`'s `tts.enabled`) speaks each reply on that track, between

@@ -33,6 +33,20 @@ export interface AssistantTurn {
 
 export type Turn = UserTurn | AssistantTurn
 
+/** What you are saying, before its transcript is final (`transcript.partial`): `stable` will
+ * not change any more, `unstable` (after it) may. */
+export interface PartialTranscript {
+  utteranceId: string
+  stable: string
+  unstable: string
+}
+
+/** What decided that you had finished (`speech.stopped`'s `end_of_turn`): a long enough
+ * pause, the words themselves reading as finished, or the gateway's turn model. */
+export type EndOfTurn = 'silence' | 'text' | 'model'
+
+const END_OF_TURN: readonly string[] = ['silence', 'text', 'model'] satisfies EndOfTurn[]
+
 export interface GatewayError {
   code: string
   message: string
@@ -96,6 +110,14 @@ function numbers(value: unknown): Record<string, number> | undefined {
 
 function noop(): void {}
 
+/** `text` cut after `stableChars` characters, counted as the gateway counts them (code
+ * points: an emoji is one). */
+function splitStable(text: string, stableChars: unknown): [string, string] {
+  const chars = Array.from(text)
+  const n = Math.max(0, Math.min(chars.length, Math.trunc(Number(stableChars)) || 0))
+  return [chars.slice(0, n).join(''), chars.slice(n).join('')]
+}
+
 function waitForIceGathering(pc: RTCPeerConnection, timeoutMs: number): Promise<void> {
   // The gateway does not trickle candidates: the offer must hold them all.
   return new Promise((resolve) => {
@@ -142,6 +164,12 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   const errors = ref<GatewayError[]>([])
   /** True between `speech.started` and `speech.stopped`. */
   const hearing = ref(false)
+  /** Your words so far while you speak, from `transcript.partial`; null once the final
+   * transcript is in `turns`, and at the next `speech.started` (an utterance that was only
+   * noise gets no final). */
+  const partial = ref<PartialTranscript | null>(null)
+  /** What ended your last turn, from `speech.stopped` (null: not said by this gateway). */
+  const lastEndOfTurn = ref<EndOfTurn | null>(null)
   const microphone = shallowRef<MediaStream | null>(null)
   /** The gateway's audio (spoken replies, when it has them): one stream for the
    * composable's life, its track swapped on each connection. */
@@ -206,6 +234,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   let channel: RTCDataChannel | null = null
   let sessionUrl: string | null = null
   let attempt = 0 // a disconnect() during connect() makes the older attempt give up
+  let lastFinal = '' // the utterance of the last transcript.final: a late partial is stale
 
   function report(error: GatewayError): void {
     errors.value = [...errors.value.slice(-(MAX_ERRORS - 1)), error]
@@ -226,15 +255,29 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
           llm: event.llm as SessionInfo['llm'],
           tts: (event.tts as SessionInfo['tts'] | undefined) ?? { enabled: false },
         }
+        lastFinal = '' // each session numbers its utterances afresh
         break
       case 'speech.started':
         hearing.value = true
+        partial.value = null
         break
-      case 'speech.stopped':
+      case 'speech.stopped': {
         hearing.value = false
+        const end = str(event.end_of_turn)
+        lastEndOfTurn.value = END_OF_TURN.includes(end) ? (end as EndOfTurn) : null
         break
+      }
+      case 'transcript.partial': {
+        const id = str(event.utterance_id)
+        if (!str(event.text) || id === lastFinal) break
+        const [stable, unstable] = splitStable(str(event.text), event.stable_chars)
+        partial.value = { utteranceId: id, stable, unstable }
+        break
+      }
       case 'transcript.final':
         hearing.value = false
+        lastFinal = str(event.utterance_id)
+        if (partial.value?.utteranceId === lastFinal) partial.value = null
         if (str(event.text)) {
           const id = str(event.utterance_id)
           turns.value.push({ role: 'user', id, text: str(event.text), source: 'voice', timings: numbers(event.timings) })
@@ -437,6 +480,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     // The same stream (and playing element) carries the next connection's voice.
     remoteAudio.value?.getTracks().forEach(t => remoteAudio.value?.removeTrack(t))
     hearing.value = speaking.value = false
+    partial.value = null
     state.value = final
     mic?.getTracks().forEach(t => t.stop())
     // DELETE before closing, or the gateway may see the peer leave first and answer 404.
@@ -495,6 +539,8 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     replyText,
     replying,
     hearing: readonly(hearing),
+    partial: readonly(partial),
+    lastEndOfTurn: readonly(lastEndOfTurn),
     speaking: readonly(speaking),
     /** Writable: `muted.value = true` mutes playback here (not the gateway's speech). */
     muted,
