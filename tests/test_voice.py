@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from aiortc import RTCPeerConnection
 
 from gateway.conversation.dialogue import Conversation, ConversationSettings
+from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import LLMSettings, OllamaChat
 from gateway.conversation.voice import UTTERANCE_QUEUE_LIMIT, VoicePipeline
 from gateway.ops.metrics import Metrics
+from gateway.testing.ollama_server import FakeOllama
+from media import Float32Array
+from media.asr.base import Segment, Transcription, transcribe_each
 from media.asr.service import ASRService
 from media.endpointer import EndpointerSettings, SpeechEnded, SpeechStarted
 from media.listener import AudioListener
@@ -156,3 +162,100 @@ async def test_speech_while_the_gateway_speaks_cuts_it() -> None:
         metrics.registry.get_sample_value("gateway_barge_ins_total", {"outcome": "interrupted"})
         == 1
     )
+
+
+class SaidEngine:
+    """A recogniser that hears ``text`` in anything longer than ``min_samples``."""
+
+    name = "said"
+    model = "none"
+    device = "cpu"
+    languages = frozenset({"en"})
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
+        return Transcription((Segment(self.text, -0.1, 0.0),))
+
+    def transcribe_batch(
+        self, audios: Sequence[Float32Array], language: str | None
+    ) -> list[Transcription]:
+        return transcribe_each(self, audios, language)
+
+
+async def judged_turn(
+    said: str, chunks: list[float], ollama: tuple[FakeOllama, str]
+) -> tuple[list[dict[str, Any]], Metrics]:
+    """Probabilities (one per 32 ms chunk, in real time) into a text-judged pipeline whose
+    recogniser hears ``said``; the Ollama-compatible server answers. → events, metrics."""
+    state, url = ollama
+    state.first_token_delay_s = 0.05
+    transport = StalledTransport()
+    transport.release.set()
+    session = Session("s1", transport)
+    metrics = Metrics()
+    llm = OllamaChat(LLMSettings(host=url))
+    conversation = Conversation(session, llm, metrics, ConversationSettings(system_prompt=""))
+    vad = VadBatcher(SileroModel())
+    pc = RTCPeerConnection()
+    settings = EndpointerSettings(silence_ms=1000, pause_ms=200)
+    asr = ASRService(SaidEngine(said))
+    judge = TurnJudge("text")
+    voice = VoicePipeline(
+        session, pc, conversation, asr, vad, settings, metrics, judge=judge, likely_silence_ms=500
+    )
+    listener = AudioListener(vad, settings, voice.on_vad_event)
+    voice._listener = listener  # the seam: drive its endpointer by hand
+    session.start(SessionLimits())
+    voice.start()
+    try:
+        chunk = np.zeros(512, dtype=np.float32)
+        for probability in chunks:
+            for event in listener.endpointer.process(chunk, probability):
+                voice.on_vad_event(event)
+            await asyncio.sleep(0.032)
+        await asyncio.sleep(0.5)
+        return [json.loads(t) for t in transport.written], metrics
+    finally:
+        await session.close("client")
+        vad.close()
+        await asr.close()
+        await llm.close()
+        await pc.close()
+        await judge.close()
+
+
+def preempted(metrics: Metrics, outcome: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "gateway_preemptive_replies_total", {"outcome": outcome}
+    )
+
+
+async def test_a_probable_end_answers_early_and_ends_after_the_likely_silence(
+    ollama: tuple[FakeOllama, str],
+) -> None:
+    # No closing punctuation: probably finished. 1 s of speech, then 0.8 s of quiet.
+    events, metrics = await judged_turn("what time is it", [0.9] * 30 + [0.1] * 25, ollama)
+    kinds = [e["type"] for e in events]
+    stopped = next(e for e in events if e["type"] == "speech.stopped")
+    assert stopped["end_of_turn"] == "text"
+    # The held answer shows only after the final, whole.
+    assert kinds.index("transcript.final") < kinds.index("reply.started")
+    done = next(e for e in events if e["type"] == "reply.done")
+    assert done["text"] == "You said: what time is it. That is all."
+    assert preempted(metrics, "used") == 1
+    assert ollama[0].calls["POST /api/chat"] == 1
+
+
+async def test_going_on_after_a_probable_end_withdraws_the_answer(
+    ollama: tuple[FakeOllama, str],
+) -> None:
+    # A 450 ms pause (judged "probably finished", the answer starts), then more speech.
+    chunks = [0.9] * 30 + [0.1] * 14 + [0.9] * 20 + [0.1] * 40
+    events, metrics = await judged_turn("what time is it", chunks, ollama)
+    kinds = [e["type"] for e in events]
+    assert kinds.count("speech.stopped") == 1  # one turn
+    assert kinds.count("reply.started") == 1  # the answer to the whole of it
+    assert preempted(metrics, "wasted") == 1
+    assert preempted(metrics, "used") == 1  # the second pause's answer was the one
