@@ -222,7 +222,9 @@ class VoicePipeline:
                 if self._judge is not None:
                     self.session.spawn(self._decide(early, action.audio), "turn-decision")
             elif isinstance(action, StartPartialASR):
-                if self._partial is None or self._partial.done():
+                # Not for a turn that may be the gateway's own echo (not yet announced).
+                busy = self._partial is not None and not self._partial.done()
+                if not busy and self._unconfirmed != action.utterance_id:
                     self._partial = self.session.spawn(
                         self._caption(action.utterance_id, action.audio), "partial-asr"
                     )
@@ -349,8 +351,8 @@ class VoicePipeline:
             )
         except ASRError:
             return  # stale or busy: captions are best effort
-        if self._turns.current != utterance_id:
-            return  # the turn ended meanwhile: the final replaces any caption
+        if self._turns.current != utterance_id or self._unconfirmed == utterance_id:
+            return  # the turn ended meanwhile (the final replaces any caption), or is unheard
         text = clean_transcript(outcome)
         if not text:
             return
