@@ -8,9 +8,12 @@ Time is counted in samples, so a test that feeds N chunks knows exactly what com
           or max length
 
 While speech goes on, ``SpeechProgress`` offers the utterance so far every ``progress_ms``
-(live captions); 200 ms into a silence, ``SpeechPaused`` offers it for early ASR and a
-decision on whether the turn is over, which may end it at once or sooner than the hangover
-(:meth:`Endpointer.end_pause`); speech after that pause is ``SpeechResumed``.
+(live captions). With ``dips``, the first silent chunk of any silence offers it too
+(``SpeechDipped``: the voice dropped, between words or at the end): transcribing from there
+is the earliest a turn's transcript can start. 200 ms into a silence, ``SpeechPaused``
+offers it for early ASR and a decision on whether the turn is over, which may end it at
+once or sooner than the hangover (:meth:`Endpointer.end_pause`). Speech after such a dip
+or pause is ``SpeechResumed``.
 
 Silence starts at the first chunk under ``neg_threshold`` and only a chunk at or above
 ``threshold`` interrupts it (Silero's own hysteresis), so a murmur between the two
@@ -47,8 +50,11 @@ class EndpointerSettings:
     # After this much of the hangover, SpeechPaused offers the utterance so far, so that
     # ASR can start before the end is certain (0: never). Usually the end is confirmed.
     pause_ms: int = 200
-    # While speech goes on, SpeechProgress offers the utterance so far this often (0: never).
+    # While speech goes on, SpeechProgress offers the utterance so far this often (0: never),
+    # the first time after half of it: a caption soon after the person starts.
     progress_ms: int = 0
+    # SpeechDipped at the first silent chunk of each silence in speech.
+    dips: bool = False
 
     def samples(self, ms: int) -> int:
         return ms * self.sample_rate // 1000
@@ -107,8 +113,20 @@ class SpeechPaused:
 
 
 @dataclass(frozen=True)
+class SpeechDipped:
+    """The voice has just dropped to silence (one chunk of it): perhaps between two words,
+    perhaps the end. ``audio`` is the utterance so far; ``end_sample`` is where the silence
+    began, as in the ``SpeechPaused`` that follows if the silence lasts."""
+
+    audio: Float32Array
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True)
 class SpeechResumed:
-    """Speech again after a ``SpeechPaused``: that pause was not the end."""
+    """Speech again after a ``SpeechDipped`` or ``SpeechPaused``: that silence was not the
+    end."""
 
     start_sample: int  # the utterance's, as in its SpeechStarted
 
@@ -122,7 +140,9 @@ class SpeechProgress:
     end_sample: int  # the stream position the snapshot reaches
 
 
-EndpointerEvent = SpeechStarted | SpeechProgress | SpeechPaused | SpeechResumed | SpeechEnded
+EndpointerEvent = (
+    SpeechStarted | SpeechProgress | SpeechDipped | SpeechPaused | SpeechResumed | SpeechEnded
+)
 
 
 class _State(enum.Enum):
@@ -149,6 +169,7 @@ class Endpointer:
         self._silence_start: int | None = None
         self._pause = s.samples(s.pause_ms) if 0 < s.pause_ms < s.silence_ms else None
         self._paused = False  # SpeechPaused already sent for the current silence
+        self._dipped = False  # SpeechDipped sent for the current silence
         self._end_after: int | None = None  # end_pause's shorter hangover, for this pause
         self._progress = s.samples(s.progress_ms)
         self._next_progress = 0  # stream position of the next SpeechProgress
@@ -186,10 +207,11 @@ class Endpointer:
         self._append(chunk)
         events: list[EndpointerEvent] = []
         if is_speech:
-            if self._paused:
+            if self._paused or self._dipped:
                 events.append(SpeechResumed(self._start))
             self._silence_start = None
             self._paused = False
+            self._dipped = False
             self._end_after = None
             if self._state is _State.CANDIDATE:
                 self._speech_run += len(chunk)
@@ -199,7 +221,7 @@ class Endpointer:
         if self._state is _State.CANDIDATE:
             if self._speech_run >= self._min_speech:
                 self._state = _State.SPEECH
-                self._next_progress = self._start + self._progress
+                self._next_progress = self._start + self._progress // 2  # the first sooner
                 events.append(SpeechStarted(self._start))
             elif self._silence_long_enough() or self._buffer_len >= self._max_len:
                 # A murmur between the thresholds never starts the silence clock, so a
@@ -220,8 +242,12 @@ class Endpointer:
                 # The person is still talking: the next utterance starts right here.
                 self._state = _State.SPEECH
                 self._start = self._position
-                self._next_progress = self._start + self._progress
+                self._next_progress = self._start + self._progress // 2  # the first sooner
                 events.append(SpeechStarted(self._start))
+            elif self._dip_began(begin):
+                self._dipped = True
+                audio = np.concatenate(self._buffer)
+                events.append(SpeechDipped(audio, self._start, begin))
             elif self._pause_reached():
                 assert self._silence_start is not None
                 self._paused = True
@@ -262,6 +288,9 @@ class Endpointer:
             and self._silence_start is not None
             and self._position - self._silence_start >= self._pause
         )
+
+    def _dip_began(self, begin: int) -> bool:
+        return self.settings.dips and not self._dipped and self._silence_start == begin
 
     def _progress_due(self) -> bool:
         return (
@@ -329,6 +358,7 @@ class Endpointer:
 
     def _reset(self) -> None:
         self._paused = False
+        self._dipped = False
         self._end_after = None
         self._state = _State.SILENCE
         self._buffer = []

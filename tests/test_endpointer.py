@@ -21,6 +21,7 @@ from media.endpointer import (
     Endpointer,
     EndpointerEvent,
     EndpointerSettings,
+    SpeechDipped,
     SpeechEnded,
     SpeechPaused,
     SpeechProgress,
@@ -46,6 +47,8 @@ def describe(event: EndpointerEvent) -> Described:
         return ("paused", event.start_sample // CHUNK, event.end_sample // CHUNK)
     if isinstance(event, SpeechResumed):
         return ("resumed", event.start_sample // CHUNK)
+    if isinstance(event, SpeechDipped):
+        return ("dipped", event.start_sample // CHUNK, event.end_sample // CHUNK)
     if isinstance(event, SpeechProgress):
         return ("progress", event.start_sample // CHUNK, event.end_sample // CHUNK)
     return ("ended", event.start_sample // CHUNK, event.end_sample // CHUNK, event.reason)
@@ -71,7 +74,10 @@ class Feeder:
         for _ in range(count):
             chunk = np.full(size, self.index, np.float32)
             for event in self.endpointer.process(chunk, probability):
-                if isinstance(event, SpeechPaused | SpeechResumed) and not self.paused:
+                if (
+                    isinstance(event, SpeechPaused | SpeechResumed | SpeechDipped)
+                    and not self.paused
+                ):
                     continue
                 self.log.append((self.index, event))
                 new.append(describe(event))
@@ -635,19 +641,44 @@ def test_end_pause_does_nothing_unless_paused() -> None:
 
 
 def test_progress_offers_the_utterance_so_far_while_speech_goes_on() -> None:
-    f = Feeder(EndpointerSettings(progress_ms=320))  # 10 chunks
-    f.feed(SPEECH, 25)  # started at chunk 4 (start 0): progress at 10 and 20 chunks
+    f = Feeder(EndpointerSettings(progress_ms=640))  # 20 chunks
+    f.feed(SPEECH, 25)  # started at chunk 4 (start 0): the first after half, at 10 chunks
+    f.feed(SPEECH, 10)  # then every 20 chunks: at 30
     progress = [(i, e) for i, e in f.log if isinstance(e, SpeechProgress)]
     assert [(i, describe(e)) for i, e in progress] == [
         (9, ("progress", 0, 10)),
-        (19, ("progress", 0, 20)),
+        (29, ("progress", 0, 30)),
     ]
     np.testing.assert_array_equal(progress[0][1].audio, chunks(0, 10))
     f.feed(SILENT, 12)  # no progress during a pause
-    assert not [e for i, e in f.log if isinstance(e, SpeechProgress) and i >= 25]
+    assert not [e for i, e in f.log if isinstance(e, SpeechProgress) and i >= 35]
 
 
 def test_no_progress_by_default() -> None:
     f = Feeder()
     f.feed(SPEECH, 100)
     assert not [e for _, e in f.log if isinstance(e, SpeechProgress)]
+
+
+def test_dips_offer_the_utterance_at_the_first_silent_chunk() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200, dips=True), paused=True)
+    f.feed(SPEECH, 10)  # 0-9
+    assert f.feed(SILENT) == [("dipped", 0, 10)]  # chunk 10: the silence begins
+    dipped = f.log[-1][1]
+    assert isinstance(dipped, SpeechDipped)
+    np.testing.assert_array_equal(dipped.audio, chunks(0, 11))
+    assert f.feed(SILENT, 2) == []  # once per silence
+    assert f.feed(SPEECH) == [("resumed", 0)]  # between two words after all
+    f.feed(SPEECH, 5)
+    assert f.feed(SILENT) == [("dipped", 0, 19)]
+    assert f.feed(SILENT, 6) == [("paused", 0, 19)]  # the same silence, 200 ms in
+    assert f.feed(SILENT, 9)[-1] == ("ended", 0, 19, "silence")
+
+
+def test_a_murmur_is_not_a_dip_and_dips_are_off_by_default() -> None:
+    f = Feeder(EndpointerSettings(dips=True), paused=True)
+    f.feed(SPEECH, 10)
+    assert f.feed(MURMUR, 3) == []  # between the thresholds: not silence
+    g = Feeder(paused=True)
+    g.feed(SPEECH, 10)
+    assert g.feed(SILENT, 2) == []

@@ -136,7 +136,12 @@ END, PREEMPT, WAIT = TurnDecision.END, TurnDecision.PREEMPT, TurnDecision.WAIT
         ("What's it like?", COMPLETE),
         ("What's the weather like", INCOMPLETE),
         ("Can you tell me about?", INCOMPLETE),  # no question word to strand it
-        # Particles: in / on / by
+        # Particles: in / on / by / near …
+        ("Find a cheap hotel near.", INCOMPLETE),
+        ("Is there a pharmacy near", INCOMPLETE),
+        ("It's near.", COMPLETE),
+        ("Come inside.", COMPLETE),
+        ("Park the car behind.", INCOMPLETE),
         ("What's the weather in", INCOMPLETE),
         ("What's the weather in.", INCOMPLETE),
         ("Put the book on", INCOMPLETE),

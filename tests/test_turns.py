@@ -15,6 +15,7 @@ from gateway.conversation.turns import (
     TurnTracker,
 )
 from media.endpointer import (
+    SpeechDipped,
     SpeechEnded,
     SpeechPaused,
     SpeechProgress,
@@ -134,7 +135,10 @@ def test_resumed_speech_discards_the_early_transcription() -> None:
 def test_early_always_transcribes_at_a_pause_even_when_busy() -> None:
     assert TurnTracker().on_event(paused(0, 500), recogniser_idle=False) == []
     always = TurnTracker(early_always=True)
-    assert kinds(always.on_event(paused(0, 500), recogniser_idle=False)) == ["StartEarlyASR"]
+    assert kinds(always.on_event(paused(0, 500), recogniser_idle=False)) == [
+        "StartEarlyASR",
+        "PauseReached",  # and judges the turn there
+    ]
 
 
 def test_progress_asks_for_a_partial_only_when_idle_and_in_a_turn() -> None:
@@ -156,3 +160,50 @@ def test_a_decided_end_says_so() -> None:
     assert isinstance(end, TurnEnded)
     assert end.use_early
     assert end.reason == "decided"
+
+
+def dipped(start: int, end: int) -> SpeechDipped:
+    return SpeechDipped(AUDIO, start, end)
+
+
+def test_a_dip_starts_the_transcript_that_its_pause_then_judges() -> None:
+    turns = TurnTracker(early_always=True)
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert kinds(turns.on_event(dipped(0, 500), recogniser_idle=True)) == ["StartEarlyASR"]
+    # The silence lasts: no second transcription, only the judgement.
+    assert kinds(turns.on_event(paused(0, 500), recogniser_idle=False)) == ["PauseReached"]
+    (end,) = turns.on_event(ended(0, 500), recogniser_idle=True)
+    assert isinstance(end, TurnEnded)
+    assert end.use_early
+
+
+def test_speech_after_a_dip_makes_its_transcript_a_caption() -> None:
+    turns = TurnTracker(early_always=True)
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(dipped(0, 500), recogniser_idle=True)
+    assert turns.on_event(SpeechResumed(0), recogniser_idle=False) == [
+        DiscardEarlyASR(caption=True)
+    ]
+    # The progress offer right after is skipped: the dip's transcript is its caption.
+    assert turns.on_event(SpeechProgress(AUDIO, 0, 900), recogniser_idle=True) == []
+    assert kinds(turns.on_event(SpeechProgress(AUDIO, 0, 1300), recogniser_idle=True)) == [
+        "StartPartialASR"
+    ]
+
+
+def test_no_dip_transcription_when_busy_or_without_judging() -> None:
+    busy = TurnTracker(early_always=True)
+    busy.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert busy.on_event(dipped(0, 500), recogniser_idle=False) == []
+    fixed = TurnTracker()
+    fixed.on_event(SpeechStarted(0), recogniser_idle=True)
+    assert fixed.on_event(dipped(0, 500), recogniser_idle=True) == []
+    # A pause with a different span than the dip's: a new transcription.
+    turns = TurnTracker(early_always=True)
+    turns.on_event(SpeechStarted(0), recogniser_idle=True)
+    turns.on_event(dipped(0, 400), recogniser_idle=True)
+    assert kinds(turns.on_event(paused(0, 500), recogniser_idle=True)) == [
+        "DiscardEarlyASR",
+        "StartEarlyASR",
+        "PauseReached",
+    ]

@@ -158,7 +158,9 @@ _PREPOSITIONS = frozenset(
 )  # fmt: skip
 # Prepositions that are also particles: a marker after a noun ("the weather in"), not after
 # a verb, a pronoun or a form of "be" ("Come in.", "Turn it on.", "I'm in.", "Stand by.").
-_PARTICLES = frozenset({"in", "on", "by"})
+_PARTICLES = frozenset(
+    {"in", "on", "by", "near", "behind", "inside", "outside", "around", "across", "beside"}
+)
 _PARTICLE_HOSTS = _SUBJECT_CONTRACTIONS | {
     "it", "me", "him", "her", "us", "them", "you", "this", "that", "everyone",
     "am", "is", "are", "was", "were", "be", "been",

@@ -3,13 +3,17 @@ ends and whether the early result stands. Pure: events in, actions out, no tasks
 
 Early ASR: when speech pauses (``SpeechPaused``, 200 ms into the hangover) the utterance so
 far is transcribed at once: always when the turn's end is decided from that transcript
-(``early_always``), else only when the recogniser is idle. If the pause becomes the end,
-with no speech in between, that result is used; if the person goes on
-(``SpeechResumed``), it is discarded. At most one early transcription per session at a time.
+(``early_always``), else only when the recogniser is idle. When the end is decided, and the
+recogniser is idle, transcription starts sooner still, as the voice drops
+(``SpeechDipped``): if that silence lasts to the pause, the pause has its transcript ~200 ms
+earlier. If the silence becomes the end, with no speech in between, that result is used;
+if the person goes on (``SpeechResumed``), it is discarded, or, begun at a dip, becomes a
+live caption. At most one early transcription per session at a time. ``PauseReached`` asks
+for the judgement on whether the turn is over.
 
 Partial captions: while speech goes on (``SpeechProgress``), the utterance so far is offered
-for a partial transcript when the recogniser is idle; never otherwise, so that captions
-cost nobody's final any time.
+for a partial transcript when the recogniser is idle and no dip has been transcribed since
+the last offer; never otherwise, so that captions cost nobody's final any time.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from media import Float32Array
 from media.endpointer import (
     EndpointerEvent,
     EndReason,
+    SpeechDipped,
     SpeechPaused,
     SpeechProgress,
     SpeechResumed,
@@ -40,7 +45,14 @@ class StartEarlyASR:
 
 @dataclass(frozen=True)
 class DiscardEarlyASR:
-    pass
+    caption: bool = False  # begun at a dip: its transcript still makes a live caption
+
+
+@dataclass(frozen=True)
+class PauseReached:
+    """Speech has paused long enough to judge whether the turn is over."""
+
+    audio: Float32Array
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,9 @@ class TurnEnded:
     reason: EndReason = "silence"
 
 
-TurnAction = TurnStarted | StartEarlyASR | DiscardEarlyASR | StartPartialASR | TurnEnded
+TurnAction = (
+    TurnStarted | StartEarlyASR | DiscardEarlyASR | PauseReached | StartPartialASR | TurnEnded
+)
 
 
 class TurnTracker:
@@ -68,6 +82,8 @@ class TurnTracker:
         self._ids = itertools.count(1)
         self._current: str | None = None
         self._early: tuple[int, int] | None = None  # the span being transcribed early
+        self._early_at_dip = False  # that transcription began as the voice dropped
+        self._dip_since_progress = False  # a dip was transcribed since the last progress
         self._early_always = early_always
 
     @property
@@ -90,16 +106,33 @@ class TurnTracker:
             actions.append(TurnStarted(self._current))
             return actions
         if isinstance(event, SpeechProgress):
-            if recogniser_idle and self._current is not None:
+            dipped, self._dip_since_progress = self._dip_since_progress, False
+            if recogniser_idle and self._current is not None and not dipped:
                 actions.append(StartPartialASR(self._current, event.audio))
             return actions
+        if isinstance(event, SpeechDipped):
+            if (
+                self._early_always
+                and recogniser_idle
+                and self._current is not None
+                and self._early is None
+            ):
+                self._early = (event.start_sample, event.end_sample)
+                self._early_at_dip = self._dip_since_progress = True
+                actions.append(StartEarlyASR(event.audio))
+            return actions
         if isinstance(event, SpeechResumed):
-            return self._discard()  # the pause was not the end
+            return self._discard()  # the silence was not the end
         if isinstance(event, SpeechPaused):
+            if self._early == (event.start_sample, event.end_sample):
+                return [PauseReached(event.audio)]  # transcribing since the dip
             actions += self._discard()  # the person spoke again after an earlier pause
             if turns_idle or self._early_always:
                 self._early = (event.start_sample, event.end_sample)
+                self._early_at_dip = False
                 actions.append(StartEarlyASR(event.audio))
+            if self._early_always:  # the turn's end is judged here
+                actions.append(PauseReached(event.audio))
             return actions
         use_early = self._early == (event.start_sample, event.end_sample)
         if self._early is not None and not use_early:
@@ -124,4 +157,4 @@ class TurnTracker:
         if self._early is None:
             return []
         self._early = None
-        return [DiscardEarlyASR()]
+        return [DiscardEarlyASR(caption=self._early_at_dip)]

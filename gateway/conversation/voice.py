@@ -38,6 +38,7 @@ from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.turn_policy import TurnDecision
 from gateway.conversation.turns import (
     DiscardEarlyASR,
+    PauseReached,
     StartEarlyASR,
     StartPartialASR,
     TurnEnded,
@@ -218,9 +219,10 @@ class VoicePipeline:
                 task = self.session.spawn(
                     self._recognise(action.audio, Priority.EARLY), "early-asr"
                 )
-                self._early = early = _Early(self._clock(), task)
-                if self._judge is not None:
-                    self.session.spawn(self._decide(early, action.audio), "turn-decision")
+                self._early = _Early(self._clock(), task)
+            elif isinstance(action, PauseReached):
+                if self._judge is not None and self._early is not None:
+                    self.session.spawn(self._decide(self._early, action.audio), "turn-decision")
             elif isinstance(action, StartPartialASR):
                 # Not for a turn that may be the gateway's own echo (not yet announced).
                 busy = self._partial is not None and not self._partial.done()
@@ -229,7 +231,7 @@ class VoicePipeline:
                         self._caption(action.utterance_id, action.audio), "partial-asr"
                     )
             elif isinstance(action, DiscardEarlyASR):
-                self._discard_early()
+                self._discard_early(as_caption=action.caption)
             else:
                 self._end_turn(action)
 
@@ -351,6 +353,19 @@ class VoicePipeline:
             )
         except ASRError:
             return  # stale or busy: captions are best effort
+        self._show_caption(utterance_id, outcome)
+
+    async def _caption_from(
+        self, utterance_id: str, task: asyncio.Task[Transcription | ASRError]
+    ) -> None:
+        """A transcript begun at a dip in the voice, which went on: a caption after all."""
+        await asyncio.wait({task})
+        if not task.cancelled():
+            self._show_caption(utterance_id, task.result())
+
+    def _show_caption(self, utterance_id: str, outcome: Transcription | ASRError) -> None:
+        if isinstance(outcome, ASRError):
+            return
         if self._turns.current != utterance_id or self._unconfirmed == utterance_id:
             return  # the turn ended meanwhile (the final replaces any caption), or is unheard
         text = clean_transcript(outcome)
@@ -368,11 +383,18 @@ class VoicePipeline:
             self._partial = None
         self._captions.reset()
 
-    def _discard_early(self) -> None:
+    def _discard_early(self, *, as_caption: bool = False) -> None:
         self.conversation.withdraw_preempt()
-        if self._early is not None:
-            self._cancel(self._early)
-            self._early = None
+        early, self._early = self._early, None
+        if early is None:
+            return
+        utterance_id = self._turns.current
+        if as_caption and utterance_id is not None and self._endpointer.progress_ms:
+            # Whisper is already at it (it began on an idle recogniser): show the result.
+            self.metrics.early_asr.labels("caption").inc()
+            self.session.spawn(self._caption_from(utterance_id, early.task), "dip-caption")
+        else:
+            self._cancel(early)
 
     def _cancel(self, early: _Early) -> None:
         early.task.cancel()

@@ -15,12 +15,14 @@ from gateway.conversation.voice import VoicePipeline
 from gateway.http import state as keys
 from gateway.http.sessions import admit
 from gateway.http.state import new_conversation
+from gateway.ops.metrics import ReceiverMetrics
 from media.echo import EchoCanceller
 from media.endpointer import EndpointerSettings
 from media.playout import RATE as PLAYOUT_RATE
 from media.playout import ReplyAudioTrack
 from media.tts.base import Int16Array
 from media.tts.service import TTSService
+from signalling.audio_receiver import adapt_audio_receivers
 from signalling.datachannel import PeerTransport
 from signalling.errors import OfferError
 from signalling.offer import Offer
@@ -45,6 +47,8 @@ async def open_session(
         )
         session = Session(session_id, transport)
         transport.on_message = session.receive
+        # Lost audio concealed or rebuilt from FEC, not multiplied by aiortc's jitter buffer.
+        adapt_audio_receivers(transport.pc, ReceiverMetrics(app[keys.METRICS]))
         tts = app.get(keys.TTS)
         track = ReplyAudioTrack() if tts is not None else None
         try:
@@ -59,6 +63,8 @@ async def open_session(
                     silence_ms=config.vad_silence_ms,
                     pause_ms=config.turn_min_silence_ms,
                     progress_ms=config.partial_interval_ms,
+                    # Judged turns transcribe from the moment the voice drops.
+                    dips=config.turn_detection != "fixed",
                 ),
                 app[keys.METRICS],
                 judge=app[keys.TURN_JUDGE],

@@ -54,9 +54,26 @@ class Metrics:
         self.frames_lost = Counter(
             "gateway_audio_frames_lost", "Audio frames missing from the stream", registry=r
         )
+        self.frames_concealed = Counter(
+            "gateway_audio_frames_concealed",
+            "Lost audio frames concealed by Opus PLC (also in frames_lost)",
+            registry=r,
+        )
+        self.frames_recovered = Counter(
+            "gateway_audio_frames_recovered",
+            "Lost audio frames rebuilt from the next packet's Opus in-band FEC (also in "
+            "frames_lost)",
+            registry=r,
+        )
+        self.packets_late = Counter(
+            "gateway_audio_packets_late",
+            "Audio packets that arrived after their frame had been concealed",
+            registry=r,
+        )
         self.early_asr = Counter(
             "gateway_early_asr",
-            "ASR started at a pause: used (the pause was the end) or discarded",
+            "ASR started at a pause or a dip in the voice: used (it was the end), "
+            "discarded, or shown as a caption (the person went on)",
             ["outcome"],
             registry=r,
         )
@@ -180,3 +197,24 @@ class ASRMetrics:
 
     def batch_done(self, size: int, seconds: float) -> None:
         self._metrics.asr_batch_size.observe(size)
+
+
+class ReceiverMetrics:
+    """The audio receive path's observations
+    (:class:`signalling.audio_receiver.ReceiverObserver`) as metrics. A frame it conceals
+    or rebuilds keeps the timeline whole, so the listener sees no gap: it is counted as
+    lost here."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def frame_recovered(self) -> None:
+        self._metrics.frames_recovered.inc()
+        self._metrics.frames_lost.inc()
+
+    def frame_concealed(self) -> None:
+        self._metrics.frames_concealed.inc()
+        self._metrics.frames_lost.inc()
+
+    def packet_late(self) -> None:
+        self._metrics.packets_late.inc()
