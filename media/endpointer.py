@@ -8,9 +8,9 @@ Time is counted in samples, so a test that feeds N chunks knows exactly what com
           or max length
 
 While speech goes on, ``SpeechProgress`` offers the utterance so far every ``progress_ms``
-(live captions). With ``dips``, the first silent chunk of any silence offers it too
-(``SpeechDipped``: the voice dropped, between words or at the end): transcribing from there
-is the earliest a turn's transcript can start. 200 ms into a silence, ``SpeechPaused``
+(live captions). With ``dips``, a silence of ``dip_ms`` offers it too (``SpeechDipped``:
+the voice dropped, perhaps between words, perhaps at the end): transcribing from there is
+the earliest a turn's transcript can usefully start. 200 ms into a silence, ``SpeechPaused``
 offers it for early ASR and a decision on whether the turn is over, which may end it at
 once or sooner than the hangover (:meth:`Endpointer.end_pause`). Speech after such a dip
 or pause is ``SpeechResumed``.
@@ -53,8 +53,10 @@ class EndpointerSettings:
     # While speech goes on, SpeechProgress offers the utterance so far this often (0: never),
     # the first time after half of it: a caption soon after the person starts.
     progress_ms: int = 0
-    # SpeechDipped at the first silent chunk of each silence in speech.
+    # SpeechDipped once a silence in speech has lasted dip_ms: longer than most gaps
+    # between words, so that little of what starts there is wasted, but well before pause_ms.
     dips: bool = False
+    dip_ms: int = 96
 
     def samples(self, ms: int) -> int:
         return ms * self.sample_rate // 1000
@@ -69,12 +71,13 @@ class EndpointerSettings:
                 self.pre_roll_ms,
                 self.pause_ms,
                 self.progress_ms,
+                self.dip_ms,
             )
             < 0
         ):
             raise ValueError(
-                "min_speech_ms, silence_ms, pre_roll_ms, pause_ms and progress_ms must not be "
-                "negative"
+                "min_speech_ms, silence_ms, pre_roll_ms, pause_ms, progress_ms and dip_ms must "
+                "not be negative"
             )
         if not 0.0 < self.neg_threshold <= self.threshold < 1.0:
             raise ValueError("need 0 < neg_threshold <= threshold < 1")
@@ -170,6 +173,7 @@ class Endpointer:
         self._pause = s.samples(s.pause_ms) if 0 < s.pause_ms < s.silence_ms else None
         self._paused = False  # SpeechPaused already sent for the current silence
         self._dipped = False  # SpeechDipped sent for the current silence
+        self._dip = max(1, s.samples(s.dip_ms)) if s.dips else None
         self._end_after: int | None = None  # end_pause's shorter hangover, for this pause
         self._progress = s.samples(s.progress_ms)
         self._next_progress = 0  # stream position of the next SpeechProgress
@@ -244,10 +248,11 @@ class Endpointer:
                 self._start = self._position
                 self._next_progress = self._start + self._progress // 2  # the first sooner
                 events.append(SpeechStarted(self._start))
-            elif self._dip_began(begin):
+            elif self._dip_began():
+                assert self._silence_start is not None
                 self._dipped = True
                 audio = np.concatenate(self._buffer)
-                events.append(SpeechDipped(audio, self._start, begin))
+                events.append(SpeechDipped(audio, self._start, self._silence_start))
             elif self._pause_reached():
                 assert self._silence_start is not None
                 self._paused = True
@@ -289,8 +294,13 @@ class Endpointer:
             and self._position - self._silence_start >= self._pause
         )
 
-    def _dip_began(self, begin: int) -> bool:
-        return self.settings.dips and not self._dipped and self._silence_start == begin
+    def _dip_began(self) -> bool:
+        return (
+            self._dip is not None
+            and not self._dipped
+            and self._silence_start is not None
+            and self._position - self._silence_start >= self._dip
+        )
 
     def _progress_due(self) -> bool:
         return (

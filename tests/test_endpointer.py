@@ -661,7 +661,7 @@ def test_no_progress_by_default() -> None:
 
 
 def test_dips_offer_the_utterance_at_the_first_silent_chunk() -> None:
-    f = Feeder(EndpointerSettings(pause_ms=200, dips=True), paused=True)
+    f = Feeder(EndpointerSettings(pause_ms=200, dips=True, dip_ms=0), paused=True)
     f.feed(SPEECH, 10)  # 0-9
     assert f.feed(SILENT) == [("dipped", 0, 10)]  # chunk 10: the silence begins
     dipped = f.log[-1][1]
@@ -682,3 +682,12 @@ def test_a_murmur_is_not_a_dip_and_dips_are_off_by_default() -> None:
     g = Feeder(paused=True)
     g.feed(SPEECH, 10)
     assert g.feed(SILENT, 2) == []
+
+
+def test_a_dip_waits_out_the_gaps_between_words() -> None:
+    f = Feeder(EndpointerSettings(pause_ms=200, dips=True, dip_ms=96), paused=True)
+    f.feed(SPEECH, 10)
+    assert f.feed(SILENT, 2) == []  # 64 ms: a gap between two words
+    assert f.feed(SPEECH) == []  # no dip, so nothing resumed
+    assert f.feed(SILENT, 2) == []
+    assert f.feed(SILENT) == [("dipped", 0, 13)]  # 96 ms of silence, from where it began
