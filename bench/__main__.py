@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import asr, e2e, media, setup, transcript, voice
+from bench import asr, e2e, media, setup, transcript, turns, voice
 from bench.common import Benchmark
 
 logger = logging.getLogger("bench")
@@ -16,6 +16,7 @@ logger = logging.getLogger("bench")
 # A new benchmark is a module with a BENCHMARK and one entry here.
 BENCHMARKS: tuple[Benchmark, ...] = (
     transcript.BENCHMARK,
+    turns.BENCHMARK,
     e2e.BENCHMARK,
     setup.BENCHMARK,
     asr.BENCHMARK,

@@ -4,13 +4,22 @@ For each engine the real gateway app is served on 127.0.0.1 with a preloaded tin
 one aiortc client (``gateway.testing.loopback.LoopbackClient``) plays Piper speech that no
 test uses, paced in real time like a browser microphone, each sentence followed by silence.
 The client records when the last audible sample left it and when ``transcript.final``
-arrived; the difference is the latency a user feels. It includes the VAD's silence hangover
-(``--vad-silence-ms``, 500 ms by default) by design: that is how the gateway knows the
-person has finished.
+arrived; the difference is the latency a user feels. It includes however long the gateway
+waits to know that the person has finished, by design.
 
-The baseline, interleaved with the streamed run: after each sentence's final, the same
-engine object transcribes the same 16 kHz audio directly, with no network, codec or
-endpointing. Word error rates of both show what the streamed path (Opus, resampling, VAD
+Two configurations per engine, each on its own gateway, one after the other in the same
+run: the baseline, today's behaviour (a fixed 500 ms silence ends every turn, no live
+captions: ``turn_detection="fixed", vad_silence_ms=500, partial_interval_ms=0``), and the
+measured one, the gateway's defaults (turn detection "auto", live captions on) unless
+``--turn-detection`` and ``--vad-silence-ms`` say otherwise. Those two options change only
+the measured configuration (``--vad-silence-ms`` is then the longest silence a turn waits
+for, the gateway's own meaning); the baseline stays fixed at 500 ms, so that every run is
+set against the same reference. ``--turn-detection fixed --vad-silence-ms 200`` measures a
+fixed 200 ms silence (live captions stay at the gateway's default).
+
+The offline transcription, interleaved with each streamed run: after each sentence's final,
+the same engine object transcribes the same 16 kHz audio directly, with no network, codec
+or endpointing. Word error rates of both show what the streamed path (Opus, resampling, VAD
 cuts) costs in accuracy.
 
 Honest timings: the gateway times the same wait itself, from the last voiced sample's
@@ -18,7 +27,8 @@ arrival to the transcript, in each final's ``timings["speech_end_to_final_ms"]``
 built-in page shows) and in ``gateway_speech_end_to_final_seconds`` on ``/metrics``. Each
 sentence's client latency is set against the gateway's figure from the same final, and the
 histogram's mean over the measured sentences (``/metrics`` read after the warm-up and at
-the end) against the client's mean; both should agree within ``HONEST_LIMIT_MS``.
+the end) against the client's mean; both should agree within ``HONEST_LIMIT_MS``, in each
+configuration.
 
 No language model takes part: the gateway is pointed at a port where nothing listens, so
 each reply fails at once (``llm_unavailable``, ignored here) and never competes with ASR.
@@ -37,7 +47,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +65,7 @@ from bench.common import (
     percentile,
     write_json,
 )
+from gateway.conversation.endofturn import TURN_DETECTIONS, TurnDetection
 from gateway.http.app import build_app
 from gateway.ops.config import ASR_ENGINES, AsrEngineName, Config
 from gateway.testing.loopback import LoopbackClient, speech_end_offset
@@ -177,9 +188,51 @@ class Histogram:
         return 1000 * self.sum_s / self.count if self.count else None
 
 
+@dataclass(frozen=True)
+class Configuration:
+    """The turn settings a streamed run is made with (the rest are the gateway's)."""
+
+    name: str
+    turn_detection: TurnDetection
+    vad_silence_ms: int
+    partial_interval_ms: int | None = None  # None: the gateway's default
+
+    def settings(self) -> dict[str, Any]:
+        config = self.apply(Config())
+        return {
+            "turn_detection": config.turn_detection,
+            "vad_silence_ms": config.vad_silence_ms,
+            "partial_interval_ms": config.partial_interval_ms,
+        }
+
+    def apply(self, config: Config) -> Config:
+        config = replace(
+            config, turn_detection=self.turn_detection, vad_silence_ms=self.vad_silence_ms
+        )
+        if self.partial_interval_ms is not None:
+            config = replace(config, partial_interval_ms=self.partial_interval_ms)
+        return config
+
+
+# Today's behaviour: every run's reference.
+BASELINE = Configuration("fixed 500", "fixed", 500, partial_interval_ms=0)
+
+
+def measured_configuration(turn_detection: TurnDetection, vad_silence_ms: int) -> Configuration:
+    """What ``--turn-detection`` and ``--vad-silence-ms`` ask for; "default" when that is
+    the gateway's own defaults."""
+    defaults = Config()
+    if (turn_detection, vad_silence_ms) == (defaults.turn_detection, defaults.vad_silence_ms):
+        name = "default"
+    else:
+        name = f"{turn_detection} {vad_silence_ms}"
+    return Configuration(name, turn_detection, vad_silence_ms)
+
+
 @dataclass
 class EngineRun:
     engine: str
+    configuration: str = BASELINE.name
     load_s: float = 0.0
     connect_s: float = 0.0
     heard: list[Heard] = field(default_factory=list)
@@ -355,18 +408,17 @@ async def stream_pass(
     engine: ASREngine,
     warmup: Sentence,
     sentences: Sequence[Sentence],
-    vad_silence_ms: int,
+    configuration: Configuration,
     run: EngineRun,
 ) -> None:
     with _no_llm() as ollama_host, _quiet_llm("gateway.http.app", "gateway.conversation.dialogue"):
         config = Config(
             no_tls=True,
             asr_engine=name,
-            vad_silence_ms=vad_silence_ms,
             ollama_host=ollama_host,
             tts_engine="none",  # transcripts only: no voice to load
         )
-        await _serve_and_listen(config, engine, warmup, sentences, run)
+        await _serve_and_listen(configuration.apply(config), engine, warmup, sentences, run)
 
 
 async def _serve_and_listen(
@@ -435,19 +487,29 @@ def run_engine(
     name: AsrEngineName,
     warmup: Sentence,
     sentences: Sequence[Sentence],
-    vad_silence_ms: int,
-) -> EngineRun:
-    run = EngineRun(name)
+    configurations: Sequence[Configuration],
+) -> list[EngineRun]:
+    """One streamed run per configuration, one after the other, with one loaded engine."""
+    runs = [EngineRun(name, c.name) for c in configurations]
     try:
         started = time.perf_counter()
         engine = load_engine(name, MODEL, DEVICE)
-        run.load_s = time.perf_counter() - started
+        load_s = time.perf_counter() - started
         engine.transcribe(warmup.audio, None)  # the first call pays lazy set-up
-        asyncio.run(stream_pass(name, engine, warmup, sentences, vad_silence_ms, run))
     except Exception as exc:
-        logger.exception("%s failed", name)
-        run.error = f"{type(exc).__name__}: {exc}"
-    return run
+        logger.exception("%s failed to load", name)
+        for run in runs:
+            run.error = f"{type(exc).__name__}: {exc}"
+        return runs
+    for configuration, run in zip(configurations, runs, strict=True):
+        run.load_s = load_s
+        print(f"  {name}, {configuration.name}…", flush=True)
+        try:
+            asyncio.run(stream_pass(name, engine, warmup, sentences, configuration, run))
+        except Exception as exc:
+            logger.exception("%s, %s failed", name, configuration.name)
+            run.error = f"{type(exc).__name__}: {exc}"
+    return runs
 
 
 # --- scoring ---
@@ -479,6 +541,7 @@ def records(
     for i, sentence in enumerate(sentences):
         record: dict[str, Any] = {
             "engine": run.engine,
+            "configuration": run.configuration,
             "index": i,
             "reference": sentence.text,
             "audio_s": round(sentence.duration_s, 3),
@@ -538,6 +601,7 @@ def summarise(run: EngineRun, recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     wer_offline = mean(values(offline, "wer"))
     return {
         "engine": run.engine,
+        "configuration": run.configuration,
         "error": run.error,
         "load_s": round(run.load_s, 2),
         "connect_s": round(run.connect_s, 2),
@@ -614,43 +678,79 @@ def honest(summary: dict[str, Any]) -> bool | None:
     return bool(worst <= HONEST_LIMIT_MS and abs(diff) <= HONEST_LIMIT_MS)
 
 
+def against_baseline(summaries: Sequence[dict[str, Any]]) -> None:
+    """Give each summary ``vs_baseline``: its figures minus the same engine's baseline's
+    (None for the baseline itself)."""
+    bases = {s["engine"]: s for s in summaries if s["configuration"] == BASELINE.name}
+    for s in summaries:
+        base = bases.get(s["engine"])
+        if base is None or base is s:
+            s["vs_baseline"] = None
+            continue
+
+        def diff(a: float | None, b: float | None, scale: float = 1.0) -> float | None:
+            return None if a is None or b is None else scale * (a - b)
+
+        lat, base_lat = s["latency_ms"], base["latency_ms"]
+        s["vs_baseline"] = {
+            "p50_ms": diff(lat["p50"], base_lat["p50"]),
+            "p95_ms": diff(lat["p95"], base_lat["p95"]),
+            "mean_ms": diff(lat["mean"], base_lat["mean"]),
+            "wer_streamed_points": diff(s["wer_streamed_mean"], base["wer_streamed_mean"], 100.0),
+        }
+
+
 def table(summaries: Sequence[dict[str, Any]]) -> str:
     header = (
         "engine",
+        "configuration",
         "n",
         "missed",
+        "split",
         "EoS→final p50",
         "p95",
         "mean",
+        f"Δ p50 vs {BASELINE.name}",
+        "Δ p95",
         "EoS→endpoint p50",
         "asr p50",
         "endpoint→final p50",
         "WER streamed",
         "WER offline",
         "Δ pts",
+        f"WER Δ pts vs {BASELINE.name}",
         "offline asr p50",
         "offline CPU p50",
     )
     rows = []
     for s in summaries:
         if s["error"] and not s["n"]:
-            rows.append([s["engine"], "-", "-", "failed (below)", *["-"] * 10])
+            rows.append(
+                [s["engine"], s["configuration"], "-", "-", "-", "failed (below)"]
+                + ["-"] * (len(header) - 6)
+            )
             continue
         lat = s["latency_ms"]
+        vs = s.get("vs_baseline") or {}
         rows.append(
             [
                 s["engine"],
+                s["configuration"],
                 str(s["n"]),
                 str(s["missed"]),
+                str(s["split"]),
                 fmt(lat["p50"], suffix=" ms"),
                 fmt(lat["p95"], suffix=" ms"),
                 fmt(lat["mean"], suffix=" ms"),
+                _signed(vs.get("p50_ms")),
+                _signed(vs.get("p95_ms")),
                 fmt(s["to_endpoint_ms_p50"], suffix=" ms"),
                 fmt(s["asr_ms_p50"], suffix=" ms"),
                 fmt(s["endpoint_to_final_ms_p50"], suffix=" ms"),
                 fmt(_pct(s["wer_streamed_mean"]), 1, "%"),
                 fmt(_pct(s["wer_offline_mean"]), 1, "%"),
                 fmt(s["wer_delta_points"], 1),
+                _signed(vs.get("wer_streamed_points"), 1),
                 fmt(s["offline_asr_ms_p50"], suffix=" ms"),
                 fmt(s["offline_cpu_ms_p50"], suffix=" ms"),
             ]
@@ -662,6 +762,7 @@ def honesty_table(summaries: Sequence[dict[str, Any]]) -> str:
     """Client-measured end of speech → final against the gateway's own figures."""
     header = (
         "engine",
+        "configuration",
         "n",
         "client - gateway p50",
         "p95",
@@ -679,6 +780,7 @@ def honesty_table(summaries: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [
                 s["engine"],
+                s["configuration"],
                 str(d["n"]),
                 fmt(d["p50"], suffix=" ms"),
                 fmt(d["p95"], suffix=" ms"),
@@ -695,6 +797,10 @@ def honesty_table(summaries: Sequence[dict[str, Any]]) -> str:
 
 def _pct(value: float | None) -> float | None:
     return None if value is None else 100 * value
+
+
+def _signed(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
 
 
 # --- the subcommand ---
@@ -735,6 +841,20 @@ def prepare_sentences(quick: bool) -> tuple[Sentence, list[Sentence]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser, "both")
+    parser.add_argument(
+        "--turn-detection",
+        choices=TURN_DETECTIONS,
+        default=Config().turn_detection,
+        help="the measured configuration's end of turn (default %(default)s, the gateway's "
+        f"own); the baseline is always {BASELINE.name}",
+    )
+
+
+def turn_detection_name(text: str) -> TurnDetection:
+    for name in TURN_DETECTIONS:
+        if name == text:
+            return name
+    raise ValueError(f"unknown turn detection {text!r}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -742,15 +862,22 @@ def run(args: argparse.Namespace) -> int:
     recording = Recording("transcript")
     warmup, sentences = prepare_sentences(args.quick)
     normalise = english_normaliser()
+    measured = measured_configuration(turn_detection_name(args.turn_detection), args.vad_silence_ms)
+    configurations = (BASELINE, measured)
 
     runs, all_records, summaries = [], [], []
     for name in engines:
-        print(f"{name}: streaming {len(sentences)} sentences over WebRTC…", flush=True)
-        engine_run = run_engine(name, warmup, sentences, args.vad_silence_ms)
-        recs = records(engine_run, sentences, normalise)
-        runs.append(engine_run)
-        all_records += recs
-        summaries.append(summarise(engine_run, recs))
+        print(
+            f"{name}: streaming {len(sentences)} sentences over WebRTC, "
+            f"{' and '.join(c.name for c in configurations)}…",
+            flush=True,
+        )
+        for engine_run in run_engine(name, warmup, sentences, configurations):
+            recs = records(engine_run, sentences, normalise)
+            runs.append(engine_run)
+            all_records += recs
+            summaries.append(summarise(engine_run, recs))
+    against_baseline(summaries)
 
     machine = recording.machine_after()
     out_path: Path = args.out / "transcript.json"
@@ -763,7 +890,7 @@ def run(args: argparse.Namespace) -> int:
                 "engines": list(engines),
                 "model": MODEL,
                 "device": DEVICE,
-                "vad_silence_ms": args.vad_silence_ms,
+                "configurations": {c.name: c.settings() for c in configurations},
                 "sentences": len(sentences),
                 "trailing_silence_s": TRAILING_SILENCE_S,
                 "final_timeout_s": FINAL_TIMEOUT_S,
@@ -777,34 +904,48 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print(
-        f"tiny.en on CPU, {len(sentences)} sentences, VAD silence {args.vad_silence_ms} ms, "
+        f"tiny.en on CPU, {len(sentences)} sentences, "
         f"{machine['cpus_usable']} CPUs, load average {machine['load_average'][0]:.2f}"
     )
+    for c in configurations:
+        settings = c.settings()
+        interval = settings["partial_interval_ms"]
+        captions = "auto (on a GPU only)" if interval is None else f"every {interval} ms (0: off)"
+        print(
+            f"- {c.name}: turn detection {settings['turn_detection']}, longest silence "
+            f"{settings['vad_silence_ms']} ms, captions {captions}"
+        )
     print(table(summaries))
     print()
     print("End of speech → final: the client's against the gateway's own (page and /metrics)")
     print(honesty_table(summaries))
-    for name in engines:
+    for engine_run in runs:
         diffs = [
             fmt(rec["streamed"]["client_minus_gateway_ms"])
             for rec in all_records
-            if rec["engine"] == name and "streamed" in rec
+            if (rec["engine"], rec["configuration"])
+            == (engine_run.engine, engine_run.configuration)
+            and "streamed" in rec
         ]
-        print(f"- {name}: client - gateway per sentence (ms): {', '.join(diffs)}")
+        print(
+            f"- {engine_run.engine}, {engine_run.configuration}: client - gateway per "
+            f"sentence (ms): {', '.join(diffs)}"
+        )
     for rec in all_records:
         streamed = rec.get("streamed", {})
         problems = "; ".join(streamed.get("errors", ()))
+        where = f"{rec['engine']}, {rec['configuration']}"
         if streamed.get("missed"):
             print(
-                f"- {rec['engine']}: missed {rec['reference']!r} "
+                f"- {where}: missed {rec['reference']!r} "
                 f"({streamed['utterances']} utterance(s) heard, no transcript.final"
                 f"{'; ' + problems if problems else ''})"
             )
         elif problems:
-            print(f"- {rec['engine']}: {rec['reference']!r}: {problems}")
+            print(f"- {where}: {rec['reference']!r}: {problems}")
     for engine_run in runs:
         if engine_run.error:
-            print(f"- {engine_run.engine} failed: {engine_run.error}")
+            print(f"- {engine_run.engine}, {engine_run.configuration} failed: {engine_run.error}")
     print(f"\nwrote {out_path}")
     return 1 if any(r.error for r in runs) else 0
 

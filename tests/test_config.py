@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import pytest
 from gateway import __version__
 from gateway.errors import ConfigError
 from gateway.ops.cli import main
-from gateway.ops.config import Config, load_config, parse_origin
+from gateway.ops.config import Config, load_config, parse_origin, partial_interval_ms
 
 # --- helpers ---
 
@@ -145,7 +145,10 @@ def test_defaults() -> None:
     assert config.asr_device == "auto"
     assert config.vad_silence_ms == 1000  # the longest wait; turn detection ends most sooner
     assert (config.turn_detection, config.turn_min_silence_ms) == ("auto", 200)
-    assert (config.turn_likely_silence_ms, config.partial_interval_ms) == (500, 800)
+    assert (config.turn_likely_silence_ms, config.partial_interval_ms) == (500, None)
+    assert partial_interval_ms(config, "cuda") == 800  # auto: captions where ASR has time
+    assert partial_interval_ms(config, "cpu") == 0
+    assert partial_interval_ms(replace(config, partial_interval_ms=600), "cpu") == 600
     assert config.turn_model is None
     assert config.max_sessions == 8
     assert config.ice_servers == ()  # no public STUN: LAN/VPN use must not wait on it

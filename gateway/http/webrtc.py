@@ -15,6 +15,7 @@ from gateway.conversation.voice import VoicePipeline
 from gateway.http import state as keys
 from gateway.http.sessions import admit
 from gateway.http.state import new_conversation
+from gateway.ops.config import partial_interval_ms
 from gateway.ops.metrics import ReceiverMetrics
 from media.echo import EchoCanceller
 from media.endpointer import EndpointerSettings
@@ -62,7 +63,7 @@ async def open_session(
                 EndpointerSettings(
                     silence_ms=config.vad_silence_ms,
                     pause_ms=config.turn_min_silence_ms,
-                    progress_ms=config.partial_interval_ms,
+                    progress_ms=partial_interval_ms(config, app[keys.ASR].engine.device),
                     # Judged turns transcribe from the moment the voice drops.
                     dips=config.turn_detection != "fixed",
                 ),

@@ -36,6 +36,7 @@ DEFAULT_TTS_URL = "http://127.0.0.1:8000"  # Speaches' default; Kokoro-FastAPI u
 
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+DEFAULT_PARTIAL_INTERVAL_MS = 800
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. The user speaks to you and hears or reads your "
     "answer at once, so answer briefly, in plain spoken sentences: no markdown, no lists, "
@@ -59,7 +60,10 @@ class Config:
     turn_min_silence_ms: int = 200  # the pause at which the turn's end is judged
     turn_likely_silence_ms: int = 500  # a probable end waits this much silence
     turn_model: Path | None = None  # Smart Turn v3 ONNX; default: an installed pipecat-ai's
-    partial_interval_ms: int = 800  # live captions this often while speaking (0: off)
+    # Live captions this often while speaking (0: off). None ("auto"): on a GPU only, where
+    # the recogniser has time to spare; on a CPU each caption holds it ~0.5 s (tiny.en,
+    # 2 cores), and a turn that ends meanwhile waits for it.
+    partial_interval_ms: int | None = None
     max_sessions: int = 8
     ice_servers: tuple[str, ...] = field(default_factory=tuple)
     log_level: LogLevel = "info"
@@ -228,6 +232,20 @@ def _origin(text: str) -> str:
     return parse_origin(value[:-1] if value.endswith("/") else value)
 
 
+def _auto_or(parse: Callable[[str], int]) -> Callable[[str], int | None]:
+    def parse_auto(text: str) -> int | None:
+        return None if text.strip().lower() == "auto" else parse(text)
+
+    return parse_auto
+
+
+def partial_interval_ms(config: Config, asr_device: str) -> int:
+    """Live captions' interval (0: none); ``auto`` decides by the recogniser's device."""
+    if config.partial_interval_ms is not None:
+        return config.partial_interval_ms
+    return DEFAULT_PARTIAL_INTERVAL_MS if asr_device == "cuda" else 0
+
+
 def _port_range(text: str) -> tuple[int, int]:
     lo_text, sep, hi_text = text.strip().partition("-")
     try:
@@ -297,8 +315,8 @@ def _options() -> tuple[_Option, ...]:
         _Option("turn_model", _path, "Smart Turn v3 .onnx (default: from an installed pipecat-ai)"),
         _Option(
             "partial_interval_ms",
-            _int_range(0, 10_000),
-            "live captions while speaking, every ms of speech (default 800; 0 off)",
+            _auto_or(_int_range(0, 10_000)),
+            "live captions every ms of speech; 0 off (default auto: 800 on a GPU, off on a CPU)",
         ),
         _Option("max_sessions", _int_range(1, 1000), "concurrent sessions (default 8)"),
         _Option(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
+import random
 import time
 import wave
 from collections import deque
@@ -18,6 +19,7 @@ import av
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import is_rtcp
 
 from media import Float32Array
 
@@ -49,6 +51,12 @@ def upsample(audio_16k: Float32Array) -> Float32Array:
     parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     return np.concatenate(parts).astype(np.float32)
+
+
+def speech_start_offset(audio: Float32Array, rate: int, floor: float = 0.01) -> float | None:
+    """Seconds from the start of ``audio`` to its first audible sample; None: all silent."""
+    loud = np.flatnonzero(np.abs(audio) > floor)
+    return int(loud[0]) / rate if loud.size else None
 
 
 def speech_end_offset(audio: Float32Array, rate: int, floor: float = 0.01) -> float:
@@ -124,24 +132,37 @@ class MicrophoneTrack(MediaStreamTrack):
 
     ``speech_ends`` records, for each clip, the wall time (``time.monotonic``) at which its
     last audible sample left the client: "end of speech" as a client measures it.
+    ``speech_onsets`` records, the same way, when each clip's first audible sample left:
+    "start of speech". (Not ``speech_starts``: ``bench.voice.TimedMicrophone`` keeps a
+    list of that name itself.)
     """
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._queue: deque[tuple[Float32Array, int]] = deque()
+        # A clip at 48 kHz, where its speech ends and (-1: silent clip) where it starts.
+        self._queue: deque[tuple[Float32Array, int, int]] = deque()
         self._current: Float32Array | None = None
         self._end_sample = 0
+        self._start_sample = -1
         self._pos = 0
         self._start: float | None = None
         self._timestamp = 0
         self.speech_ends: list[float] = []
+        self.speech_onsets: list[float] = []
         self.echo: EchoPath | None = None  # a loudspeaker this microphone hears
 
     def play(self, audio_16k: Float32Array) -> None:
         samples = upsample(audio_16k)
-        self._queue.append((samples, int(speech_end_offset(samples, RATE) * RATE)))
+        start = speech_start_offset(samples, RATE)
+        self._queue.append(
+            (
+                samples,
+                int(speech_end_offset(samples, RATE) * RATE),
+                -1 if start is None else round(start * RATE),
+            )
+        )
 
     @property
     def idle(self) -> bool:
@@ -163,10 +184,14 @@ class MicrophoneTrack(MediaStreamTrack):
             if self._current is None:
                 if not self._queue:
                     break
-                self._current, self._end_sample = self._queue.popleft()
+                self._current, self._end_sample, self._start_sample = self._queue.popleft()
                 self._pos = 0
             take = min(FRAME - filled, len(self._current) - self._pos)
             out[filled : filled + take] = self._current[self._pos : self._pos + take]
+            if self._pos <= self._start_sample < self._pos + take:
+                # This frame carries the start of speech, ~``filled`` in.
+                early = (filled + self._start_sample - self._pos) / RATE
+                self.speech_onsets.append(time.monotonic() + early)
             if self._pos < self._end_sample <= self._pos + take:
                 # This frame carries the end of speech; it leaves now, ~``filled`` in.
                 late = (filled + self._end_sample - self._pos) / RATE
@@ -185,13 +210,94 @@ class MicrophoneTrack(MediaStreamTrack):
         return frame
 
 
-class LoopbackClient:
-    """One WebRTC client session: microphone track + the ``events`` data channel."""
+class LossPattern:
+    """Which outgoing RTP packets a lossy link drops: each one at random with probability
+    ``rate``, or, with ``burst=(shortest, longest)``, runs of that many packets starting
+    at random, so that about ``rate`` of all packets are lost. Seeded: the same pattern
+    every run. ``sent`` and ``dropped`` count what it was asked about and what it dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float, *, burst: tuple[int, int] | None = None, seed: int = 1) -> None:
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"rate must be in [0, 1), got {rate}")
+        self.rate = rate
+        self.burst = burst
+        self._random = random.Random(seed)
+        self._left = 0  # packets still to drop in the current burst
+        if burst is None:
+            self._start = rate
+        else:
+            # A burst starts among the packets that get through: q * mean / (1 + q * mean)
+            # of all packets are then lost, which is ``rate``.
+            mean_length = (burst[0] + burst[1]) / 2
+            self._start = rate / (mean_length * (1.0 - rate))
+        self.sent = 0
+        self.dropped = 0
+
+    def drop(self) -> bool:
+        self.sent += 1
+        if self._left == 0 and self._random.random() < self._start:
+            self._left = 1 if self.burst is None else self._random.randint(*self.burst)
+        if self._left == 0:
+            return False
+        self._left -= 1
+        self.dropped += 1
+        return True
+
+
+class BrowserOpusTrack(MediaStreamTrack):
+    """``source``'s audio encoded as a browser sends a microphone: mono Opus at 32 kb/s,
+    VoIP mode, in-band FEC on (as after an answer with ``useinbandfec=1``), tuned for
+    ``packet_loss`` per cent of loss (browsers set it from the loss the receiver reports).
+    aiortc sends the packets as they are (its own encoder: 96 kb/s CELT, no FEC)."""
+
+    kind = "audio"
+
+    def __init__(self, source: MediaStreamTrack, packet_loss: int = 10) -> None:
+        super().__init__()
+        self._source = source
+        self._encoder = av.CodecContext.create("libopus", "w")
+        self._encoder.bit_rate = 32_000
+        self._encoder.format = "s16"
+        self._encoder.layout = "mono"
+        self._encoder.sample_rate = RATE
+        self._encoder.time_base = fractions.Fraction(1, RATE)
+        self._encoder.options = {
+            "application": "voip",
+            "fec": "1",
+            "packet_loss": str(max(0, min(100, packet_loss))),
+        }
+        self._pending: deque[av.Packet[Any]] = deque()
+
+    async def recv(self) -> av.Packet[Any]:
+        while not self._pending:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame = await self._source.recv()
+            if isinstance(frame, av.AudioFrame):
+                self._pending.extend(self._encoder.encode(frame))
+        return self._pending.popleft()
+
+    def stop(self) -> None:
+        super().stop()
+        self._source.stop()
+
+
+class LoopbackClient:
+    """One WebRTC client session: microphone track + the ``events`` data channel.
+
+    ``loss`` drops outgoing RTP packets of the microphone (this kernel has no netem);
+    ``browser_opus`` sends the microphone as a browser encodes it (:class:`BrowserOpusTrack`,
+    with in-band FEC) instead of through aiortc's encoder."""
+
+    def __init__(self, *, loss: LossPattern | None = None, browser_opus: bool = False) -> None:
         self.pc = RTCPeerConnection()
         self.mic = MicrophoneTrack()
-        self.pc.addTrack(self.mic)
+        self.loss = loss
+        if browser_opus:
+            packet_loss = round(100 * loss.rate) if loss is not None else 0
+            self._sender = self.pc.addTrack(BrowserOpusTrack(self.mic, packet_loss))
+        else:
+            self._sender = self.pc.addTrack(self.mic)
         self.channel = self.pc.createDataChannel("events")
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.received: list[tuple[float, dict[str, Any]]] = []
@@ -233,6 +339,24 @@ class LoopbackClient:
 
     async def accept(self, answer: dict[str, Any]) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        if self.loss is not None:
+            self._drop_outgoing(self.loss)
+
+    def _drop_outgoing(self, loss: LossPattern) -> None:
+        """Drop the microphone's RTP packets as ``loss`` says, after they are numbered (so
+        the receiver sees the gaps) and before they are encrypted. Wraps this client's own
+        DTLS transport (once bundled, the one every stream shares): RTCP, other streams
+        and the data channel pass untouched."""
+        transport = self._sender.transport
+        ssrc = self._sender._ssrc
+        send = transport._send_rtp
+
+        async def send_rtp(data: bytes) -> None:
+            if not is_rtcp(data) and int.from_bytes(data[8:12], "big") == ssrc and loss.drop():
+                return
+            await send(data)
+
+        transport._send_rtp = send_rtp  # type: ignore[method-assign]
 
     async def next_event(self, *types: str, within: float = 20.0) -> dict[str, Any]:
         """The next event of one of ``types`` within ``within`` seconds (others are skipped),
