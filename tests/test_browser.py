@@ -459,8 +459,9 @@ async def test_mute_silences_the_page_only_and_stop_cuts_the_voice(
 async def test_captions_settle_and_a_pause_mid_sentence_does_not_end_the_turn(
     gateway: GatewayFactory, ollama: Ollama, tmp_path: Path
 ) -> None:
-    # The defaults: turn detection (model and text), captions every 800 ms of speech.
-    client = await gateway(ollama_host=ollama[1])
+    # Turn detection as by default (model and text); captions every 800 ms of speech (by
+    # default they are on only where ASR runs on a GPU).
+    client = await gateway(ollama_host=ollama[1], partial_interval_ms=800)
     text = "I would like to know the weather in Paris and in London this weekend."
     speech = with_pause(text, 5, 0.7, load_voice(alignments=True))
     clip = tmp_path / "paused.wav"
