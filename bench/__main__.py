@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import asr, e2e, media, setup, transcript, turns, voice
+from bench import asr, e2e, loss, media, setup, transcript, turns, voice
 from bench.common import Benchmark
 
 logger = logging.getLogger("bench")
@@ -22,6 +22,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     asr.BENCHMARK,
     media.BENCHMARK,
     voice.BENCHMARK,
+    loss.BENCHMARK,
 )
 
 

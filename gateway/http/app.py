@@ -49,6 +49,7 @@ from media.tts.base import Int16Array, TTSEngine
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.service import TTSService
 from media.vad import SileroModel, VadBatcher
+from signalling.audio_receiver import check_support
 from signalling.ice import IcePolicy, check_policy
 from signalling.limits import ConcurrencyLimiter, RateLimiter
 from signalling.offer import MAX_BODY_BYTES
@@ -89,6 +90,7 @@ def build_app(
             ", ".join(addresses) or "every address",
             f"{policy.ports[0]}-{policy.ports[1]}" if policy.ports else "chosen by the OS",
         )
+    check_support()  # says once, at start-up, when lost audio cannot be concealed here
     setup_auth(app, config)
     # The voice first: a missing voice file stops start-up before seconds of model loading.
     app.cleanup_ctx.append(_speech(tts))
