@@ -41,8 +41,6 @@ import asyncio
 import fractions
 import functools
 import logging
-import re
-from importlib import metadata
 from typing import Any, Protocol
 
 import av
@@ -53,6 +51,7 @@ from aiortc.rtp import RtpPacket
 
 from media import jitter, opus
 from media.jitter import Decoded, Event, Filled, Lost, Packet, ReorderBuffer, Skipped
+from signalling.versions import untested_release
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +95,12 @@ class _Unobserved:
 def unsupported_reason(installed: dict[str, str] | None = None) -> str | None:
     """Why the adapter cannot be used here; None when it can. ``installed`` maps package →
     version, for tests; by default it is read from metadata."""
-    for package, (lowest, untested) in TESTED.items():
-        version = installed[package] if installed else _installed_version(package)
-        match = re.match(r"(\d+)\.(\d+)", version)
-        release = (int(match[1]), int(match[2])) if match else (-1, -1)
-        if not lowest <= release < untested:
-            return (
-                f"{package} {version} is installed, but the concealing audio receiver relies "
-                f"on {package} internals tested only with >={_dotted(lowest)},<{_dotted(untested)}"
-            )
+    found = untested_release(TESTED, installed)
+    if found is not None:
+        return (
+            f"{found.package} {found.version} is installed, but the concealing audio receiver "
+            f"relies on {found.package} internals tested only with {found.tested}"
+        )
     try:
         opus.load_libopus()
     except OSError as exc:
@@ -121,17 +117,6 @@ def check_support() -> bool:
         return False
     logger.debug("concealing audio receiver: libopus %s", opus.version())
     return True
-
-
-def _installed_version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "(unknown version)"
-
-
-def _dotted(release: tuple[int, int]) -> str:
-    return f"{release[0]}.{release[1]}"
 
 
 # --- applying it ---

@@ -39,11 +39,9 @@ import inspect
 import ipaddress
 import logging
 import random
-import re
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 
 import ifaddr
 from aioice import Candidate, Connection, TransportPolicy
@@ -53,6 +51,7 @@ from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from signalling.errors import IcePolicyError, OfferError
+from signalling.versions import untested_release
 
 logger = logging.getLogger(__name__)
 
@@ -160,33 +159,18 @@ def check_versions(installed: dict[str, str] | None = None, flag: str = ADDRESS_
 
     ``installed`` maps package → version, for tests; by default it is read from metadata.
     """
-    for package, (lowest, untested) in TESTED.items():
-        version = installed[package] if installed else _installed_version(package)
-        match = re.match(r"(\d+)\.(\d+)", version)
-        release = (int(match[1]), int(match[2])) if match else (-1, -1)
-        if not lowest <= release < untested:
-            raise IcePolicyError(
-                flag,
-                f"{package} {version} is installed, but restricting ICE addresses or ports "
-                f"relies on {package} internals tested only with "
-                f">={_dotted(lowest)},<{_dotted(untested)}: install a tested release or "
-                f"leave {ADDRESS_FLAG} and {PORTS_FLAG} out",
-            )
+    found = untested_release(TESTED, installed)
+    if found is not None:
+        raise IcePolicyError(
+            flag,
+            f"{found.package} {found.version} is installed, but restricting ICE addresses or "
+            f"ports relies on {found.package} internals tested only with {found.tested}: "
+            f"install a tested release or leave {ADDRESS_FLAG} and {PORTS_FLAG} out",
+        )
     # A fork or vendored copy may carry a tested version number with other internals.
     parameters = inspect.signature(Connection.get_component_candidates).parameters
     if not {"component", "addresses", "timeout"} <= parameters.keys():
         raise IcePolicyError(flag, "this aioice build's candidate gathering is not supported")
-
-
-def _installed_version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "(unknown version)"
-
-
-def _dotted(release: tuple[int, int]) -> str:
-    return f"{release[0]}.{release[1]}"
 
 
 def check_policy(policy: IcePolicy) -> list[str]:
