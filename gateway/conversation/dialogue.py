@@ -344,7 +344,7 @@ class Conversation:
                     if reply.released is None or reply.released.is_set():
                         self._send_delta(reply, piece)
         except LLMError as exc:
-            if reply.released is not None and not reply.released.is_set():
+            if self._held(reply):
                 self.withdraw_preempt(reply.utterance_id)  # the real turn will try again
                 return
             self._fail(reply, exc.code, str(exc), exc.retryable)
@@ -352,6 +352,9 @@ class Conversation:
             return
         except Exception:  # a bug: the reply must still end, and the session go on
             logger.exception("[%s] reply %s failed", self.sink.id, reply.id)
+            if self._held(reply):
+                self.withdraw_preempt(reply.utterance_id)
+                return
             self._fail(reply, "internal", "the answer failed; try again", True)
             return
         if reply.released is not None and not await self._until_released(reply):
@@ -387,6 +390,11 @@ class Conversation:
             timings["llm_first_token_ms"],
             timings["llm_total_ms"],
         )
+
+    @staticmethod
+    def _held(reply: _Reply) -> bool:
+        """A preemptive answer not yet released: nobody has seen it."""
+        return reply.released is not None and not reply.released.is_set()
 
     async def _until_released(self, reply: _Reply) -> bool:
         """A preemptive answer that finished before its turn: wait for the verdict."""
