@@ -307,6 +307,10 @@ class LoopbackClient:
         self.heard = ReceivedAudio()  # the gateway's spoken replies
         self._listening: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
+        self.network_blocked = False  # see :meth:`block_network`
+        self.blocked_sent = 0
+        self.blocked_received = 0
+        self._gated: set[int] = set()  # ids of the aioice protocols already gated
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio" and self._listening is None:
@@ -357,6 +361,60 @@ class LoopbackClient:
             await send(data)
 
         transport._send_rtp = send_rtp  # type: ignore[method-assign]
+
+    def block_network(self) -> None:
+        """The client's network path disappears: every UDP datagram of its ICE connection
+        (STUN, DTLS, SRTP, SCTP), sent or received, is dropped until :meth:`unblock_network`.
+        Nothing is closed: to the gateway, the client has simply gone silent.
+        ``blocked_sent`` and ``blocked_received`` count what was dropped."""
+        self._gate_udp()
+        self.network_blocked = True
+
+    def unblock_network(self) -> None:
+        """The path comes back (the same sockets and addresses)."""
+        self.network_blocked = False
+
+    def _gate_udp(self) -> None:
+        """Wraps, once each, the send and receive of every UDP socket (aioice protocol) of
+        this client's ICE connections: once bundled, the one every stream and the data
+        channel share."""
+        transports = [t.sender.transport for t in self.pc.getTransceivers()]
+        if self.pc.sctp is not None:
+            transports.append(self.pc.sctp.transport)
+        for dtls in transports:
+            if dtls is None:
+                continue
+            for protocol in dtls.transport._connection._protocols:
+                if id(protocol) not in self._gated:
+                    self._gated.add(id(protocol))
+                    self._gate(protocol)
+
+    def _gate(self, protocol: Any) -> None:
+        send_data = protocol.send_data
+        send_stun = protocol.send_stun
+        datagram_received = protocol.datagram_received
+
+        async def gated_send_data(data: bytes, addr: tuple[str, int]) -> None:
+            if self.network_blocked:
+                self.blocked_sent += 1
+                return
+            await send_data(data, addr)
+
+        def gated_send_stun(message: Any, addr: tuple[str, int]) -> None:
+            if self.network_blocked:
+                self.blocked_sent += 1
+                return
+            send_stun(message, addr)
+
+        def gated_datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+            if self.network_blocked:
+                self.blocked_received += 1
+                return
+            datagram_received(data, addr)
+
+        protocol.send_data = gated_send_data
+        protocol.send_stun = gated_send_stun
+        protocol.datagram_received = gated_datagram_received
 
     async def next_event(self, *types: str, within: float = 20.0) -> dict[str, Any]:
         """The next event of one of ``types`` within ``within`` seconds (others are skipped),
