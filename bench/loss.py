@@ -42,13 +42,12 @@ from pathlib import Path
 from typing import Any, Literal
 from unittest import mock
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession
 from aiortc import RTCPeerConnection
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Benchmark, Recording, fmt, markdown_table, mean, percentile, write_json
 from bench.transcript import (
-    CONNECT_TIMEOUT_S,
     MODEL,
     BenchError,
     Heard,
@@ -64,9 +63,9 @@ from bench.transcript import (
     english_normaliser,
     prepare_sentences,
     score,
+    served,
 )
 from gateway.http import webrtc
-from gateway.http.app import build_app
 from gateway.ops.config import ASR_ENGINES, AsrEngineName, Config
 from gateway.testing.loopback import LoopbackClient, LossPattern
 from media.asr.base import ASREngine
@@ -158,14 +157,8 @@ async def measure(
         if receiver == "aiortc"
         else contextlib.nullcontext()
     )
-    runner = web.AppRunner(build_app(config, engine=engine))
-    await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        timeout = ClientTimeout(total=CONNECT_TIMEOUT_S)
-        async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
+        async with served(config, engine) as http:
             loss = level.pattern()
             client = LoopbackClient(loss=loss, browser_opus=True)
             try:
@@ -198,8 +191,6 @@ async def measure(
     except Exception as exc:
         logger.exception("%s, %s failed", level.name, receiver)
         run.error = f"{type(exc).__name__}: {exc}"
-    finally:
-        await bounded("closing the gateway", runner.cleanup())
     return run
 
 

@@ -46,7 +46,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -421,14 +421,10 @@ async def stream_pass(
         await _serve_and_listen(configuration.apply(config), engine, warmup, sentences, run)
 
 
-async def _serve_and_listen(
-    config: Config,
-    engine: ASREngine,
-    warmup: Sentence,
-    sentences: Sequence[Sentence],
-    run: EngineRun,
-) -> None:
-    name = config.asr_engine
+@contextlib.asynccontextmanager
+async def served(config: Config, engine: ASREngine) -> AsyncIterator[ClientSession]:
+    """The gateway, with ``engine`` preloaded, on a free port of 127.0.0.1, and an HTTP
+    client for it; the gateway is closed after, however the block ends."""
     runner = web.AppRunner(build_app(config, engine=engine))
     await runner.setup()
     try:
@@ -437,38 +433,50 @@ async def _serve_and_listen(
         port = runner.addresses[0][1]
         timeout = ClientTimeout(total=CONNECT_TIMEOUT_S)
         async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
-            client = LoopbackClient()
-            try:
-                started = time.perf_counter()
-                session_id = await connect(http, client)
-                run.connect_s = time.perf_counter() - started
-                await _hear(client, warmup)
-                # The warm-up's final is in the histogram too; only what follows is compared.
-                run.histogram_before = await read_histogram(http, SPEECH_END_HISTOGRAM)
-                for i, sentence in enumerate(sentences, 1):
-                    heard = await _hear(client, sentence)
-                    run.heard.append(heard)
-                    # The baseline runs here, between sentences, so that both see the same
-                    # load on a shared machine; the gateway's ASR is idle now and the next
-                    # sentence waits for it.
-                    offline = await asyncio.to_thread(transcribe_offline, engine, sentence)
-                    run.offline.append(offline)
-                    logger.info(
-                        "%s %d/%d: %s ms %r; offline %.0f ms %r",
-                        name,
-                        i,
-                        len(sentences),
-                        fmt(heard.latency_ms),
-                        heard.text,
-                        offline.asr_ms,
-                        offline.text,
-                    )
-                run.histogram_after = await read_histogram(http, SPEECH_END_HISTOGRAM)
-                await bounded("DELETE /sessions", end_session(http, session_id))
-            finally:
-                await bounded("closing the client", client.close())
+            yield http
     finally:
         await bounded("closing the gateway", runner.cleanup())
+
+
+async def _serve_and_listen(
+    config: Config,
+    engine: ASREngine,
+    warmup: Sentence,
+    sentences: Sequence[Sentence],
+    run: EngineRun,
+) -> None:
+    name = config.asr_engine
+    async with served(config, engine) as http:
+        client = LoopbackClient()
+        try:
+            started = time.perf_counter()
+            session_id = await connect(http, client)
+            run.connect_s = time.perf_counter() - started
+            await _hear(client, warmup)
+            # The warm-up's final is in the histogram too; only what follows is compared.
+            run.histogram_before = await read_histogram(http, SPEECH_END_HISTOGRAM)
+            for i, sentence in enumerate(sentences, 1):
+                heard = await _hear(client, sentence)
+                run.heard.append(heard)
+                # The baseline runs here, between sentences, so that both see the same
+                # load on a shared machine; the gateway's ASR is idle now and the next
+                # sentence waits for it.
+                offline = await asyncio.to_thread(transcribe_offline, engine, sentence)
+                run.offline.append(offline)
+                logger.info(
+                    "%s %d/%d: %s ms %r; offline %.0f ms %r",
+                    name,
+                    i,
+                    len(sentences),
+                    fmt(heard.latency_ms),
+                    heard.text,
+                    offline.asr_ms,
+                    offline.text,
+                )
+            run.histogram_after = await read_histogram(http, SPEECH_END_HISTOGRAM)
+            await bounded("DELETE /sessions", end_session(http, session_id))
+        finally:
+            await bounded("closing the client", client.close())
 
 
 # --- the offline baseline ---

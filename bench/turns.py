@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession
 
 from bench.common import (
     Benchmark,
@@ -89,9 +89,9 @@ from bench.transcript import (
     received_at,
     score,
     selected_engines,
+    served,
 )
 from gateway.conversation.endofturn import TurnDetection
-from gateway.http.app import build_app
 from gateway.ops.config import ASR_ENGINES, AsrEngineName, Config
 from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
@@ -449,22 +449,13 @@ async def run_pass(
     )
     async with fake_ollama(state=state) as (_, url):
         config = bench_pass.setup.config(name, url)
-        runner = web.AppRunner(build_app(config, engine=engine))
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
-            timeout = ClientTimeout(total=CONNECT_TIMEOUT_S)
-            async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
-                clients = [LoopbackClient() for _ in bench_pass.plans]
-                try:
-                    await _converse(bench_pass, http, clients, warmup, result)
-                finally:
-                    for client in clients:
-                        await bounded("closing a client", client.close())
-        finally:
-            await bounded("closing the gateway", runner.cleanup())
+        async with served(config, engine) as http:
+            clients = [LoopbackClient() for _ in bench_pass.plans]
+            try:
+                await _converse(bench_pass, http, clients, warmup, result)
+            finally:
+                for client in clients:
+                    await bounded("closing a client", client.close())
 
 
 async def _converse(
