@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 from collections import deque
+from typing import cast
 
 import av
+import av.filter
 import numpy as np
 
 from media import Float32Array
@@ -13,11 +16,80 @@ from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
 _SQRT_HALF = 0.7071067811865476
 
 
+class Resampler:
+    """``av.AudioResampler``'s conversion (an FFmpeg ``aformat`` graph, with the
+    libswresample stage FFmpeg inserts), on a graph that runs on the calling thread.
+
+    FFmpeg gives a filter graph a pool of one thread per core unless told otherwise, and
+    PyAV's resampler does not tell it: every stream held that many idle threads, and kept
+    them until the garbage collector reached the stream's objects (the soak benchmark saw
+    the gateway's threads grow by two per session). One per stream: it keeps filter state.
+    """
+
+    def __init__(self, format: str, layout: str, rate: int) -> None:
+        self._format = format
+        self._layout = layout
+        self._rate = rate
+        self._graph: av.filter.Graph | None = None
+        self._source: tuple[str, str, int] | None = None
+
+    def resample(self, frame: av.AudioFrame | None) -> list[av.AudioFrame]:
+        """What the filter has ready after ``frame``. ``None`` drains the samples it holds
+        back and ends the stream; input in another format starts a new one."""
+        if frame is None:
+            graph, self._graph = self._graph, None
+            if graph is None:
+                return []
+            graph.push(None)
+            return _pull(graph)
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if self._graph is None or source != self._source:
+            self._graph, self._source = self._build(frame), source
+        self._graph.push(frame)
+        return _pull(self._graph)
+
+    def _build(self, frame: av.AudioFrame) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        graph.threads = 1  # before any filter is added, or FFmpeg has started its pool
+        extra = {} if frame.time_base is None else {"time_base": str(frame.time_base)}
+        source = graph.add(
+            "abuffer",
+            sample_rate=str(frame.sample_rate),
+            sample_fmt=frame.format.name,
+            channel_layout=frame.layout.name,
+            **extra,
+        )
+        convert = graph.add(
+            "aformat",
+            sample_rates=str(self._rate),
+            sample_fmts=self._format,
+            channel_layouts=self._layout,
+        )
+        sink = graph.add("abuffersink")
+        source.link_to(convert)
+        convert.link_to(sink)
+        graph.configure()
+        return graph
+
+
+def _pull(graph: av.filter.Graph) -> list[av.AudioFrame]:
+    frames: list[av.AudioFrame] = []
+    while True:
+        try:
+            frames.append(cast(av.AudioFrame, graph.pull()))
+        except EOFError:
+            return frames
+        except av.FFmpegError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            return frames
+
+
 class MonoResampler:
-    """Wraps ``av.AudioResampler``; one per stream, since it keeps filter state."""
+    """Any aiortc frame → float32 mono at ``rate``; one per stream."""
 
     def __init__(self, rate: int = SAMPLE_RATE) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self._resampler = Resampler("flt", "mono", rate)
 
     def resample(self, frame: av.AudioFrame) -> Float32Array:
         # aiortc's pts count RTP time; a jump (packet loss, a new track) makes libswresample

@@ -41,6 +41,7 @@ import numpy.typing as npt
 from livekit.rtc import AudioFrame, AudioProcessingModule
 
 from media import Float32Array
+from media.audio import Resampler
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -103,7 +104,7 @@ class EchoCanceller:
         # WebRTC asks for this with echo cancellation on; the delay is applied here instead.
         self._apm.set_stream_delay_ms(0)
         self._far_rate = 0
-        self._far_resampler: av.AudioResampler | None = None
+        self._far_resampler: Resampler | None = None
         self._far_pending: Int16Array = np.zeros(0, dtype=np.int16)
         self._waiting.clear()
         self._delay_line.clear()
@@ -127,7 +128,7 @@ class EchoCanceller:
         per second warmed): run it before the canceller is shared with the event loop."""
         if render.ndim != 1 or not render.size:
             raise ValueError("warm-up audio must be mono and not empty")
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=self.sample_rate)
+        resampler = Resampler("s16", "mono", self.sample_rate)
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(render, dtype=np.int16).reshape(1, -1),
             format="s16",
@@ -159,9 +160,7 @@ class EchoCanceller:
             self._far_rate = sample_rate
             self._far_resampler = None
             if sample_rate != self.sample_rate:
-                self._far_resampler = av.AudioResampler(
-                    format="s16", layout="mono", rate=self.sample_rate
-                )
+                self._far_resampler = Resampler("s16", "mono", self.sample_rate)
             self._far_pending = np.zeros(0, dtype=np.int16)
         data = self._resample(samples, sample_rate)
         if not self._near_started:

@@ -28,6 +28,8 @@ import numpy as np
 import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media.audio import Resampler
+
 logger = logging.getLogger(__name__)
 
 Int16Array = npt.NDArray[np.int16]
@@ -71,9 +73,7 @@ class _Stream:
         self.rate = rate
         self.base = base  # position of the stream's first sample
         self.taken = 0  # input samples so far
-        self._resampler: av.AudioResampler | None = (
-            None if rate == RATE else av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        )
+        self._resampler: Resampler | None = None if rate == RATE else Resampler("s16", "mono", RATE)
 
     def position(self, taken: int) -> int:
         return self.base + (taken * RATE + self.rate // 2) // self.rate

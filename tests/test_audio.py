@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import os
+
 import av
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from media import Float32Array
-from media.audio import Chunker, MonoResampler, SampleClock
+from media.audio import Chunker, MonoResampler, Resampler, SampleClock
 
 RATE_IN = 48_000
 FRAME = 960  # 20 ms, as aiortc decodes Opus
@@ -99,6 +101,58 @@ def test_identical_channels_keep_their_level() -> None:
 
 
 # --- Chunker ---
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_resampler_starts_no_thread() -> None:
+    """PyAV's own resampler gives its filter graph a pool of one thread per core, held until
+    the garbage collector reaches it: two idle threads per session here (found by the soak
+    benchmark). The gateway's runs its graph on the calling thread."""
+    tone = sine(440, 8000, 4 * FRAME, RATE_IN).astype(np.int16)
+    before = _threads()
+    resamplers = [MonoResampler() for _ in range(4)]
+    for resampler in resamplers:
+        resampler.resample(stereo_frame(tone, tone, None))
+    assert _threads() == before
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(22_050, 48_000), (48_000, 16_000)])
+def test_the_resampler_converts_as_pyav_does(rate_in: int, rate_out: int) -> None:
+    """Same FFmpeg conversion, same samples, including those the filter holds back."""
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(-9000, 9000, n).astype(np.int16) for n in (441, 1000, 17, 2205)]
+
+    def run(resampler: Resampler | av.AudioResampler) -> Int16Array:
+        out = []
+        for chunk in [*chunks, None]:
+            frame = None
+            if chunk is not None:
+                frame = av.AudioFrame.from_ndarray(
+                    chunk.reshape(1, -1), format="s16", layout="mono"
+                )
+                frame.sample_rate = rate_in
+            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        return np.concatenate(out)
+
+    ours = run(Resampler("s16", "mono", rate_out))
+    theirs = run(av.AudioResampler(format="s16", layout="mono", rate=rate_out))
+    np.testing.assert_array_equal(ours, theirs)
+    assert len(ours) == pytest.approx(sum(map(len, chunks)) * rate_out / rate_in, abs=2)
+
+
+def test_the_resampler_starts_over_on_another_input_format() -> None:
+    resampler = Resampler("flt", "mono", 16_000)
+    tone = sine(440, 8000, FRAME, RATE_IN).astype(np.int16)
+    assert resampler.resample(stereo_frame(tone, tone, None))
+    mono = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
+    mono.sample_rate = 24_000
+    out = resampler.resample(mono)  # PyAV's raises ValueError here
+    assert out
+    assert all(f.sample_rate == 16_000 and f.layout.name == "mono" for f in out)
 
 
 def test_chunker_recuts_exactly_and_keeps_the_remainder() -> None:
