@@ -198,3 +198,6 @@ async def test_metrics_count_sessions_and_turns(gateway: GatewayFactory, ollama:
     assert "gateway_llm_first_token_seconds_count 1.0" in text
     assert "gateway_offer_seconds_count 1.0" in text
     assert "gateway_event_loop_lag_seconds" in text
+    assert "gateway_event_loop_delay_seconds_bucket" in text
+    assert "gateway_asyncio_tasks" in text
+    assert "process_open_fds" in text

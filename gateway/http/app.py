@@ -39,7 +39,7 @@ from gateway.http.state import (
 )
 from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
-from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop_lag
+from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.service import ASRService
@@ -97,7 +97,7 @@ def build_app(
     app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
-    app.cleanup_ctx.append(loop_lag_context(metrics))
+    app.cleanup_ctx.append(loop_watch_context(metrics))
     add_routes(app)
     return app
 
@@ -247,10 +247,10 @@ async def _close_sessions(app: web.Application) -> None:
     await app[SESSIONS].close_all("shutdown")
 
 
-def loop_lag_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+def loop_watch_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.get_running_loop().create_task(
-            watch_loop_lag(metrics.loop_lag), name="loop-lag"
+            watch_loop(metrics), name="loop-watch"
         )
         yield
         task.cancel()

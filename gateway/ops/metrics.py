@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -21,11 +22,15 @@ logger = logging.getLogger(__name__)
 # Latency buckets in seconds: from a fast loopback turn to a cold model load.
 _LATENCY = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 LOOP_LAG_INTERVAL_S = 0.5
+# How late the loop-lag timer fires: from unnoticeable to a stall that breaks audio pacing.
+_LOOP_LAG = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # process_resident_memory_bytes, process_open_fds, CPU seconds (Linux /proc).
+        ProcessCollector(registry=r)
         self.sessions_active = Gauge("gateway_sessions_active", "Open sessions", registry=r)
         self.sessions_started = Counter(
             "gateway_sessions_started", "Sessions started", ["transport"], registry=r
@@ -139,6 +144,14 @@ class Metrics:
         self.loop_lag = Gauge(
             "gateway_event_loop_lag_seconds", "Event-loop lag, last sample", registry=r
         )
+        # Every sample, so that a p99 over any window can be read (the gauge keeps one).
+        self.loop_lags = Histogram(
+            "gateway_event_loop_delay_seconds",
+            "How late each event-loop lag sample fired",
+            buckets=_LOOP_LAG,
+            registry=r,
+        )
+        self.tasks = Gauge("gateway_asyncio_tasks", "asyncio tasks alive in the loop", registry=r)
 
         def seconds(name: str, doc: str) -> Histogram:
             return Histogram(name, doc, buckets=_LATENCY, registry=r)
@@ -177,13 +190,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def watch_loop_lag(gauge: Gauge, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
-    """Samples how late a timer fires: how long any ready coroutine waits for the loop."""
+async def watch_loop(metrics: Metrics, interval_s: float = LOOP_LAG_INTERVAL_S) -> None:
+    """Samples how late a timer fires (how long any ready coroutine waits for the loop),
+    and how many tasks the loop holds: the first thing to grow when work is not ended."""
     loop = asyncio.get_running_loop()
     while True:
         start = loop.time()
         await asyncio.sleep(interval_s)
-        gauge.set(max(0.0, loop.time() - start - interval_s))
+        lag = max(0.0, loop.time() - start - interval_s)
+        metrics.loop_lag.set(lag)
+        metrics.loop_lags.observe(lag)
+        metrics.tasks.set(len(asyncio.all_tasks(loop)))
 
 
 class ASRMetrics:
