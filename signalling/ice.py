@@ -26,9 +26,14 @@ How the adapter works, and the aioice internals it relies on (the same in aioice
   aiortc's own ``close()`` does (transceivers and SCTP). Peer connections made without a
   policy are plain ``RTCPeerConnection``s and gather exactly as before.
 
-Not covered: the TURN client's socket (aioice binds it to the wildcard address; the OS picks
-the route to the TURN server), and the process-wide mDNS socket (UDP 5353) that aioice opens
-only to resolve ``.local`` candidates a browser sends when it hides its addresses.
+A TURN relay (``--turn-url``) works under a policy: the relayed candidate is gathered by
+aioice's own code on both paths above (tests/test_turn.py checks it against a real coturn).
+
+Not covered: the TURN client's socket (aioice binds it to the wildcard address and the OS
+picks the route to the TURN server; it talks only to that server, which it contacts first,
+so no inbound firewall rule concerns it), and the process-wide mDNS socket (UDP 5353) that
+aioice opens only to resolve ``.local`` candidates a browser sends when it hides its
+addresses.
 """
 
 from __future__ import annotations

@@ -19,16 +19,24 @@ from signalling.ice import IcePolicy, create_peer_connection
 NEGOTIATION_TIMEOUT_S = 10.0
 
 
-def ice_configuration(servers: Sequence[str]) -> RTCConfiguration:
+# A URL (STUN, or TURN without credentials), or a server with credentials (a TURN relay:
+# see ``signalling.turn``).
+IceServer = str | RTCIceServer
+
+
+def ice_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     # An explicit empty list: with None, aiortc falls back to a public STUN server and,
     # offline, waits ~5 s gathering before it answers. LAN/VPN use needs no STUN at all.
-    return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in servers])
+    return RTCConfiguration(
+        iceServers=[s if isinstance(s, RTCIceServer) else RTCIceServer(urls=s) for s in servers]
+    )
 
 
 def new_peer_connection(
-    ice_servers: Sequence[str], policy: IcePolicy | None = None
+    ice_servers: Sequence[IceServer], policy: IcePolicy | None = None
 ) -> RTCPeerConnection:
-    """``policy`` keeps ICE to chosen addresses and UDP ports (see ``signalling.ice``)."""
+    """``policy`` keeps ICE to chosen addresses and UDP ports (see ``signalling.ice``); a
+    TURN server among ``ice_servers`` adds a relayed candidate under any policy."""
     return create_peer_connection(ice_configuration(ice_servers), policy or IcePolicy())
 
 

@@ -126,6 +126,7 @@ CASES = [
     ),
     Case("tts_model", ("--tts-model", "kokoro"), "kokoro", '"kokoro"', "kokoro"),
     Case("barge_in_min_ms", ("--barge-in-min-ms", "250"), "250", "250", 250),
+    Case("turn_ttl_s", ("--turn-ttl-s", "600"), "600", "600", 600),
 ]
 
 
@@ -334,6 +335,11 @@ BAD = [
     (["--cors-origin", "https://app.example/x"], {}, "--cors-origin", "has a path"),
     (["--cors-origin", "app.example:3000"], {}, "--cors-origin", "is not an origin like"),
     ([], {"GATEWAY_CORS_ORIGINS": "https://ok.example,ftp://x"}, "--cors-origin", "'ftp://x'"),
+    (["--turn-url", "stun:stun.example"], {}, "--turn-url", "expected a turn: or turns: URL"),
+    (["--turn-url", "turn:[2001:db8::1]"], {}, "--turn-url", "IPv6"),
+    ([], {"GATEWAY_TURN_URLS": "turn:ok.example,turns:x?transport=udp"}, "--turn-url", "tcp"),
+    (["--turn-ttl-s", "59"], {}, "--turn-ttl-s", "between 60 and 86400, got 59"),
+    (["--turn-ttl-s", "86401"], {}, "--turn-ttl-s", "between 60 and 86400"),
 ]
 
 
@@ -609,3 +615,34 @@ def test_cors_origins_are_stored_normalised_and_a_trailing_slash_is_forgiven() -
     argv = ["--cors-origin", "HTTP://LocalHost:3000/", "--cors-origin", "https://app.example:443"]
     config = load_config(argv, {})
     assert config.cors_origins == ("http://localhost:3000", "https://app.example")
+
+
+# --- TURN relay ---
+
+
+def test_turn_relay_from_each_source(tmp_path: Path) -> None:
+    urls = ("turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349")
+    secret = str(tmp_path / "turn-secret")  # read at start-up (build_app), not here
+    flags = ["--turn-url", urls[0], "--turn-url", urls[1], "--turn-secret-file", secret]
+    env = {"GATEWAY_TURN_URLS": ",".join(urls), "GATEWAY_TURN_SECRET_FILE": secret}
+    toml = write_toml(tmp_path, f"turn_urls = {list(urls)!r}\nturn_secret_file = {secret!r}\n")
+    for config in (
+        load_config(flags, {}),
+        load_config([], env),
+        load_config(["--config", toml], {}),
+    ):
+        assert (config.turn_urls, config.turn_secret_file) == (urls, Path(secret))
+        assert config.turn_ttl_s == 3600  # the default
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag", "fragment"),
+    [
+        (["--turn-url", "turn:turn.example.org"], "--turn-secret-file", "required with --turn-url"),
+        (["--turn-secret-file", "/etc/turn-secret"], "--turn-url", "required with"),
+    ],
+)
+def test_turn_needs_both_a_url_and_the_secret(argv: list[str], flag: str, fragment: str) -> None:
+    error = config_error(argv)
+    assert error.flag == flag
+    assert fragment in str(error)

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Literal, TextIO, TypeVar
 
 import ifaddr
+from aioice.stun import TransactionFailed
+from aioice.turn import create_turn_endpoint
+from aiortc.rtcicetransport import parse_stun_turn_uri
 from cryptography import x509
 
 from certs.authority import (
@@ -48,6 +51,7 @@ from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
 from gateway.http.app import llm_settings, load_turn_judge, tts_engine_name
+from gateway.http.relay import GATEWAY_USER, load_turn_secret
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
@@ -57,6 +61,7 @@ from media.tts.base import TTSEngine
 from media.tts.engines import load_tts_engine
 from media.vad import silero_model_path
 from signalling.ice import IcePolicy, resolve_addresses
+from signalling.turn import TurnRelay
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -99,6 +104,7 @@ TTS_CHECK_TIMEOUT_S = 120.0  # a named Piper voice downloads on first use
 _T = TypeVar("_T")
 OLLAMA_PROBE_TIMEOUT_S = 0.5  # a local address answers at once or not at all
 SUBPROCESS_TIMEOUT_S = 3.0
+TURN_PROBE_TIMEOUT_S = 5.0  # aioice's own wait for a relayed candidate
 GPU_FIX = "install the CUDA build of torch: see README GPUs"
 OUR_RULE = "Local AI Gateway"
 
@@ -702,6 +708,89 @@ def check_udp(
     return checks
 
 
+# --- TURN relay --------------------------------------------------------------------------
+
+
+async def allocate_relay(url: str, username: str, password: str, timeout_s: float) -> str:
+    """Asks the TURN server at ``url`` for an allocation, as aioice does for the gateway's
+    peer connections; returns the relayed address. Raises TimeoutError, OSError, or
+    aioice's TransactionFailed (the server's refusal)."""
+    parsed = parse_stun_turn_uri(url)
+    transport, protocol = await asyncio.wait_for(
+        create_turn_endpoint(
+            _Released,
+            (parsed["host"], parsed["port"]),
+            username,
+            password,
+            ssl=parsed["scheme"] == "turns",
+            transport=parsed["transport"],
+        ),
+        timeout_s,
+    )
+    host, port = transport.get_extra_info("sockname")[:2]
+    transport.close()  # aioice releases the allocation (a Refresh of lifetime 0), then says so
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(protocol.released, timeout_s)
+    return f"{host}:{port}"
+
+
+class _Released(asyncio.DatagramProtocol):
+    """Knows when aioice has given the allocation back (``connection_lost``)."""
+
+    def __init__(self) -> None:
+        self.released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.released.done():
+            self.released.set_result(None)
+
+
+async def _probe_relay(relay: TurnRelay, now: float, timeout_s: float) -> list[Check]:
+    credential = relay.credential(GATEWAY_USER, now)
+
+    async def probe(url: str) -> Check:
+        try:
+            address = await allocate_relay(
+                url, credential.username, credential.credential, timeout_s
+            )
+        except TransactionFailed as exc:
+            return Check(
+                "turn",
+                "fail",
+                f"{url} refused the gateway's credential: {exc}",
+                "--turn-secret-file must hold coturn's static-auth-secret, with use-auth-secret "
+                "on; and this machine's clock must be right",
+            )
+        except TimeoutError:
+            return Check(
+                "turn",
+                "fail",
+                f"{url} did not answer within {timeout_s:.0f} s",
+                "is coturn running there, and its port open (UDP and/or TCP) on its host?",
+            )
+        except (OSError, ValueError) as exc:
+            return Check("turn", "fail", f"cannot reach {url}: {exc}", "check --turn-url")
+        return Check("turn", "ok", f"{url} relays (allocated {address})")
+
+    return list(await asyncio.gather(*(probe(url) for url in relay.urls)))
+
+
+def check_turn_relay(
+    config: Config, *, now: float | None = None, timeout_s: float = TURN_PROBE_TIMEOUT_S
+) -> list[Check]:
+    """With ``--turn-url``: the secret file is usable, and each TURN URL grants the gateway
+    an allocation with a credential made from it. Nothing to say without a relay.
+    Runs its own event loop: call it where none is running (or from a worker thread)."""
+    if not config.turn_urls or config.turn_secret_file is None:
+        return []
+    try:
+        secret = load_turn_secret(config.turn_secret_file)
+    except ConfigError as exc:
+        return [Check("turn", "fail", str(exc), "write the secret coturn has, on one line")]
+    relay = TurnRelay(config.turn_urls, secret, config.turn_ttl_s)
+    return asyncio.run(_probe_relay(relay, time.time() if now is None else now, timeout_s))
+
+
 # --- firewall hints ----------------------------------------------------------------------
 
 
@@ -839,6 +928,7 @@ def default_checks() -> list[CheckFn]:
         check_certificate,
         check_port,
         check_udp,
+        check_turn_relay,
         check_firewall,
     ]
 
