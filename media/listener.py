@@ -1,4 +1,5 @@
-"""The async adapter that drains an inbound audio track into the endpointer.
+"""The async adapter that drains an inbound audio track into the endpointer; audio that
+comes on no track (PCM over ``/ws``: ``media.pcm_input``) goes in through :meth:`hear`.
 
 An unread aiortc track queues decoded frames without bound (measured: +39 MB in 30 s), so
 a listener reads every frame from the moment the track arrives, even when nobody wants
@@ -73,19 +74,24 @@ class AudioListener:
                     # The canceller pairs microphone and reply audio by count: a gap it is
                     # not told about would put it out of step for good.
                     self.echo.near_end_lost(lost * len(samples))
-                self._received += len(samples)
                 held = JITTER_PREFETCH_FRAMES * frame.samples / frame.sample_rate
-                # What the endpointer sees at a position went through the canceller, which
-                # delays it by a constant: that position arrived this much earlier.
-                delay = self.echo.latency_samples if self.echo is not None else 0
-                self.arrivals.mark(self._received + delay, self._clock() - held)
-                await self.feed(samples)
+                await self.hear(samples, self._clock() - held)
             except Exception:
                 # Keep reading whatever went wrong with one frame: a track nobody reads
                 # buffers without bound.
                 logger.exception("audio frame dropped")
         for event in self.endpointer.flush():
             self._on_event(event)
+
+    async def hear(self, samples: Float32Array, arrived: float) -> None:
+        """The next ``samples`` of the stream (mono float32 at the endpointer's rate), the
+        last of which arrived at ``arrived``: the seam for audio that comes on no track."""
+        self._received += len(samples)
+        # What the endpointer sees at a position went through the canceller, which delays
+        # it by a constant: that position arrived this much earlier.
+        delay = self.echo.latency_samples if self.echo is not None else 0
+        self.arrivals.mark(self._received + delay, arrived)
+        await self.feed(samples)
 
     def _count_lost(self, frame: av.AudioFrame) -> int:
         """Frames missing before this one, from the gap in its RTP timestamp (aiortc sets

@@ -4,7 +4,8 @@ replies.
 aiortc's sender calls ``recv()`` in a loop and encodes whatever comes back at once, so the
 track itself sets the pace: frame ``n`` is due at ``start + n * 20 ms``. Frames are stereo
 because aiortc's Opus encoder works in stereo: a mono frame is upmixed by libswresample at
--3 dB (measured), an interleaved stereo one passes at full level.
+-3 dB (measured), an interleaved stereo one passes at full level. Over ``/ws`` the same
+track is read by ``media.pcm_output``, which waits while there is nothing to say.
 
 Positions are counted in 48 kHz samples since the track began: ``_sent`` samples have gone
 out, ``_queued`` more wait. A mark is the span of positions its chunk occupies; it is
@@ -141,7 +142,7 @@ class ReplyAudioTrack(MediaStreamTrack):
         self._stream: _Stream | None = None
         self._put_lock = asyncio.Lock()  # chunks queue whole and in call order
         self._epoch = 0  # bumped by flush(): a put() from before it gives up
-        self._changed = asyncio.Event()  # room in the queue, a flush, or the end
+        self._changed = asyncio.Event()  # room or audio in the queue, a flush, the end
         self._start: float | None = None
         self._frames = 0  # frames handed out so far
         self._expecting = False
@@ -161,6 +162,24 @@ class ReplyAudioTrack(MediaStreamTrack):
     def playing(self) -> bool:
         """Audio is queued, or is in the frame handed out last (false after ``flush()``)."""
         return bool(self._queued or self._marks or self._last_had_audio)
+
+    @property
+    def last_frame_had_audio(self) -> bool:
+        """The frame handed out last carried reply audio, not only silence."""
+        return self._last_had_audio
+
+    async def wait_for_audio(self) -> None:
+        """Returns once a frame with audio is due to be handed out (or the last one had
+        some, and the next closes that run), and the voice is not held; raises
+        :class:`MediaStreamError` once the track has ended. For a consumer that, unlike
+        aiortc's sender, sends nothing while there is nothing to say (``/ws``)."""
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self.playing and not self._holding:
+                return
+            self._changed.clear()
+            await self._changed.wait()
 
     def expect_audio(self, on: bool) -> None:
         """While on (a reply is mid-sentence), a frame due with no audio is an underrun."""
@@ -200,6 +219,7 @@ class ReplyAudioTrack(MediaStreamTrack):
                         self._unqueued.remove(entry)
                         self._marks.append(entry)
                     self._append(stream.resample(samples[offset : offset + piece]))
+                    self._changed.set()  # audio (or a mark) to hand out: wake wait_for_audio
         finally:
             if entry is not None and entry in self._unqueued:  # identity: eq=False
                 self._unqueued.remove(entry)

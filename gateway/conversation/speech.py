@@ -1,5 +1,7 @@
 """Spoken replies: a reply's text, as it streams, → speakable pieces → TTS → the session's
-outbound audio track. One :class:`Speaker` per WebRTC session whose answer sends audio.
+outbound audio track. One :class:`Speaker` per WebRTC session whose answer sends audio, and
+per ``/ws`` session on a gateway with a voice (the track's frames go out as binary frames,
+``media.pcm_output``).
 
     reply.delta ──SpeechSplitter──▶ pieces (bounded) ──speaker task──▶ TTSService.stream
         ──▶ ReplyAudioTrack.put (waits when seconds of audio are queued) ──▶ the client

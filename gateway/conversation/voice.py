@@ -45,6 +45,7 @@ from gateway.conversation.turns import (
     TurnStarted,
     TurnTracker,
 )
+from gateway.ops.config import Config, partial_interval_ms
 from gateway.ops.metrics import Metrics
 from media import Float32Array
 from media.asr.base import Transcription
@@ -54,6 +55,7 @@ from media.echo import EchoCanceller
 from media.endpointer import EndpointerEvent, EndpointerSettings
 from media.errors import ASRBusyError, ASRError
 from media.listener import AudioListener
+from media.pcm_input import PcmInput
 from media.vad import CHUNK_SAMPLES, VadBatcher
 from signalling import protocol
 from signalling.session import Session
@@ -84,12 +86,14 @@ class Utterance:
 
 
 class VoicePipeline:
-    """Owned by a WebRTC session; hands speech starts and transcripts to the conversation."""
+    """Owned by a session; hands speech starts and transcripts to the conversation. It
+    hears the first audio track of ``pc`` (WebRTC), or PCM frames (``/ws``: ``listen_pcm``,
+    with ``pc`` None)."""
 
     def __init__(
         self,
         session: Session,
-        pc: RTCPeerConnection,
+        pc: RTCPeerConnection | None,
         conversation: Conversation,
         asr: ASRService,
         vad: VadBatcher,
@@ -125,7 +129,8 @@ class VoicePipeline:
         self._voice_needed_s = 0.0  # voice it still needs before it interrupts
         self._holding = 0  # > 0: the voice is held at a possible onset (its generation)
         self._holds = 0
-        pc.on("track", self.on_track)
+        if pc is not None:
+            pc.on("track", self.on_track)
 
     def start(self) -> None:
         self.session.spawn(self._transcribe_loop(), "transcriber")
@@ -153,6 +158,23 @@ class VoicePipeline:
             # unread aiortc track buffers without bound.
             self.session.spawn(drain(track), "drain")
             return
+        self.session.spawn(self._new_listener().run(track), "listener")
+
+    def listen_pcm(self, rate: int) -> PcmInput:
+        """Hear PCM frames rather than a track: the caller hands each to ``receive``."""
+        if self._listener is not None:
+            raise RuntimeError(f"[{self.session.id}] the voice already has an audio source")
+        pcm = PcmInput(
+            self._new_listener(),
+            rate=rate,
+            on_frame=lambda: self._on_frame(0),
+            clock=self._clock,
+            log_prefix=f"[{self.session.id}] ",
+        )
+        self.session.spawn(pcm.watch_gaps(), "audio-gaps")
+        return pcm
+
+    def _new_listener(self) -> AudioListener:
         self._listener = listener = AudioListener(
             self._vad,
             self._endpointer,
@@ -162,7 +184,7 @@ class VoicePipeline:
             clock=self._clock,
         )
         listener.echo = self._echo
-        self.session.spawn(listener.run(track), "listener")
+        return listener
 
     def _on_probability(self, probability: float) -> None:
         """While the gateway speaks, the first voiced chunk holds the voice at once, so a
@@ -464,6 +486,17 @@ class VoicePipeline:
         self.metrics.speech_end_to_final.observe(finished - times.speech_end)
         self.session.send(protocol.transcript_final(utterance.id, text, timings))
         self.conversation.on_transcript(utterance.id, text, times)
+
+
+def endpointer_settings(config: Config, asr_device: str) -> EndpointerSettings:
+    """The endpointer a session's voice gets from the gateway's settings."""
+    return EndpointerSettings(
+        silence_ms=config.vad_silence_ms,
+        pause_ms=config.turn_min_silence_ms,
+        progress_ms=partial_interval_ms(config, asr_device),
+        # Judged turns transcribe from the moment the voice drops.
+        dips=config.turn_detection != "fixed",
+    )
 
 
 async def drain(track: MediaStreamTrack) -> None:
