@@ -1,10 +1,15 @@
 """The WebRTC transport of a session: its peer connection, and the data channel that carries
-events. The gateway uses the first channel the client opens, whatever its label."""
+events. The gateway uses the first channel the client opens, whatever its label.
+
+Closing lets what was written leave first (``session.ended`` above all), for at most
+:data:`SETTLE_TIMEOUT_S`: aiortc's ``close()`` aborts the SCTP association, which drops
+whatever is still queued or unacknowledged."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 from aiortc import RTCDataChannel, RTCPeerConnection
@@ -18,6 +23,8 @@ logger = logging.getLogger(__name__)
 # session's outbox starts dropping what can be lost) instead of queueing more here.
 MAX_BUFFERED_BYTES = 1024 * 1024
 RESUME_BELOW_BYTES = MAX_BUFFERED_BYTES // 4
+SETTLE_TIMEOUT_S = 1.0
+SETTLE_POLL_S = 0.02
 
 
 class PeerTransport:
@@ -70,4 +77,28 @@ class PeerTransport:
             logger.warning("[%s] event not sent: %s", self._id, exc)
 
     async def close(self, reason: str) -> None:
+        await self._settle(SETTLE_TIMEOUT_S)
         await self.pc.close()
+
+    async def _settle(self, timeout_s: float) -> None:
+        # Polled: aiortc signals no event when the client acknowledges data.
+        for _ in range(math.ceil(timeout_s / SETTLE_POLL_S)):
+            if not self._unacknowledged():
+                return
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    def _unacknowledged(self) -> bool:
+        """Whether the open channel still holds data the client has not acknowledged."""
+        channel = self.channel
+        if (
+            channel is None
+            or channel.readyState != "open"
+            or self.pc.connectionState != "connected"
+        ):
+            return False  # nothing to wait for, or no one to deliver it to
+        if channel.bufferedAmount > 0:
+            return True
+        # aiortc's queues of chunks not yet sent and not yet acknowledged (private, tested
+        # releases only: without them, a sent chunk counts as delivered).
+        sctp = self.pc.sctp
+        return any(getattr(sctp, name, None) for name in ("_outbound_queue", "_sent_queue"))

@@ -7,6 +7,9 @@ whose text ``reply.done`` repeats), interim captions, speech markers, pongs. Eve
 end or explain something (``reply.done``, ``reply.cancelled``, ``error``, finals, the
 session's own) are kept; only when nothing else is left to drop does the oldest of them
 go, so the bound holds whatever the client does.
+
+The same policy bounds each Server-Sent Events subscriber's queue
+(``signalling.subscribers``), whose items also carry the event's number (``seq``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ DROPPABLE = frozenset(
 class Queued:
     type: str
     text: str  # the encoded event
+    seq: int = 0  # its number in the session's event log, where one is kept
 
 
 class Outbox:
@@ -44,9 +48,9 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
-    def push(self, kind: str, text: str) -> str | None:
+    def push(self, kind: str, text: str, seq: int = 0) -> str | None:
         """Queue an event; returns the type of the event dropped to make room, if any."""
-        item = Queued(kind, text)
+        item = Queued(kind, text, seq)
         if len(self._items) < self.limit:
             self._items.append(item)
             return None

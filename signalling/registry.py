@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,9 @@ class SessionRegistry:
         if self._sessions.get(session.id) is session:
             del self._sessions[session.id]
 
+    def find(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
     def get(self, session_id: str) -> Session:
         try:
             return self._sessions[session_id]
@@ -55,7 +59,13 @@ class SessionRegistry:
             raise SessionNotFound(f"no session {session_id[:64]!r}") from None
 
     async def close_all(self, reason: str) -> None:
+        """Ends every session at once (``shutdown``: each is told ``session.ended`` first).
+        Concurrent, so the whole takes as long as the slowest session, whose wait for its
+        client is bounded (``signalling.session.ENDED_FLUSH_TIMEOUT_S``)."""
         sessions = list(self._sessions.values())
-        if sessions:
-            logger.info("closing %d sessions: %s", len(sessions), reason)
+        if not sessions:
+            return
+        logger.info("closing %d sessions: %s", len(sessions), reason)
+        started = time.monotonic()
         await asyncio.gather(*(s.close(reason) for s in sessions), return_exceptions=True)
+        logger.info("closed %d sessions in %.1f s", len(sessions), time.monotonic() - started)

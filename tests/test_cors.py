@@ -105,7 +105,9 @@ async def test_preflight_from_listed_origin(aiohttp_client: AiohttpClient) -> No
     assert "authorization" in allowed_headers
     assert "content-type" in allowed_headers
     assert response.headers["Access-Control-Max-Age"] == "600"
-    assert response.headers["Access-Control-Expose-Headers"] == "Location, Retry-After"
+    assert response.headers["Access-Control-Expose-Headers"] == (
+        "Location, Retry-After, ETag, Link, Accept-Post"
+    )
     assert response.headers["Vary"] == "Origin"
     # Authorization is a header the page sets, not a cookie: no credentials mode.
     assert "Access-Control-Allow-Credentials" not in response.headers
@@ -165,7 +167,9 @@ async def test_actual_response_for_listed_origin(aiohttp_client: AiohttpClient) 
     response = await client.post("/offer", json={}, headers={"Origin": NUXT})
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == NUXT
-    assert response.headers["Access-Control-Expose-Headers"] == "Location, Retry-After"
+    assert response.headers["Access-Control-Expose-Headers"] == (
+        "Location, Retry-After, ETag, Link, Accept-Post"
+    )
     assert response.headers["Location"] == "/sessions/abc"
     assert response.headers["Vary"] == "Origin"
     assert "Access-Control-Allow-Credentials" not in response.headers

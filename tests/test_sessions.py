@@ -10,6 +10,7 @@ import time
 import aiohttp
 import pytest
 
+from gateway.http import ws
 from gateway.http.state import SESSIONS
 from gateway.testing.ollama_server import FakeOllama
 from signalling import protocol
@@ -147,7 +148,8 @@ async def test_ws_idle_timeout_fires_although_heartbeats_flow(
     client = await gateway(idle_timeout_s=1.0)
     peer = await ws_session(client)
     started = time.monotonic()
-    message = await peer.ws.receive(timeout=8)
+    assert (await peer.next("session.ended", within=8))["reason"] == "idle-timeout"
+    message = await peer.ws.receive(timeout=5)
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert peer.ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
     assert 0.9 <= time.monotonic() - started <= 7
@@ -179,6 +181,7 @@ async def test_delete_ends_a_ws_session(gateway: GatewayFactory) -> None:
     (session_id,) = [s.id for s in client.app[SESSIONS]._sessions.values()]
     response = await client.delete(f"/sessions/{session_id}")
     assert response.status == 204
+    assert (await peer.next("session.ended", within=5))["reason"] == "client"
     message = await peer.ws.receive(timeout=5)
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert len(client.app[SESSIONS]) == 0
@@ -187,7 +190,7 @@ async def test_delete_ends_a_ws_session(gateway: GatewayFactory) -> None:
 async def test_ws_frame_over_the_limit_closes_with_1009(gateway: GatewayFactory) -> None:
     client = await gateway()
     peer = await ws_session(client)
-    await peer.ws.send_str("x" * (4 * protocol.MAX_MESSAGE_BYTES + 1))
+    await peer.ws.send_str("x" * (ws.MAX_MESSAGE_BYTES + 1))
     message = await peer.ws.receive(timeout=5)
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert peer.ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
@@ -209,6 +212,7 @@ async def test_shutdown_closes_websockets(gateway: GatewayFactory) -> None:
     client = await gateway()
     peer = await ws_session(client)
     await client.app.shutdown()
+    assert (await peer.next("session.ended", within=5))["reason"] == "shutdown"
     message = await peer.ws.receive(timeout=5)
     assert message.type is aiohttp.WSMsgType.CLOSE
     assert message.data == aiohttp.WSCloseCode.GOING_AWAY

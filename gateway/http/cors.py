@@ -9,7 +9,8 @@ does not cover it.
 
 CORS only stops a page *reading* a response. What stops another site from *making* a
 state-changing request is that every such route needs a preflight (``POST /offer`` takes
-``application/json`` only, ``DELETE`` is never a simple method), and a preflight from an
+``application/json`` only and ``POST /whip`` ``application/sdp`` only, neither of them a
+simple content type; ``DELETE`` and ``PATCH`` are never simple methods), and a preflight from an
 origin that is not listed is refused here. WebSockets are not covered by CORS at all, hence
 :func:`websocket_origin_allowed`.
 """
@@ -32,8 +33,12 @@ ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Authorization, Content-Type"
 # The browser may reuse a preflight this long (s); short, so a removed origin stops soon.
 MAX_AGE_S = 600
-# Location: the session URL to DELETE; Retry-After: how long to back off on a 429 or 503.
-EXPOSE_HEADERS = "Location, Retry-After"
+# Location: the session URL to DELETE; Retry-After: how long to back off on a 429 or 503;
+# ETag, Link and Accept-Post: what a WHIP client reads (RFC 9725). PATCH is not among the
+# allowed methods: WHIP clients take that to mean "no trickle ICE", which is the case.
+EXPOSE_HEADERS = "Location, Retry-After, ETag, Link, Accept-Post"
+# The WHIP endpoint says what it takes on every OPTIONS, preflights included (RFC 9725).
+ACCEPT_POST = {"/whip": "application/sdp"}
 
 
 def normalize_origin(origin: str) -> str | None:
@@ -88,6 +93,8 @@ def _preflight(request: web.Request, allowed: frozenset[str]) -> web.Response:
         hdrs.ACCESS_CONTROL_EXPOSE_HEADERS: EXPOSE_HEADERS,
         hdrs.VARY: "Origin",
     }
+    if request.path in ACCEPT_POST:
+        headers["Accept-Post"] = ACCEPT_POST[request.path]
     # Chrome's Private Network Access: a page on a public origin asking for a LAN/loopback
     # gateway must be let through explicitly; the operator listed this origin, so it is.
     if request.headers.get("Access-Control-Request-Private-Network", "").lower() == "true":

@@ -1,10 +1,21 @@
 """What every session gets from the gateway, whichever transport carries it: admission
 against the limits (``--max-sessions`` in total, ``--sessions-per-client`` per address),
 registration (so ``DELETE /sessions/<id>`` and shutdown reach it), its clocks, metrics and
-the log line when it ends."""
+the log line when it ends; and who may reach a session by its URL (:func:`find_session`).
+
+Access to ``/sessions/<id>`` and its events: with ``--auth none`` the unguessable id is
+enough (as it always was for ``DELETE``). With auth on, a session is its creator's: another
+principal gets 404, exactly as for an id that does not exist, so that nothing tells it the
+session is there. ``/sessions/<id>/events`` also takes the session's capability,
+``?token=<events_token>`` (handed to the creator in the answer), in place of credentials:
+an EventSource cannot send an ``Authorization`` header. A wrong token is a 404 too, and
+counts as a failed authentication (``gateway.http.auth``). Sessions whose creator their
+transport did not record (``/ws``) stay open to every authenticated principal, as before.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,8 +23,10 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
+from gateway.errors import SessionNotFound
+from gateway.http.auth import AUTH_FAILURES, principal_of
 from gateway.http.middleware import SESSION_RETRY_AFTER_S
-from gateway.http.state import CLIENT_SESSIONS, CONFIG, METRICS, SESSIONS
+from gateway.http.state import CLIENT_SESSIONS, CONFIG, DRAIN, METRICS, SESSIONS
 from signalling.lifecycle import SessionLimits
 from signalling.limits import client_key
 from signalling.session import Session
@@ -28,6 +41,7 @@ def admit(app: web.Application, remote: str | None) -> Iterator[Register]:
     """Hold a slot for one more session while it is set up (which awaits), so concurrent
     requests cannot overshoot the limits; the caller registers the session before leaving.
     Refused: 429 for this address, :class:`SessionLimitError` (503) in total."""
+    app[DRAIN].refuse_new_session()  # 503 while shutting down
     client = client_key(remote)
     limiter = app[CLIENT_SESSIONS]
     if not limiter.acquire(client):
@@ -64,10 +78,11 @@ def _register(app: web.Application, session: Session, client: str) -> None:
         metrics.sessions_active.dec()
         metrics.sessions_ended.labels(session.close_reason or "unknown").inc()
         logger.info(
-            "[%s] %s session ended (%s) after %.0f s",
+            "[%s] %s session ended (%s, told %s) after %.0f s",
             session.id,
             session.transport.kind,
             session.close_reason,
+            session.ended_reason,
             time.monotonic() - session.created_at,
         )
 
@@ -75,3 +90,55 @@ def _register(app: web.Application, session: Session, client: str) -> None:
     session.start(
         SessionLimits(max_duration_s=config.max_session_s, idle_timeout_s=config.idle_timeout_s)
     )
+
+
+# --- who may reach a session ---
+
+CAPABILITY_PARAM = "token"
+
+
+def may_access(
+    *, auth: bool, owner: object, principal: object, presented: str | None, capability: str
+) -> bool:
+    """Whether a request may act on a session (see the module's docstring). ``presented``:
+    the capability it sent (None: none), checked in constant time; ``principal``: who it
+    authenticated as (None: nobody)."""
+    if presented is not None:
+        return hmac.compare_digest(
+            presented.encode("utf-8", "surrogatepass"), capability.encode("ascii")
+        )
+    if not auth:
+        return True
+    return principal is not None and (owner is None or owner == principal)
+
+
+def find_session(request: web.Request, *, capability: bool = False) -> Session:
+    """The session of ``/sessions/{session_id}``, when this request may reach it; else
+    :class:`SessionNotFound` (404), the same for every reason. ``capability``: the route
+    takes ``?token=`` too."""
+    app = request.app
+    session_id = request.match_info["session_id"]
+    presented = request.query.get(CAPABILITY_PARAM) if capability else None
+    failures = app.get(AUTH_FAILURES)
+    client, now = client_key(request.remote), time.monotonic()
+    if presented is not None and failures is not None:
+        # The auth middleware let this request through unread: its budget applies here.
+        wait = failures.wait(client, now)
+        if wait is not None:
+            raise web.HTTPTooManyRequests(
+                reason="too many failed authentications from your address; try again later",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+    session = app[SESSIONS].find(session_id)
+    allowed = session is not None and may_access(
+        auth=app[CONFIG].auth != "none",
+        owner=session.owner,
+        principal=principal_of(request),
+        presented=presented,
+        capability=session.events_token,
+    )
+    if session is None or not allowed:
+        if presented is not None and failures is not None:
+            failures.check(client, now)  # a capability guessed at
+        raise SessionNotFound(f"no session {session_id[:64]!r}")
+    return session

@@ -13,12 +13,12 @@ from gateway.conversation.dialogue import Conversation
 from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline
 from gateway.http import state as keys
+from gateway.http.auth import Principal
+from gateway.http.relay import gateway_ice_servers
 from gateway.http.sessions import admit
-from gateway.http.state import new_conversation
-from gateway.ops.config import partial_interval_ms
+from gateway.http.state import new_conversation, new_voice
 from gateway.ops.metrics import ReceiverMetrics
 from media.echo import EchoCanceller
-from media.endpointer import EndpointerSettings
 from media.playout import RATE as PLAYOUT_RATE
 from media.playout import ReplyAudioTrack
 from media.tts.base import Int16Array
@@ -35,43 +35,37 @@ logger = logging.getLogger(__name__)
 
 
 async def open_session(
-    app: web.Application, offer: Offer, remote: str | None
+    app: web.Application,
+    offer: Offer,
+    remote: str | None,
+    *,
+    principal: Principal | None = None,
+    receive_only: bool = False,
 ) -> tuple[Session, str]:
     """Negotiate, register and start a session; returns it with the answer's SDP. On any
-    failure nothing is left behind: the peer connection is closed and the slot freed."""
-    config = app[keys.CONFIG]
+    failure nothing is left behind: the peer connection is closed and the slot freed.
+
+    ``principal``: who asked (its session is its own: ``gateway.http.sessions``).
+    ``receive_only``: the answer sends no audio (WHIP, RFC 9725), so replies are text only.
+    Events go on the first data channel the client opens and to Server-Sent Events
+    subscribers; an offer without a data channel (a WHIP publisher) leaves them to the
+    subscribers alone."""
     started = time.perf_counter()
     with admit(app, remote) as register:
         session_id = new_session_id()
         transport = PeerTransport(
-            new_peer_connection(config.ice_servers, app[keys.ICE_POLICY]), session_id
+            new_peer_connection(gateway_ice_servers(app), app[keys.ICE_POLICY]), session_id
         )
         session = Session(session_id, transport)
+        session.owner = principal
         transport.on_message = session.receive
         # Lost audio concealed or rebuilt from FEC, not multiplied by aiortc's jitter buffer.
         adapt_audio_receivers(transport.pc, ReceiverMetrics(app[keys.METRICS]))
-        tts = app.get(keys.TTS)
+        tts = None if receive_only else app.get(keys.TTS)
         track = ReplyAudioTrack() if tts is not None else None
         try:
             conversation = new_conversation(app, session, offer.session)
-            voice = VoicePipeline(
-                session,
-                transport.pc,
-                conversation,
-                app[keys.ASR],
-                app[keys.VAD],
-                EndpointerSettings(
-                    silence_ms=config.vad_silence_ms,
-                    pause_ms=config.turn_min_silence_ms,
-                    progress_ms=partial_interval_ms(config, app[keys.ASR].engine.device),
-                    # Judged turns transcribe from the moment the voice drops.
-                    dips=config.turn_detection != "fixed",
-                ),
-                app[keys.METRICS],
-                judge=app[keys.TURN_JUDGE],
-                # A probable end never waits longer than the longest silence.
-                likely_silence_ms=min(config.turn_likely_silence_ms, config.vad_silence_ms),
-            )
+            voice = new_voice(app, session, conversation, transport.pc)
             _watch_connection(session, transport)
             answer = await answer_offer(transport.pc, offer.sdp, outbound=track)
         except BaseException:  # a bad offer, a timeout, or the client going away
@@ -79,6 +73,8 @@ async def open_session(
             raise
         if session.closing:  # ended while negotiating
             raise OfferError("the session ended before it was answered")
+        # No data channel offered: none can ever open; events reach subscribers only.
+        session.transport_events = transport.pc.sctp is not None
         register(session)
     if tts is not None and track is not None:
         if sends_audio(transport.pc, track):
@@ -92,6 +88,8 @@ async def open_session(
         else:
             track.stop()
             conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"
+    if receive_only:
+        conversation.no_voice_reason = "a WHIP session only receives: replies come as text"
     app[keys.METRICS].offer_time.observe(time.perf_counter() - started)
     conversation.send_ready()  # the first event on the channel, once it opens
     voice.start()

@@ -8,6 +8,10 @@
 // they said. For tests: the line is `.msg[data-utterance-id="<id>"]`, `data-state`
 // "partial" then "final" (`.msg.user` only once final); the grey tail is `.unstable`.
 //
+// When the gateway ends the session it says why (`session.ended`): the page shows it, and
+// gateway-client.js reconnects only after a restart or a failure, not after a DELETE, an
+// idle timeout or the time limit. For tests: `#connection[data-ended]` holds the reason.
+//
 // Timings go to the Performance API (performance.measure), so that devtools and the
 // browser tests read the same numbers the page shows:
 //   gateway:click→ready         Talk pressed → session.ready
@@ -490,6 +494,11 @@ client.on("reply.audio.done", (e) => {
 
 client.on("error", showErrorEvent);
 
+client.on("session.ended", () => {
+  // The session is over: a reply still streaming will never finish.
+  if (streaming) endReply(streaming, "Stopped: the session ended");
+});
+
 // --- the voice ---
 
 /** @param {Turn | null} turn the turn being spoken, or null */
@@ -521,6 +530,8 @@ client.on("state", (change) => {
   const { state } = change;
   clearInterval(retryCountdown);
   ui.connection.dataset.state = state;
+  if (change.ended) ui.connection.dataset.ended = change.ended;
+  else if (state === "connected") delete ui.connection.dataset.ended;
   ui.disconnect.hidden = state !== "connected" && state !== "reconnecting";
   if (state === "connecting") ui.connectionText.textContent = "Connecting…";
   if (state === "connected") {
@@ -532,7 +543,8 @@ client.on("state", (change) => {
   if (state === "reconnecting") {
     // A reply cut off by the drop will never finish.
     if (streaming) endReply(streaming, "Stopped: the connection dropped");
-    ui.connectionText.textContent = `Connection lost: retrying (attempt ${change.attempt})`;
+    const why = change.ended ? RECONNECT_WHY[change.ended] ?? "Session ended" : "Connection lost";
+    ui.connectionText.textContent = `${why}: reconnecting (attempt ${change.attempt})`;
     // The countdown is for the eye only (aria-hidden): announced every second, it would
     // drown out everything else a screen reader has to say.
     const until = performance.now() + (change.retryInMs ?? 0);
@@ -673,6 +685,20 @@ function onCancel() {
 
 // --- problems, in words ---
 
+/** What `session.ended` means to the person, when the page does not reconnect. */
+const ENDED_TITLES = {
+  client: "The session was ended (from this page or another client).",
+  "idle-timeout": "The session ended: nothing was said for too long.",
+  "max-duration": "The session ended: it reached the gateway's time limit.",
+};
+
+/** The connection line while reconnecting after the gateway ended the session. */
+const RECONNECT_WHY = {
+  shutdown: "Gateway restarting",
+  "worker-lost": "Gateway lost a worker",
+  error: "Session failed",
+};
+
 /** @param {unknown} err */
 const isUnauthorized = (err) => err instanceof GatewayError && err.code === "unauthorized";
 
@@ -746,6 +772,11 @@ function showProblem(err) {
       );
     case "not_connected":
       return problem("Not connected to the gateway.", "Press Talk or send a message to connect.");
+    case "session_ended":
+      return problem(
+        /** @type {Record<string, string>} */ (ENDED_TITLES)[err.reason] ?? `Session ended: ${err.message}.`,
+        "Press Talk or send a message to start a new session.",
+      );
     default:
       return problem("Something went wrong.", err?.message ?? String(err));
   }

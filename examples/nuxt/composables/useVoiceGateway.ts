@@ -5,8 +5,23 @@
 import { computed, getCurrentInstance, onBeforeUnmount, readonly, ref, shallowRef, watch } from 'vue'
 import { useRuntimeConfig } from '#app'
 
-/** `idle` before connect() and after disconnect(); `closed`: the gateway ended the session. */
+/** `idle` before connect() and after disconnect(); `closed`: the gateway ended the session
+ * (`endedReason` says why, when it said so). */
 export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'failed' | 'closed'
+
+/** Why the gateway ended the session (`session.ended`). After `shutdown`, `worker-lost` or
+ * `error`, connecting again (with a back-off) makes sense; after `client` (a DELETE),
+ * `idle-timeout` or `max-duration`, ask the person first. */
+export type EndedReason = 'client' | 'idle-timeout' | 'max-duration' | 'shutdown' | 'worker-lost' | 'error'
+
+const ENDED_REASONS: readonly string[] = [
+  'client', 'idle-timeout', 'max-duration', 'shutdown', 'worker-lost', 'error',
+] satisfies EndedReason[]
+
+/** Whether reconnecting after the gateway ended a session for `reason` makes sense. */
+export function worthReconnecting(reason: EndedReason | null): boolean {
+  return reason === 'shutdown' || reason === 'worker-lost' || reason === 'error'
+}
 
 export interface UserTurn {
   role: 'user'
@@ -170,6 +185,9 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
   const partial = ref<PartialTranscript | null>(null)
   /** What ended your last turn, from `speech.stopped` (null: not said by this gateway). */
   const lastEndOfTurn = ref<EndOfTurn | null>(null)
+  /** Why the gateway ended the session (`session.ended`); null while it goes on, or when it
+   * ended without saying (a network drop). See worthReconnecting(). */
+  const endedReason = ref<EndedReason | null>(null)
   const microphone = shallowRef<MediaStream | null>(null)
   /** The gateway's audio (spoken replies, when it has them): one stream for the
    * composable's life, its track swapped on each connection. */
@@ -326,6 +344,13 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
       case 'error':
         report(problem(str(event.code), str(event.message), event.retryable === true))
         break
+      case 'session.ended': {
+        // The last event: the gateway closes the connection next. Nothing to DELETE.
+        const reason = str(event.reason)
+        endedReason.value = ENDED_REASONS.includes(reason) ? (reason as EndedReason) : 'error'
+        void teardown('closed')
+        break
+      }
       // pong, and types added later: nothing to show
     }
   }
@@ -364,6 +389,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     const mine = ++attempt
     state.value = 'connecting'
     errors.value = []
+    endedReason.value = null
     try {
       const wantMic = connectOptions.microphone ?? true
       if (wantMic && !navigator.mediaDevices?.getUserMedia) {
@@ -400,6 +426,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
         if (pc === peer) void teardown('closed')
       }
       channel.onmessage = (e: MessageEvent) => {
+        if (pc !== peer) return // torn down: this connection's events are over
         let event: GatewayEvent
         try {
           event = JSON.parse(String(e.data)) as GatewayEvent
@@ -541,6 +568,7 @@ export function useVoiceGateway(options: VoiceGatewayOptions = {}) {
     hearing: readonly(hearing),
     partial: readonly(partial),
     lastEndOfTurn: readonly(lastEndOfTurn),
+    endedReason: readonly(endedReason),
     speaking: readonly(speaking),
     /** Writable: `muted.value = true` mutes playback here (not the gateway's speech). */
     muted,
