@@ -3,9 +3,10 @@ app served on 127.0.0.1 by pytest-aiohttp for loopback tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aioice.ice
 import pytest
 from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection
@@ -23,6 +24,7 @@ from signalling.session import Session
 
 AiohttpClient = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
 GatewayFactory = Callable[..., Awaitable[TestClient]]  # type: ignore[type-arg]
+Ollama = tuple[FakeOllama, str]  # the ollama fixture: its state and base URL
 
 
 class EngineCache:
@@ -91,3 +93,17 @@ async def ollama() -> AsyncIterator[tuple[FakeOllama, str]]:
     """An Ollama-compatible server on 127.0.0.1 speaking the real wire format."""
     async with fake_ollama() as (state, url):
         yield state, url
+
+
+@pytest.fixture(autouse=True)
+def fresh_mdns_resolver() -> Iterator[None]:
+    """aioice keeps its mDNS resolver (for a browser's ``.local`` candidates) in a
+    thread-local, with an ``asyncio.Lock`` bound to the first event loop that waits on it.
+    The gateway runs one loop; pytest gives every test its own, so after one test had two
+    lookups at once, a later test's offer failed with "bound to a different event loop".
+    Each test starts without it (the loop that owned it, and its socket, are gone)."""
+    yield
+    state = aioice.ice._mdns
+    for name in ("lock", "protocol", "subscribers"):
+        if hasattr(state, name):
+            delattr(state, name)
