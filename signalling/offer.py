@@ -60,8 +60,13 @@ MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use
 
 # "echo_cancellation": the client's microphone already cancels echo (the browser's
 # getSettings() says so); the gateway's own canceller then starts warm (media/echo.py).
-SESSION_KEYS = frozenset({"language", "system_prompt", "tts", "voice", "echo_cancellation"})
-"""The keys a client may set in ``"session"`` (the same ones ``session.update`` takes)."""
+# "conversation": the token from an earlier session.ready, to continue that conversation.
+SESSION_KEYS = frozenset(
+    {"language", "system_prompt", "tts", "voice", "echo_cancellation", "conversation"}
+)
+"""The keys a client may set in ``"session"`` (those ``session.update`` takes, and the
+conversation to resume)."""
+MAX_CONVERSATION_TOKEN_CHARS = 1024  # a signed JWT of a few claims is ~250
 
 DIGEST_BYTES: Mapping[str, int] = MappingProxyType(
     {"sha-1": 20, "sha-224": 28, "sha-256": 32, "sha-384": 48, "sha-512": 64}
@@ -172,6 +177,12 @@ def parse_session(value: object) -> Mapping[str, object]:
                 raise OfferError(
                     f"{where} must be a voice name of up to {MAX_VOICE_CHARS} letters, digits "
                     f"and ._:- characters, got {_quote_json(item)}"
+                )
+        elif key == "conversation":
+            if not 0 < len(item) <= MAX_CONVERSATION_TOKEN_CHARS:
+                raise OfferError(
+                    f"{where} must be the token from session.ready (at most "
+                    f"{MAX_CONVERSATION_TOKEN_CHARS} characters)"
                 )
         else:  # system_prompt
             if len(item) > MAX_SYSTEM_PROMPT_CHARS:

@@ -22,6 +22,8 @@ MAX_MESSAGE_BYTES = 16 * 1024
 # accepts (Chrome takes 256 KiB, Firefox more). A longer text is cut, and says so.
 MAX_EVENT_BYTES = 64 * 1024
 MAX_TEXT_CHARS = 4000
+# What /ws audio (s16le mono, both ways) may be sent at; 16 kHz until a session.update.
+SAMPLE_RATES = (8_000, 16_000, 24_000, 48_000)
 
 Event = dict[str, Any]
 
@@ -30,9 +32,14 @@ Event = dict[str, Any]
 
 
 def session_ready(
-    session_id: str, asr: Mapping[str, str], llm: Mapping[str, Any], tts: Mapping[str, Any]
+    session_id: str,
+    asr: Mapping[str, str],
+    llm: Mapping[str, Any],
+    tts: Mapping[str, Any],
+    conversation: str | None = None,
 ) -> Event:
-    return {
+    """``conversation``: the token that resumes this conversation from a new session."""
+    event: Event = {
         "type": "session.ready",
         "session_id": session_id,
         "protocol": PROTOCOL_VERSION,
@@ -40,6 +47,9 @@ def session_ready(
         "llm": dict(llm),
         "tts": dict(tts),
     }
+    if conversation is not None:
+        event["conversation"] = conversation
+    return event
 
 
 def speech_started(utterance_id: str) -> Event:
@@ -109,6 +119,16 @@ def pong(message_id: object) -> Event:
     return {"type": "pong", "id": message_id}
 
 
+# Why the gateway ended a session, as the client is told (``signalling.ending`` maps the
+# gateway's own reasons onto these): enough to decide whether reconnecting makes sense.
+EndedReason = Literal["client", "idle-timeout", "max-duration", "shutdown", "worker-lost", "error"]
+
+
+def session_ended(reason: EndedReason) -> Event:
+    """The last event of every session the gateway ends, on every transport."""
+    return {"type": "session.ended", "reason": reason}
+
+
 def encode(event: Event) -> str:
     """JSON text of at most :data:`MAX_EVENT_BYTES` bytes. An event over it (a very long
     ``reply.done``) keeps as much of its ``text`` as fits and gains ``"truncated": true``;
@@ -156,6 +176,7 @@ class SessionUpdate:
     language: str | None = None
     tts: bool | None = None
     voice: str | None = None
+    sample_rate: int | None = None  # of /ws audio, both ways
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,11 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
         fields = {k: v for k, v in obj.items() if k != "type" and v is not None}
         if "echo_cancellation" in fields:
             raise ProtocolError('"echo_cancellation" describes the microphone: offer it only')
+        rate = _sample_rate(fields.pop("sample_rate", None))
+        if "conversation" in fields:
+            raise ProtocolError(
+                '"conversation" resumes a conversation: present it when the session opens'
+            )
         try:
             checked = parse_session(fields)
         except OfferError as exc:
@@ -221,10 +247,26 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
             language=language if isinstance(language, str) else None,
             tts=tts if isinstance(tts, bool) else None,
             voice=voice if isinstance(voice, str) else None,
+            sample_rate=rate,
         )
     if not isinstance(kind, str):
         raise ProtocolError('message has no "type" string')
     raise ProtocolError(f"unknown message type {kind[:40]!r}")
+
+
+def _sample_rate(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value not in SAMPLE_RATES:
+        allowed = ", ".join(str(r) for r in SAMPLE_RATES)
+        scalar = isinstance(value, int | float | str)
+        shown = json.dumps(value)[:20] if scalar else f"a JSON {_json_kind(value)}"
+        raise ProtocolError(f'"sample_rate" must be one of {allowed} (Hz), got {shown}')
+    return value
+
+
+def _json_kind(value: object) -> str:
+    return "array" if isinstance(value, list) else "object"
 
 
 def _text(obj: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str | None:

@@ -262,17 +262,26 @@ async def test_phone_keyboard_and_reconnect(
         connection = page.locator("#connection")
         await expect(connection).to_have_attribute("data-state", "connected", timeout=15_000)
         await expect(talk).to_have_text("Stop")
+        state = ollama[0]
+        await page.locator("#text").fill("My name is Ada.")
+        await page.locator("#text").press("Enter")
+        await expect(page.get_by_text("You said: My name is Ada.")).to_be_visible()
 
-        # The gateway ends the session (as on a restart): the page says so and reconnects.
-        await client.app[SESSIONS].close_all("test")
+        # The gateway ends the session on a restart: the page says so and reconnects.
+        await client.app[SESSIONS].close_all("shutdown")
         await expect(connection).to_have_attribute("data-state", "reconnecting")
-        await expect(page.locator("#connection-text")).to_contain_text("Connection lost")
+        await expect(page.locator("#connection-text")).to_contain_text("Gateway restarting")
         await expect(connection).to_have_attribute("data-state", "connected", timeout=15_000)
         await expect(page.locator("#mic-text")).to_have_text("Microphone on")  # still sending
         assert len(client.app[SESSIONS]) == 1
-        # The page ends the dropped session too (DELETE), in case only it had lost touch:
-        # here the gateway had already ended it, so that one answer is a 404.
-        assert [p for p in problems if "/sessions/" not in p] == []
+        # The new session continues the conversation (its offer carried the token).
+        await page.locator("#text").fill("What is my name?")
+        await page.locator("#text").press("Enter")
+        await expect(page.get_by_text("You said: What is my name?")).to_be_visible()
+        users = [m["content"] for m in state.requests[-1]["messages"] if m["role"] == "user"]
+        assert users == ["My name is Ada.", "What is my name?"]
+        # Told session.ended, the page does not DELETE the session the gateway ended.
+        assert problems == []
 
 
 @requires_chromium

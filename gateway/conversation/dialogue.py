@@ -151,12 +151,23 @@ class Conversation:
         self.speak = settings.tts is not False  # the client's wish; needs a voice too
         # Why there is no voice, for the error a client gets when it asks for one.
         self.no_voice_reason = "spoken replies are off on this gateway"
+        # Set by a transport whose audio has a rate the client chooses (/ws PCM).
+        self.on_sample_rate: Callable[[int], None] | None = None
+        # The token that resumes this conversation (gateway.conversation.resume), and why
+        # one the client presented could not be used: both told with session.ready.
+        self.resume_token: str | None = None
+        self.resume_refused: tuple[str, str] | None = None
 
     # --- what the client sends ---
 
     @property
     def speaking_replies(self) -> bool:
         return self.voice is not None and self.speak
+
+    @property
+    def busy(self) -> bool:
+        """A reply is streaming, or its speech is still playing (what a drain waits for)."""
+        return self._reply is not None or (self.voice is not None and self.voice.speaking)
 
     def send_ready(self) -> None:
         tts: dict[str, object] = {"enabled": self.speaking_replies}
@@ -168,8 +179,11 @@ class Conversation:
                 asr=self._settings.asr,
                 llm={"model": self.llm.model, "available": self.llm.available},
                 tts=tts,
+                conversation=self.resume_token,
             )
         )
+        if self.resume_refused is not None:
+            self.report_error(*self.resume_refused)
         if self._settings.tts and self.voice is None:  # asked for in the offer's "session"
             self.report_error("not_supported", self.no_voice_reason)
 
@@ -203,6 +217,11 @@ class Conversation:
         elif isinstance(message, protocol.HistoryClear):
             self.history.clear()
         elif isinstance(message, protocol.SessionUpdate):
+            if message.sample_rate is not None and self.on_sample_rate is None:
+                self.report_error(
+                    "not_supported", "sample_rate is for /ws audio; WebRTC has its own"
+                )
+                return
             try:  # all or nothing: a refused update changes no setting
                 check_language(message.language or None, self._settings.languages, self._asr_model)
                 if message.voice is not None:
@@ -213,6 +232,8 @@ class Conversation:
             except (UnsupportedLanguage, TTSVoiceMissing) as exc:
                 self.report_error(exc.code, str(exc))
                 return
+            if message.sample_rate is not None and self.on_sample_rate is not None:
+                self.on_sample_rate(message.sample_rate)
             if message.tts is not None:
                 if message.tts and self.voice is None:
                     self.report_error("not_supported", self.no_voice_reason)

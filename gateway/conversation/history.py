@@ -47,6 +47,11 @@ class History:
     def clear(self) -> None:
         self._turns.clear()
 
+    def restore(self, turns: tuple[Turn, ...]) -> None:
+        """Continue an earlier session's history (a resumed conversation), bounded as
+        ever: its last ``max_turns`` exchanges."""
+        self._turns = deque(turns[-2 * self.max_turns :] if self.max_turns else ())
+
     @property
     def turns(self) -> tuple[Turn, ...]:
         return tuple(self._turns)

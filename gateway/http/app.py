@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -17,16 +18,21 @@ from aiohttp import web
 
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import LLMSettings, OllamaChat
+from gateway.conversation.resume import Conversations, ConversationTokens, ParkedHistories
 from gateway.errors import ConfigError, IcePolicyError
 from gateway.http.auth import setup_auth
 from gateway.http.cors import cors_middleware
+from gateway.http.drain import Drain
 from gateway.http.headers import loopback_host_middleware, security_headers_middleware
 from gateway.http.middleware import error_middleware
+from gateway.http.relay import setup_turn
 from gateway.http.routes import add_routes
 from gateway.http.state import (
     ASR,
     CLIENT_SESSIONS,
     CONFIG,
+    CONVERSATIONS,
+    DRAIN,
     ECHO_WARM_UP,
     ICE_POLICY,
     LLM,
@@ -57,6 +63,10 @@ from signalling.registry import SessionRegistry
 
 logger = logging.getLogger(__name__)
 
+# Histories kept for reconnecting clients, per allowed session: enough for every session to
+# drop and come back a few times within the window, never more.
+RESUMABLE_PER_SESSION = 4
+
 
 def build_app(
     config: Config, *, engine: ASREngine | None = None, tts: TTSEngine | None = None
@@ -77,6 +87,17 @@ def build_app(
     app[METRICS] = metrics = Metrics()
     app[OFFER_LIMITER] = RateLimiter(rate_per_minute=config.offer_rate, burst=config.offer_rate)
     app[CLIENT_SESSIONS] = ConcurrencyLimiter(config.sessions_per_client)
+    app[DRAIN] = Drain()
+    app[CONVERSATIONS] = Conversations(
+        # Made here, never stored: tokens end with the process, as the histories do.
+        ConversationTokens(
+            secrets.token_bytes(32), lifetime_s=config.max_session_s + config.resume_window_s
+        ),
+        ParkedHistories(
+            limit=RESUMABLE_PER_SESSION * config.max_sessions, window_s=config.resume_window_s
+        ),
+        new_id=lambda: secrets.token_urlsafe(12),
+    )
     # Before aiohttp waits for handlers: a WebSocket handler ends only when its session does.
     app.on_shutdown.append(_close_sessions)
     app[ICE_POLICY] = policy = IcePolicy(config.ice_addresses, config.udp_ports)
@@ -92,6 +113,7 @@ def build_app(
         )
     check_support()  # says once, at start-up, when lost audio cannot be concealed here
     setup_auth(app, config)
+    setup_turn(app, config)  # reads --turn-secret-file now, as auth reads its key files
     # The voice first: a missing voice file stops start-up before seconds of model loading.
     app.cleanup_ctx.append(_speech(tts))
     app.cleanup_ctx.append(_models(engine))
@@ -249,9 +271,7 @@ async def _close_sessions(app: web.Application) -> None:
 
 def loop_watch_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.get_running_loop().create_task(
-            watch_loop(metrics), name="loop-watch"
-        )
+        task = asyncio.get_running_loop().create_task(watch_loop(metrics), name="loop-watch")
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

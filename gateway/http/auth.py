@@ -17,12 +17,17 @@ Where a client puts its credentials:
 
   The server selects ``events.v1``: a browser fails a connection whose offered subprotocols
   get no answer, and it must never be the token that is echoed back.
+- ``GET /sessions/<id>/events`` only (Server-Sent Events: an EventSource cannot set
+  headers), instead of credentials, the session's own capability ``?token=`` from its
+  answer (:data:`CAPABILITY_ROUTES`; checked by ``gateway.http.sessions.find_session``).
 
 Every route is guarded except :data:`OPEN_PATHS` and CORS preflight (``OPTIONS``), so a route
-added later is closed until someone opens it. The check runs in a middleware before the
-handler: a refused request makes no peer connection and no socket. Tokens never reach the
-logs: refusals say what was wrong, not what was sent, and :class:`GatewayAccessLogger`
-replaces aiohttp's access log, which records query strings.
+added later is closed until someone opens it. An open path among ``checked_paths`` (``/config``
+when it hands out TURN credentials) still checks credentials that a request carries, as a
+guarded route would: it answers more to an authenticated client. The check runs in a
+middleware before the handler: a refused request makes no peer connection and no socket.
+Tokens never reach the logs: refusals say what was wrong, not what was sent, and
+:class:`GatewayAccessLogger` replaces aiohttp's access log, which records query strings.
 
 Per client address (:func:`signalling.limits.client_key`): past :data:`AUTH_FAILURE_BURST`
 failed attempts (bad credentials; none at all is not a guess), every attempt is answered 429
@@ -74,6 +79,7 @@ OPEN_PATHS = frozenset(
         "/health",
         "/ready",
         "/config",
+        "/openapi.json",  # describes the routes; holds nothing secret
     }
 )
 
@@ -446,12 +452,26 @@ def _principal(
     )
 
 
+# Routes (by name) that take a per-session capability, ``?token=``, in place of credentials
+# (an EventSource cannot send headers). Their handlers check it, and count a wrong one.
+CAPABILITY_ROUTES = frozenset({"session-events"})
+
+
+def _presents_capability(request: web.Request) -> bool:
+    return (
+        hdrs.AUTHORIZATION not in request.headers
+        and "token" in request.query
+        and request.match_info.route.name in CAPABILITY_ROUTES
+    )
+
+
 def auth_middleware(
     authenticator: Authenticator,
     tickets: TicketBook,
     failures: RateLimiter,
     *,
     open_paths: frozenset[str] = OPEN_PATHS,
+    checked_paths: frozenset[str] = frozenset(),
     clock: Callable[[], float] = time.monotonic,
 ) -> Middleware:
     """Guards every route outside ``open_paths`` before its handler runs; an address out of
@@ -463,8 +483,14 @@ def auth_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Preflights carry no credentials by design (Fetch spec); CORS answers them.
-        if request.method == hdrs.METH_OPTIONS or request.path in open_paths:
+        if request.method == hdrs.METH_OPTIONS:
             return await handler(request)
+        if request.path in open_paths and not (
+            request.path in checked_paths and hdrs.AUTHORIZATION in request.headers
+        ):
+            return await handler(request)
+        if _presents_capability(request):
+            return await handler(request)  # which checks it (gateway.http.sessions)
         client, now = client_key(request.remote), clock()
         wait = failures.wait(client, now)
         if wait is not None:
@@ -545,7 +571,11 @@ def setup_auth(
         return
     app[TICKETS] = tickets = TicketBook()
     app[AUTH_FAILURES] = failures = RateLimiter(AUTH_FAILURES_PER_MINUTE, AUTH_FAILURE_BURST)
-    app.middlewares.append(auth_middleware(authenticator, tickets, failures, clock=clock))
+    # With a TURN relay, /config gives an authenticated client its credentials for it.
+    checked = frozenset({"/config"}) if config.turn_urls else frozenset()
+    app.middlewares.append(
+        auth_middleware(authenticator, tickets, failures, checked_paths=checked, clock=clock)
+    )
     requests = RateLimiter(TICKETS_PER_MINUTE, TICKET_BURST)
     app.router.add_post(TICKET_PATH, ws_ticket_handler(tickets, requests, clock=clock))
 

@@ -1,4 +1,5 @@
-"""HTTP routes: the contract of DESIGN.md (health, config, offer, sessions, the page)."""
+"""HTTP routes: the contract of DESIGN.md (health, config, offer, sessions, the page).
+WHIP is ``gateway.http.whip``; a session's Server-Sent Events, ``gateway.http.events``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.http import state as keys
+from gateway.http import whip
+from gateway.http.auth import principal_of
+from gateway.http.events import events_path, stream_events
 from gateway.http.middleware import rate_limited
+from gateway.http.openapi import openapi
+from gateway.http.relay import TURN_RELAY, client_ice_servers
+from gateway.http.sessions import find_session
 from gateway.http.webrtc import open_session
 from gateway.http.ws import websocket
 from media.asr.base import check_language
@@ -32,9 +39,17 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ready", ready)
     app.router.add_get("/config", client_config)
     app.router.add_post("/offer", offer)
+    app.router.add_post("/whip", whip.publish)
+    app.router.add_route("OPTIONS", "/whip", whip.endpoint_options)
+    app.router.add_get("/whip", whip.no_content)
     app.router.add_delete("/sessions/{session_id}", end_session)
+    app.router.add_get("/sessions/{session_id}", whip.session_resource)
+    app.router.add_patch("/sessions/{session_id}", whip.patch_session)
+    # Named: it takes a per-session capability instead of credentials (gateway.http.auth).
+    app.router.add_get("/sessions/{session_id}/events", stream_events, name="session-events")
     app.router.add_get("/ws", websocket)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", api_description)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -59,8 +74,14 @@ async def ready(request: web.Request) -> web.Response:
             "message": status.message,
         },
     }
+    if request.app[keys.DRAIN].draining:  # a load balancer must stop sending people here
+        checks["shutdown"] = {"ok": False, "message": "the gateway is shutting down"}
     ok = all(bool(check["ok"]) for check in checks.values())
     return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def api_description(request: web.Request) -> web.Response:
+    return web.json_response(openapi(request.app[keys.CONFIG]))
 
 
 async def client_config(request: web.Request) -> web.Response:
@@ -71,7 +92,8 @@ async def client_config(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "protocol": protocol.PROTOCOL_VERSION,
-            "ice_servers": [{"urls": url} for url in config.ice_servers],
+            # With --turn-url, the relay and a short-lived credential for this client.
+            "ice_servers": client_ice_servers(request, time.time()),
             "asr": {"engine": engine.name, "model": engine.model},
             "llm": {"model": llm.model, "available": llm.available},
             "features": {
@@ -79,6 +101,8 @@ async def client_config(request: web.Request) -> web.Response:
                 "llm": True,
                 "tts": tts is not None,
                 "ws": True,
+                # A relay exists; with auth on, /config lists it to authenticated requests.
+                "turn": request.app.get(TURN_RELAY) is not None,
             },
             "tts": (
                 {"enabled": True, "engine": tts.engine.name, "voice": tts.engine.voice}
@@ -87,13 +111,18 @@ async def client_config(request: web.Request) -> web.Response:
             ),
             # So a client can ask for a token before opening the microphone.
             "auth": config.auth,
-        }
+        },
+        # May hold a credential for this one client: no cache keeps it for another.
+        headers={"Cache-Control": "no-store"},
     )
 
 
 async def offer(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(reason="POST /offer takes application/json")
+        raise web.HTTPUnsupportedMediaType(
+            reason='POST /offer takes application/json ({"sdp": ..., "type": "offer"}); '
+            "a bare application/sdp offer goes to POST /whip (WHIP)"
+        )
     client = client_key(request.remote)
     wait = request.app[keys.OFFER_LIMITER].check(client, time.monotonic())
     if wait is not None:
@@ -108,10 +137,22 @@ async def offer(request: web.Request) -> web.Response:
         if tts is None:
             raise web.HTTPBadRequest(reason="spoken replies are off on this gateway: no voice")
         check_voice(tts.engine, voice)
-    session, answer = await open_session(request.app, parsed, request.remote)
+    session, answer = await open_session(
+        request.app, parsed, request.remote, principal=principal_of(request)
+    )
     return web.json_response(
-        {"sdp": answer, "type": "answer", "session_id": session.id},
-        headers={"Location": f"/sessions/{session.id}"},
+        {
+            "sdp": answer,
+            "type": "answer",
+            "session_id": session.id,
+            # Reads the session's events (Server-Sent Events) without credentials.
+            "events_token": session.events_token,
+        },
+        headers={
+            "Location": f"/sessions/{session.id}",
+            "Link": whip.link(events_path(session.id, session.events_token), whip.EVENTS_REL),
+            "Cache-Control": "no-store",
+        },
     )
 
 
@@ -121,7 +162,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def end_session(request: web.Request) -> web.Response:
-    session = request.app[keys.SESSIONS].get(request.match_info["session_id"])
+    session = find_session(request)  # another principal's session is not found
     await session.close("deleted")
     return web.Response(status=204)
 

@@ -3,13 +3,19 @@ from it. Separate from ``gateway.http.app`` so that route modules can import it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 from aiohttp import web
+from aiortc import RTCPeerConnection
 
 from gateway.conversation.dialogue import Conversation, ConversationSettings
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
+from gateway.conversation.resume import Conversations
+from gateway.conversation.voice import VoicePipeline, endpointer_settings
+from gateway.http.auth import Principal
+from gateway.http.drain import Drain
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
 from media.asr.service import ASRService
@@ -37,6 +43,8 @@ METRICS = web.AppKey("metrics", Metrics)
 OFFER_LIMITER = web.AppKey("offer_limiter", RateLimiter)  # POST /offer per client address
 ICE_POLICY = web.AppKey("ice_policy", IcePolicy)
 CLIENT_SESSIONS = web.AppKey("client_sessions", ConcurrencyLimiter)  # sessions per address
+DRAIN = web.AppKey("drain", Drain)  # shutting down: no new sessions, replies may finish
+CONVERSATIONS = web.AppKey("conversations", Conversations)  # live and resumable histories
 
 
 def new_conversation(
@@ -48,7 +56,9 @@ def new_conversation(
 ) -> Conversation:
     """The session's conversation, with the gateway's settings and a client's ``session``
     overrides, wired to what the client sends (``plain_text``: text that is not JSON is a
-    question, as on ``/ws``) and ended with the session."""
+    question, as on ``/ws``) and ended with the session. An override ``conversation`` (a
+    token from an earlier ``session.ready``) continues that conversation's history if the
+    session's owner (who authenticated; nobody without auth) may."""
     config = app[CONFIG]
     engine = app[ASR].engine
     language = overrides.get("language")
@@ -68,4 +78,62 @@ def new_conversation(
     )
     session.on_message = lambda data: conversation.on_message(data, plain_text=plain_text)
     session.on_closed.append(lambda s: conversation.cancel_reply("client"))
+    drain = app[DRAIN]
+    drain.watch(session.id, lambda: conversation.busy)
+    session.on_closed.append(lambda s: drain.forget(s.id))
+    if config.resume_window_s:
+        token = overrides.get("conversation")
+        owner = session.owner
+        principal = f"{owner.method}:{owner.subject}" if isinstance(owner, Principal) else None
+        _resume(app[CONVERSATIONS], session, conversation, token, principal)
     return conversation
+
+
+def _resume(
+    conversations: Conversations,
+    session: Session,
+    conversation: Conversation,
+    token: object,
+    principal: str | None,
+) -> None:
+    """Continue the conversation ``token`` names, or start one; either way the session
+    carries it until it ends, and session.ready hands out its token."""
+    now = time.time()
+    resumed = conversations.begin(token if isinstance(token, str) else None, principal, now)
+    conversation_id = resumed.conversation_id
+    conversation.history.restore(resumed.turns)
+    if resumed.refused is not None:
+        conversation.resume_refused = (resumed.refused.code, str(resumed.refused))
+    conversation.resume_token = conversations.tokens.issue(conversation_id, principal, now)
+
+    def replaced() -> None:  # its client came back on a new session: this one is stale
+        session.request_close("replaced")
+
+    conversations.hold(conversation_id, principal, lambda: conversation.history.turns, replaced)
+    session.on_closed.append(
+        lambda s: conversations.release(conversation_id, conversation.history.turns, time.time())
+    )
+
+
+def new_voice(
+    app: web.Application,
+    session: Session,
+    conversation: Conversation,
+    pc: RTCPeerConnection | None = None,
+) -> VoicePipeline:
+    """The session's voice pipeline (VAD, turn-taking, ASR) with the gateway's settings:
+    fed by ``pc``'s first audio track, or by the caller (``listen_pcm``) without one."""
+    config = app[CONFIG]
+    asr = app[ASR]
+    return VoicePipeline(
+        session,
+        pc,
+        conversation,
+        asr,
+        app[VAD],
+        endpointer_settings(config, asr.engine.device),
+        app[METRICS],
+        judge=app[TURN_JUDGE],
+        # A probable end never waits longer than the longest silence.
+        likely_silence_ms=min(config.turn_likely_silence_ms, config.vad_silence_ms),
+    )

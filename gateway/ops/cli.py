@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import ssl
@@ -12,17 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from certs.authority import certificate_warnings, ensure_certificates
 from certs.trust import trust_instructions
 from gateway import __version__
 from gateway.errors import KNOWN_ERRORS, CertificateError, ConfigError
 from gateway.http.app import build_app
-from gateway.http.auth import GatewayAccessLogger
 from gateway.ops.config import Config, load_config
 from gateway.ops.doctor import doctor_command
 from gateway.ops.logs import configure_logging
+from gateway.ops.runner import serve_until_signalled
 
 logger = logging.getLogger("gateway")
 
@@ -115,24 +114,21 @@ def serve(config: Config) -> int:
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 2
 
-    async def announce(_app: web.Application) -> None:
-        logger.info("Local AI Gateway %s ready: open %s", __version__, config.url)
-
-    app.on_startup.append(announce)
     try:
-        web.run_app(
-            app,
-            host=config.host,
-            port=config.port,
-            ssl_context=ssl_context,
-            print=None,
-            access_log_class=GatewayAccessLogger,  # never logs query strings (tickets)
-            keepalive_timeout=KEEPALIVE_TIMEOUT_S,
-            **HEADER_LIMITS,
+        asyncio.run(
+            serve_until_signalled(
+                app,
+                ssl_context=ssl_context,
+                ready_message=f"Local AI Gateway {__version__} ready: open {config.url}",
+                keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+                **HEADER_LIMITS,
+            )
         )
     except KNOWN_ERRORS as exc:  # e.g. the ASR model cannot be loaded
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl+C while the models load, before the drain is armed
+        return 130
     except OSError as exc:  # e.g. the port is taken
         print(f"local-ai-gateway: error: cannot listen on {config.url}: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn
 from gateway.conversation.endofturn import TURN_DETECTIONS, TurnDetection
 from gateway.errors import ConfigError
 from gateway.ops.logs import LogFormat
+from signalling.turn import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S, parse_turn_url
 
 AsrEngineName = Literal["openai-whisper", "faster-whisper"]
 AsrDevice = Literal["auto", "cpu", "cuda"]
@@ -88,10 +89,21 @@ class Config:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     ice_addresses: tuple[str, ...] = field(default_factory=tuple)
     udp_ports: tuple[int, int] | None = None
+    # TURN for clients off the VPN (coturn's use-auth-secret): GET /config hands each
+    # authenticated client credentials that last turn_ttl_s, and the gateway's own peer
+    # connections relay through the same server. The secret is read at start-up.
+    turn_urls: tuple[str, ...] = field(default_factory=tuple)
+    turn_secret_file: Path | None = None
+    turn_ttl_s: int = DEFAULT_TTL_S
     offer_rate: int = 20
     sessions_per_client: int = 4
     max_session_s: int = 4 * 3600
     idle_timeout_s: int = 600
+    # A reconnecting client continues its conversation if its old session ended this long
+    # ago at most (histories live in memory: a restart ends them).
+    resume_window_s: int = 300
+    # On SIGTERM, how long running replies may finish before every session is ended.
+    drain_timeout_s: int = 20
     # Spoken replies: "auto" is piper when it is installed (the `tts` extra), else none.
     tts_engine: TtsEngineName = "auto"
     tts_voice: str | None = None  # piper: a voice name or a .onnx path; openai: a voice
@@ -372,10 +384,31 @@ def _options() -> tuple[_Option, ...]:
             singular="--ice-address",
         ),
         _Option("udp_ports", _port_range, "UDP port range for WebRTC media, LO-HI"),
+        _Option(
+            "turn_urls",
+            parse_turn_url,
+            "TURN relay for clients off the VPN and the gateway (turn: or turns:), repeatable",
+            repeatable=True,
+            singular="--turn-url",
+        ),
+        _Option("turn_secret_file", _path, "coturn's static-auth-secret (use-auth-secret)"),
+        _Option(
+            "turn_ttl_s",
+            _int_range(MIN_TTL_S, MAX_TTL_S),
+            "how long a TURN credential from /config lets a client connect, s (3600)",
+        ),
         _Option("offer_rate", _int_range(1, 10_000), "POST /offer per minute per address (20)"),
         _Option("sessions_per_client", _int_range(1, 1000), "sessions per client address (4)"),
         _Option("max_session_s", _int_range(10, 7 * 86_400), "longest session, s (4 h)"),
         _Option("idle_timeout_s", _int_range(10, 86_400), "end a silent session after, s (600)"),
+        _Option(
+            "resume_window_s",
+            _int_range(0, 86_400),
+            "a reconnect continues the conversation within, s (300; 0: never)",
+        ),
+        _Option(
+            "drain_timeout_s", _int_range(0, 3600), "on SIGTERM, replies may finish for, s (20)"
+        ),
         _Option(
             "tts_engine",
             _choice(TTS_ENGINES),
@@ -540,6 +573,14 @@ def _check(config: Config) -> None:
                 f"{config.tts_url} is not on this machine; the reply's text would leave it, so "
                 "the gateway only sends it to a remote speech server with --allow-remote-tts",
             )
+    if config.turn_urls and config.turn_secret_file is None:
+        raise ConfigError(
+            "--turn-secret-file",
+            "required with --turn-url: the secret shared with the TURN server "
+            "(coturn's static-auth-secret)",
+        )
+    if config.turn_secret_file is not None and not config.turn_urls:
+        raise ConfigError("--turn-url", "required with --turn-secret-file: the TURN server")
     host = service_hostname(config.ollama_host)
     if not is_loopback(host) and not config.allow_remote_ollama:
         raise ConfigError(

@@ -26,7 +26,7 @@
  * Events are the gateway's data-channel messages (DESIGN.md: `session.ready`,
  * `speech.started`, `speech.stopped`, `transcript.partial`, `transcript.final`,
  * `reply.started`, `reply.delta`, `reply.done`, `reply.cancelled`, `reply.audio.started`,
- * `reply.audio.done`, `error`, `pong`), one callback list per `type`, plus `"*"` for every
+ * `reply.audio.done`, `session.ended`, `error`, `pong`), one callback list per `type`, plus `"*"` for every
  * one of them, `"state"` for connection changes ({@link StateChange}) and `"remote-audio"`
  * (below). Every type the gateway sends is passed on, including ones newer than this file.
  *
@@ -63,12 +63,23 @@
  *
  * After a drop (the connection "failed", "disconnected" for over 5 s, or the data channel
  * closed) the client reconnects with back-off (1 s, 2 s, 4 s … 30 s), as a new session with
- * the same microphone, until `disconnect()`; `reconnect: false` turns that off. A new
- * session starts a new conversation: the gateway keeps history per session.
+ * the same microphone, until `disconnect()`; `reconnect: false` turns that off. The new
+ * session continues the same conversation: its offer presents the `conversation` token of
+ * the last `session.ready`, and the gateway hands the history over (within its resume
+ * window; else an `error` event `resume_expired` or `resume_invalid` says the conversation
+ * starts afresh). `connect()` itself always starts a new conversation.
+ *
+ * When the gateway ends the session itself it says why first (`session.ended` `{reason}`),
+ * and the client acts on it ({@link ENDED}): after `shutdown` (a restart), `worker-lost`
+ * or `error` it reconnects with the same back-off; after `client` (a DELETE, from this page
+ * or elsewhere), `idle-timeout` or `max-duration` it does not: the state goes to `closed`
+ * with an error of code `session_ended` whose `reason` is the gateway's. Either way the
+ * `"state"` change carries `ended: reason`.
  *
  * Error codes of the client's own: `unreachable`, `insecure_context`, `microphone_denied`,
  * `no_microphone`, `microphone_unavailable`, `unauthorized`, `forbidden`, `busy`,
- * `offer_rejected`, `connect_timeout`, `connection_lost`, `not_connected`, `closed`.
+ * `offer_rejected`, `connect_timeout`, `connection_lost`, `session_ended`, `not_connected`,
+ * `closed`.
  */
 
 /** How long the connection may be "disconnected" before it counts as dropped (ms). */
@@ -82,6 +93,20 @@ const FETCH_TIMEOUT_MS = 10000;
 /** Reconnection back-off: first delay, and the cap it doubles up to (ms). */
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30000;
+
+/**
+ * Why the gateway ends a session (`session.ended`'s `reason`), in words, and whether coming
+ * back makes sense: not when the person (or their idleness, or the time limit) ended it.
+ * @type {Record<string, {retry: boolean, text: string}>}
+ */
+export const ENDED = {
+  client: { retry: false, text: "the session was ended" },
+  "idle-timeout": { retry: false, text: "the session was idle for too long" },
+  "max-duration": { retry: false, text: "the session reached its time limit" },
+  shutdown: { retry: true, text: "the gateway is restarting or shutting down" },
+  "worker-lost": { retry: true, text: "the gateway lost a worker it needs" },
+  error: { retry: true, text: "the session failed on the gateway" },
+};
 
 /** Speech needs these on: without echo cancellation the gateway hears its own replies. */
 const MICROPHONE_CONSTRAINTS = {
@@ -98,6 +123,7 @@ const MICROPHONE_CONSTRAINTS = {
  * @property {number} [attempt]       reconnection attempt (1, 2, …) while `reconnecting`
  * @property {number} [retryInMs]     delay before that attempt
  * @property {GatewayError} [error]   why the connection dropped, or why retrying stopped
+ * @property {string} [ended]         `session.ended`'s reason, when the gateway ended it
  *
  * @typedef {{type: string, [field: string]: any}} GatewayEvent
  * @typedef {(payload: any) => void} Listener
@@ -116,7 +142,7 @@ export class GatewayError extends Error {
   /**
    * @param {string} code
    * @param {string} message
-   * @param {{status?: number, cause?: unknown, retryable?: boolean}} [extra]
+   * @param {{status?: number, cause?: unknown, retryable?: boolean, reason?: string}} [extra]
    */
   constructor(code, message, extra = {}) {
     super(message, { cause: extra.cause });
@@ -124,6 +150,8 @@ export class GatewayError extends Error {
     this.code = code;
     this.status = extra.status;
     this.retryable = extra.retryable ?? false;
+    /** For `session_ended`: the gateway's reason (see {@link ENDED}). */
+    this.reason = extra.reason;
   }
 }
 
@@ -149,6 +177,8 @@ export class GatewayClient {
     this._muted = false;
     /** Whether the gateway should speak (setSpeech); a reconnection's offer says so. */
     this._speech = true;
+    /** @type {string | undefined} the conversation a reconnection continues (session.ready) */
+    this._conversation = undefined;
     /** @type {Map<string, Set<Listener>>} */
     this._listeners = new Map();
     /** @type {RTCPeerConnection | null} */
@@ -164,6 +194,8 @@ export class GatewayClient {
     this._retryTimer = 0;
     this._graceTimer = 0;
     this._attempt = 0;
+    /** @type {string | undefined} why the gateway ended the session being retried */
+    this._ended = undefined;
     /** Rejects the connection attempt in progress, if any. */
     this._abandon = () => {};
   }
@@ -223,6 +255,7 @@ export class GatewayClient {
   async connect({ audio = true } = {}) {
     this.startPlayback(); // first, while the click that called connect() still counts
     await this.disconnect();
+    this._conversation = undefined; // a new conversation; reconnections continue this one
     const generation = ++this._generation;
     this._setState("connecting");
     try {
@@ -258,6 +291,7 @@ export class GatewayClient {
     const ended = this._teardown();
     this._releaseStream();
     this._attempt = 0;
+    this._ended = undefined;
     if (this.state !== "idle" && this.state !== "closed") this._setState("closed");
     await ended;
   }
@@ -393,9 +427,15 @@ export class GatewayClient {
       }
       if (event.type === "session.ready") {
         this.session = event;
+        if (typeof event.conversation === "string") this._conversation = event.conversation;
         ready(event);
       }
       this._emit(event.type, event);
+      if (event.type === "session.ended") {
+        const ended = endedError(event.reason);
+        failed(ended); // ended before it was ready: connect() says why
+        this._sessionEnded(generation, ended);
+      }
     };
     channel.onclose = () => {
       failed(new GatewayError("connection_lost", "the data channel closed before session.ready"));
@@ -452,6 +492,7 @@ export class GatewayClient {
     try {
       const event = await readyPromise;
       this._attempt = 0;
+      this._ended = undefined;
       this._setState("connected");
       return event;
     } finally {
@@ -461,8 +502,10 @@ export class GatewayClient {
 
   /** The offer's `session`: what the gateway should know from the start. */
   _sessionSettings() {
-    /** @type {{tts?: boolean, echo_cancellation?: boolean}} */
+    /** @type {{tts?: boolean, echo_cancellation?: boolean, conversation?: string}} */
     const session = {};
+    // A reconnection continues the conversation (its history stays with the gateway).
+    if (this._conversation) session.conversation = this._conversation;
     // A reconnection keeps "text only" (setSpeech(false)); speaking is the default.
     if (!this._speech) session.tts = false;
     // Whether the microphone cancels echo itself (what the browser reports): then the
@@ -504,6 +547,25 @@ export class GatewayClient {
     }
   }
 
+  /**
+   * The gateway ended the live session and said why: tear down (nothing to DELETE) and come
+   * back only when that makes sense (see {@link ENDED}).
+   * @param {number} generation @param {GatewayError} error
+   */
+  _sessionEnded(generation, error) {
+    if (generation !== this._generation || this.state !== "connected") return;
+    this._sessionUrl = null; // already gone on the gateway
+    this._generation++;
+    this._teardown();
+    if (!this.reconnect || !error.retryable) {
+      this._releaseStream();
+      this._setState("closed", { error, ended: error.reason });
+      return;
+    }
+    this._ended = error.reason;
+    this._scheduleRetry(error);
+  }
+
   /** The live connection is gone: tear it down and, if allowed, try again with back-off. */
   /** @param {number} generation @param {string} why */
   _dropped(generation, why) {
@@ -528,7 +590,8 @@ export class GatewayClient {
     // Jitter, so that many clients dropped by one gateway restart do not return in step.
     const retryInMs = Math.round(base * (0.8 + 0.4 * Math.random()));
     const generation = this._generation;
-    this._setState("reconnecting", { attempt: this._attempt, retryInMs, error });
+    const ended = this._ended;
+    this._setState("reconnecting", { attempt: this._attempt, retryInMs, error, ended });
     this._retryTimer = setTimeout(() => this._retry(generation), retryInMs);
   }
 
@@ -687,6 +750,16 @@ function httpError(response, body) {
     return new GatewayError("busy", message, { status, retryable: true });
   }
   return new GatewayError(body?.error?.code ?? "offer_rejected", message, { status });
+}
+
+/**
+ * `session.ended`'s reason as a GatewayError (code `session_ended`), retryable as {@link ENDED} says.
+ * @param {unknown} reason
+ */
+function endedError(reason) {
+  const name = typeof reason === "string" && reason in ENDED ? reason : "error";
+  const known = ENDED[name];
+  return new GatewayError("session_ended", known.text, { retryable: known.retry, reason: name });
 }
 
 /** @param {unknown} err @returns {GatewayError} */

@@ -1,0 +1,84 @@
+"""The serving loop of ``local-ai-gateway serve``: aiohttp's runner, started and stopped by
+hand instead of ``web.run_app``, so that the first SIGTERM or Ctrl+C drains
+(``gateway.http.drain``) before the process exits, and a second one hurries it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http.auth import GatewayAccessLogger
+from gateway.http.state import CONFIG, DRAIN, SESSIONS
+
+logger = logging.getLogger("gateway")
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Once every session has ended, what aiohttp still waits for before it closes the
+# remaining connections (a WebSocket handler returns when its session ends).
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+async def serve_until_signalled(
+    app: web.Application,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    ready_message: str,
+    **handler_args: Any,
+) -> None:
+    """Serve ``app`` on its configured address until a signal, drain, clean up. Start-up
+    errors (a model that cannot be loaded, a port in use) propagate."""
+    config = app[CONFIG]
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=GatewayAccessLogger,  # never logs query strings (tickets)
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        **handler_args,
+    )
+    await runner.setup()  # the app's start-up: models are loaded here
+    try:
+        await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
+        logger.info("%s", ready_message)
+        signalled = asyncio.Event()
+        drain = app[DRAIN]
+
+        def received() -> None:
+            if signalled.is_set():
+                drain.hurry()
+            signalled.set()
+
+        with _signal_handlers(received):
+            await signalled.wait()
+            logger.info("shutting down: no new sessions; signal again to stop at once")
+            await drain.run(app[SESSIONS], config.drain_timeout_s)
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.contextmanager
+def _signal_handlers(received: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``received`` on the event loop: through the loop's own
+    handlers where the platform has them, else (Windows) ``signal.signal`` hands over."""
+    loop = asyncio.get_running_loop()
+    on_loop: list[signal.Signals] = []
+    previous: dict[signal.Signals, Any] = {}
+    for sig in SIGNALS:
+        try:
+            loop.add_signal_handler(sig, received)
+            on_loop.append(sig)
+        except (NotImplementedError, RuntimeError):
+            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(received))
+    try:
+        yield
+    finally:
+        for sig in on_loop:
+            loop.remove_signal_handler(sig)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
