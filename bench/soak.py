@@ -18,7 +18,10 @@ Every other session keeps one connection for the whole run; the rest end theirs 
 /sessions/<id>``) and connect again after every K turns, so that both long sessions and
 session teardown are soaked.
 
-Every minute: the gateway's RSS, open fds, threads; asyncio tasks (``gateway_asyncio_tasks``);
+Every minute: the gateway's RSS, as the lowest and highest of samples every 5 s (the low
+one is what it keeps: a transcription's buffers come and go within seconds, and one reading
+a minute lands anywhere on that saw-tooth, which alone made a 30-minute fit swing by tens of
+MB/h), open fds, threads; asyncio tasks (``gateway_asyncio_tasks``);
 event-loop lag p99 over that minute (from ``gateway_event_loop_delay_seconds``'s buckets);
 end of speech → ``transcript.final`` p50/p95 (client clock) of the turns that ended in it;
 turns and errors (error events, a missing final or reply, a lost connection). The slope of
@@ -30,7 +33,7 @@ The run fails itself (exit status 1) on:
   idle gateway after one warm-up session, before the soak (a few of slack for keep-alive
   connections and timers caught mid-flight); threads likewise, with the slack of the
   thread pools that start workers on demand up to a cap and never retire them;
-- runs of at least ``JUDGED_MINUTES``: RSS slope ≥ 5 MB/h after the baseline window; fds,
+- runs of at least ``JUDGED_MINUTES``: low RSS slope ≥ 5 MB/h after the baseline window; fds,
   threads or tasks in the last minute above the most the baseline window saw; p95 latency
   of the last 5 minutes more than 10 % above the first 5 minutes'.
 """
@@ -86,6 +89,7 @@ REPLY_TIMEOUT_S = 30.0
 IDLE_TIMEOUT_S = 45.0  # every session gone from the gateway after the clients left
 SETTLE_S = 3.0  # after the last session ended, before the idle sample
 STOP_TIMEOUT_S = 20.0  # SIGTERM to exit
+SAMPLE_S = 5.0  # how often the gateway's memory is read within a minute
 RECONNECT_PAUSE_S = 2.0
 TOKEN_INTERVAL_S = 0.02
 
@@ -118,7 +122,8 @@ class Turn:
 @dataclass(frozen=True)
 class Minute:
     minute: int
-    rss_mb: float
+    rss_mb: float  # the lowest sample: what the gateway keeps
+    rss_peak_mb: float  # the highest: what a turn's buffers add for a moment
     fds: int
     threads: int
     tasks: float
@@ -273,16 +278,20 @@ def judge(
 
 def minute_row(
     minute: int,
-    process: ProcessSample,
+    samples: Sequence[ProcessSample],
     metrics: MetricsSample,
     previous_lag: Mapping[float, float],
     turns: Sequence[Turn],
 ) -> Minute:
+    """One minute's figures: memory from ``samples`` taken through it (lowest and highest),
+    fds and threads from the last, the rest from ``/metrics`` and the turns that ended."""
     latency = [t.latency_ms for t in turns if t.latency_ms is not None]
     lag = bucket_quantile(previous_lag, metrics.loop_lag, 0.99)
+    process = samples[-1]
     return Minute(
         minute=minute,
-        rss_mb=round(process.rss_mb, 1),
+        rss_mb=round(min(p.rss_mb for p in samples), 1),
+        rss_peak_mb=round(max(p.rss_mb for p in samples), 1),
         fds=process.fds,
         threads=process.threads,
         tasks=metrics.tasks,
@@ -306,8 +315,8 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def gateway_process(
     ollama_url: str, sessions: int, log_path: Path
-) -> AsyncIterator[tuple[int, ClientSession]]:
-    """``python -m gateway serve`` on a free loopback port, ready → (pid, HTTP client); on
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, ClientSession]]:
+    """``python -m gateway serve`` on a free loopback port, ready → (process, HTTP client); on
     exit SIGTERM, then SIGKILL if it has not left in ``STOP_TIMEOUT_S``."""
     port = free_port()
     args = [
@@ -327,7 +336,7 @@ async def gateway_process(
         timeout = ClientTimeout(total=30)
         async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
             await _until_ready(proc, http, log_path)
-            yield proc.pid, http
+            yield proc, http
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -359,6 +368,15 @@ async def read_metrics(http: ClientSession) -> MetricsSample:
         if response.status != 200:
             raise BenchError(f"GET /metrics: {response.status}")
         return parse_metrics(await response.text())
+
+
+async def sample_until(pid: int, until: float) -> list[ProcessSample]:
+    """The gateway's memory, fds and threads every ``SAMPLE_S`` until ``until``."""
+    samples = [read_process(pid)]
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(SAMPLE_S, left))
+        samples.append(read_process(pid))
+    return samples
 
 
 async def idle_sample(pid: int, http: ClientSession) -> tuple[ProcessSample, MetricsSample] | None:
@@ -478,13 +496,14 @@ async def soak(
     state = FakeOllama(token_interval_s=TOKEN_INTERVAL_S)
     async with (
         fake_ollama(state=state) as (_, ollama_url),
-        gateway_process(ollama_url, args.sessions, args.out / "soak-gateway.log") as (pid, http),
+        gateway_process(ollama_url, args.sessions, args.out / "soak-gateway.log") as (proc, http),
     ):
         # One session first, so that lazy set-up (ASR threads, Opus, SCTP) is in the baseline.
         warm = Speaker(-1, http, [warmup], reconnect_every=1)
         await warm.run(time.monotonic() + 1.0)
         if any(t.errors for t in warm.turns):
             raise BenchError(f"the warm-up turn failed: {warm.turns}")
+        pid = proc.pid
         before = await idle_sample(pid, http)
         if before is None:
             raise BenchError("the warm-up session did not end")
@@ -501,7 +520,7 @@ async def soak(
                 group.create_task(speaker.run(stop_at), name=f"speaker-{speaker.index}")
             lag = before[1].loop_lag
             for minute in range(1, math.ceil(args.minutes) + 1):
-                await asyncio.sleep(max(0.0, started + 60.0 * minute - time.monotonic()))
+                samples = await sample_until(pid, started + 60.0 * minute)
                 metrics = await read_metrics(http)
                 turns = [
                     t
@@ -509,7 +528,7 @@ async def soak(
                     for t in s.turns
                     if started + 60.0 * (minute - 1) <= t.ended_at < started + 60.0 * minute
                 ]
-                row = minute_row(minute, read_process(pid), metrics, lag, turns)
+                row = minute_row(minute, samples, metrics, lag, turns)
                 lag = metrics.loop_lag
                 minutes.append(row)
                 print(_progress(row), flush=True)
@@ -522,7 +541,8 @@ async def soak(
 
 def _progress(row: Minute) -> str:
     return (
-        f"minute {row.minute}: RSS {row.rss_mb:.1f} MB, {row.fds} fds, {row.threads} threads, "
+        f"minute {row.minute}: RSS {row.rss_mb:.1f} (peak {row.rss_peak_mb:.1f}) MB, "
+        f"{row.fds} fds, {row.threads} threads, "
         f"{row.tasks:g} tasks, loop lag p99 {fmt(row.loop_lag_p99_ms, 1)} ms, "
         f"EoS→final p50 {fmt(row.latency_p50_ms)} / p95 {fmt(row.latency_p95_ms)} ms, "
         f"{row.turns} turns, {row.errors} errors"
@@ -531,13 +551,14 @@ def _progress(row: Minute) -> str:
 
 def minutes_table(minutes: Sequence[Minute]) -> str:
     header = (
-        "minute", "RSS MB", "fds", "threads", "tasks", "loop lag p99",
+        "minute", "RSS MB (low)", "peak", "fds", "threads", "tasks", "loop lag p99",
         "EoS→final p50", "p95", "turns", "errors",
     )  # fmt: skip
     rows = [
         [
             str(m.minute),
             f"{m.rss_mb:.1f}",
+            f"{m.rss_peak_mb:.1f}",
             str(m.fds),
             str(m.threads),
             f"{m.tasks:g}",

@@ -199,21 +199,37 @@ def parse_session(value: object) -> Mapping[str, object]:
 # --- the JSON envelope -------------------------------------------------------------------
 
 
-def _parse_offer(body: bytes) -> Offer:
+def parse_sdp_offer(body: bytes) -> Offer:
+    """Check a bare SDP offer (WHIP's ``application/sdp`` body) exactly as the ``sdp`` of a
+    JSON offer is checked, with errors that name the SDP offer. Raises :class:`OfferError`,
+    and no other exception."""
+    try:
+        return Offer(sdp=_check_sdp(_decode(body, MAX_SDP_BYTES, "the SDP offer")))
+    except OfferError as exc:
+        raise OfferError(str(exc).replace('"sdp"', "the SDP offer")) from None
+    except Exception as exc:  # a bug here must still be a 400, never a 500
+        raise OfferError(f"the SDP offer could not be checked ({type(exc).__name__})") from exc
+
+
+def _decode(body: bytes, limit: int, what: str) -> str:
     if isinstance(body, bytearray | memoryview):
         body = bytes(body)
     elif not isinstance(body, bytes):
-        raise OfferError(f"offer body must be bytes, got {type(body).__name__}")
+        raise OfferError(f"{what} must be bytes, got {type(body).__name__}")
     if not body:
-        raise OfferError("offer body is empty")
-    if len(body) > MAX_BODY_BYTES:
-        raise OfferError(f"offer body is too large: {len(body)} bytes, limit {MAX_BODY_BYTES}")
+        raise OfferError(f"{what} is empty")
+    if len(body) > limit:
+        raise OfferError(f"{what} is too large: {len(body)} bytes, limit {limit}")
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise OfferError(
-            f"offer body is not valid UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start}"
+            f"{what} is not valid UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start}"
         ) from exc
+
+
+def _parse_offer(body: bytes) -> Offer:
+    text = _decode(body, MAX_BODY_BYTES, "offer body")
     try:
         document = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:

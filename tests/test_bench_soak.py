@@ -18,6 +18,7 @@ from bench.soak import (
     Verdict,
     bucket_quantile,
     judge,
+    minute_row,
     parse_metrics,
     parse_proc_status,
     slope_per_hour,
@@ -67,7 +68,7 @@ def test_slope_is_per_hour_from_one_value_per_minute() -> None:
 
 
 def _minute(i: int, rss: float, fds: int = 12, tasks: float = 20) -> Minute:
-    return Minute(i, rss, fds, 24, tasks, 2.0, 800.0, 900.0, 50, 0)
+    return Minute(i, rss, rss + 30, fds, 24, tasks, 2.0, 800.0, 900.0, 50, 0)
 
 
 def _turns(start: float, minutes: int, early_ms: float, late_ms: float) -> list[Turn]:
@@ -108,3 +109,13 @@ def test_a_short_run_judges_only_what_is_left_behind() -> None:
     assert _failed(verdicts) == set()
     assert _failed(judge(minutes, IDLE, None, [], 0.0)) == {"turns", "sessions ended"}
     assert BASELINE_MINUTES < JUDGED_MINUTES
+
+
+def test_a_minute_keeps_its_lowest_and_highest_memory() -> None:
+    samples = [ProcessSample(rss, 12, 24) for rss in (760.0, 731.5, 779.9, 742.0)]
+    samples.append(ProcessSample(745.0, 13, 25))
+    metrics = MetricsSample(70, 8, {0.01: 10.0, math.inf: 10.0})
+    row = minute_row(3, samples, metrics, {}, [Turn(0, 1.0, 900.0, ())])
+    assert (row.rss_mb, row.rss_peak_mb) == (731.5, 779.9)
+    assert (row.fds, row.threads) == (13, 25)  # the last sample
+    assert row.turns == 1

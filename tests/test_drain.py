@@ -5,17 +5,14 @@ session hears ``session.ended`` (``shutdown``); a second signal does not wait.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from bench.soak import gateway_process
 from gateway.http.state import DRAIN, SESSIONS
 from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
@@ -102,45 +99,12 @@ async def test_a_drain_times_out_on_a_reply_that_does_not_end(
 # --- the real process and its signals ---
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def _gateway_process(ollama_url: str, log: Path) -> AsyncIterator[tuple[int, Process]]:
-    port = _free_port()
-    argv = [sys.executable, "-m", "gateway", "serve", "--no-tls", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--ollama-host", ollama_url, "--tts-engine", "none"]
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out)
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(240):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
-                        if response.status == 200:
-                            break
-                assert proc.returncode is None, f"the gateway exited; see {log}"
-                await asyncio.sleep(0.25)
-        yield port, proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-Process = asyncio.subprocess.Process
-
-
 async def test_sigterm_during_a_reply_lets_it_finish_and_exits_cleanly(tmp_path: Path) -> None:
     state = FakeOllama(reply=SLOW_REPLY, token_interval_s=0.15)
     log = tmp_path / "gateway.log"
     async with (
         fake_ollama(state=state) as (_, url),
-        _gateway_process(url, log) as (port, proc),
-        aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http,
+        gateway_process(url, sessions=1, log_path=log) as (proc, http),
     ):
         peer = WsPeer(await http.ws_connect("/ws"))
         await peer.next("session.ready")
@@ -157,6 +121,4 @@ async def test_sigterm_during_a_reply_lets_it_finish_and_exits_cleanly(tmp_path:
         assert done["type"] == "reply.done", done
         assert (await peer.next("session.ended"))["reason"] == "shutdown"
         assert await asyncio.wait_for(proc.wait(), 20) == 0, f"see {log}"
-    text = await asyncio.to_thread(log.read_text)
-    assert "Traceback" not in text
-    assert "shutting down" in text
+    assert "Traceback" not in await asyncio.to_thread(log.read_text)

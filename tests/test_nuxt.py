@@ -12,15 +12,10 @@ Access).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,6 +45,7 @@ from tests.browser import (
     watch_console,
 )
 from tests.conftest import GatewayFactory
+from tests.npm import exclusive, packages_are_fresh
 
 NUXT_DIR = Path(__file__).resolve().parents[1] / "examples" / "nuxt"
 PUBLIC = NUXT_DIR / ".output" / "public"
@@ -93,25 +89,6 @@ def _build_is_fresh() -> bool:
     )
 
 
-def _packages_are_fresh() -> bool:
-    # npm ci writes this copy of the lock file; older than the real one means stale.
-    installed = NUXT_DIR / "node_modules" / ".package-lock.json"
-    lock = NUXT_DIR / "package-lock.json"
-    return installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime
-
-
-@contextmanager
-def _build_lock() -> Iterator[None]:
-    """One build at a time in this checkout (other test runs may share the tree)."""
-    key = hashlib.sha256(str(NUXT_DIR).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"nuxt-build-{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(command: list[str], timeout_s: float) -> None:
     env = {**os.environ, **BUILD_ENV}
     try:
@@ -131,9 +108,9 @@ def _run(command: list[str], timeout_s: float) -> None:
 @pytest.fixture(scope="session")
 def nuxt_site() -> Path:
     """``examples/nuxt/.output/public``, built if it is missing or older than the sources."""
-    with _build_lock():
+    with exclusive(NUXT_DIR):
         if not _build_is_fresh():
-            if not _packages_are_fresh():
+            if not packages_are_fresh(NUXT_DIR):
                 _run(["npm", "ci", "--no-audit", "--no-fund"], NPM_CI_TIMEOUT_S)
             started = time.monotonic()
             _run([str(NUXT_DIR / "node_modules" / ".bin" / "nuxt"), "generate"], GENERATE_TIMEOUT_S)

@@ -5,15 +5,10 @@ npm, bundled with esbuild) publishing Chromium's fake microphone."""
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -31,14 +26,14 @@ from gateway.http.whip import (
     answer_headers,
     ice_etag,
     ice_server_links,
-    whip_offer,
 )
 from gateway.testing.loopback import DATA, MicrophoneTrack, load_clips
 from gateway.testing.ollama_server import FakeOllama
-from signalling.offer import MAX_SDP_BYTES
+from signalling.offer import MAX_SDP_BYTES, parse_sdp_offer
 from signalling.registry import SessionRegistry
 from tests.browser import chromium, fake_microphone_wav, requires_chromium, watch_console
 from tests.conftest import GatewayFactory
+from tests.npm import exclusive, packages_are_fresh
 from tests.sse import EventStream
 from tests.test_offer import CHROME_OFFER
 
@@ -55,7 +50,7 @@ NPM_CI_TIMEOUT_S = 300
 
 
 def test_a_bare_sdp_offer_is_checked_as_offer_checks_it() -> None:
-    offer = whip_offer(CHROME_OFFER.replace("\r\n", "\n").encode())
+    offer = parse_sdp_offer(CHROME_OFFER.replace("\r\n", "\n").encode())
     assert offer.sdp.startswith("v=0\r\n")
     assert "\n" not in offer.sdp.replace("\r\n", "")  # CRLF throughout
     assert dict(offer.session) == {}
@@ -74,7 +69,7 @@ def test_a_bare_sdp_offer_is_checked_as_offer_checks_it() -> None:
 )
 def test_a_bad_offer_says_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(OfferError, match=re.escape(message)) as caught:
-        whip_offer(body)
+        parse_sdp_offer(body)
     assert '"sdp"' not in str(caught.value)  # worded for a body that is the SDP itself
 
 
@@ -311,24 +306,6 @@ async def test_the_session_limits_apply(gateway: GatewayFactory) -> None:
 # --- a third-party WHIP client in Chromium ---
 
 
-@contextmanager
-def _npm_lock() -> Iterator[None]:
-    """One npm ci at a time in this checkout (other test runs may share the tree)."""
-    key = hashlib.sha256(str(CLIENT_DIR).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"whip-client-{key}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _packages_are_fresh() -> bool:
-    installed = CLIENT_DIR / "node_modules" / ".package-lock.json"
-    lock = CLIENT_DIR / "package-lock.json"
-    return installed.exists() and installed.stat().st_mtime >= lock.stat().st_mtime
-
-
 @pytest.fixture(scope="session")
 def whip_client_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``@eyevinn/whip-web-client`` as one browser script (``window.WHIP.WHIPClient``):
@@ -336,8 +313,8 @@ def whip_client_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("npm") is None:
         pytest.skip("no npm: install Node.js 20+")
     out = tmp_path_factory.mktemp("whip-client") / "whip-client.js"
-    with _npm_lock():
-        if not _packages_are_fresh():
+    with exclusive(CLIENT_DIR):
+        if not packages_are_fresh(CLIENT_DIR):
             subprocess.run(
                 ["npm", "ci", "--no-audit", "--no-fund"],
                 cwd=CLIENT_DIR,

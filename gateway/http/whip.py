@@ -32,7 +32,6 @@ registered yet, so the example's name is used, and clients that know none ignore
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -40,7 +39,6 @@ from collections.abc import Iterable, Mapping
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from gateway.errors import OfferError
 from gateway.http import state as keys
 from gateway.http.auth import principal_of
 from gateway.http.events import events_path
@@ -49,7 +47,7 @@ from gateway.http.relay import client_ice_servers
 from gateway.http.sessions import find_session
 from gateway.http.webrtc import open_session
 from signalling.limits import client_key
-from signalling.offer import MAX_SDP_BYTES, Offer, parse_offer
+from signalling.offer import parse_sdp_offer
 
 SDP = "application/sdp"
 EVENTS_REL = "urn:ietf:params:whip:ext:example:server-sent-events"
@@ -60,26 +58,6 @@ _URI = re.compile(r"[!#-;=?-\[\]_a-z~]+", re.ASCII)  # no <, >, space, quote or 
 
 
 # --- pure: the offer in, the headers out ---
-
-
-def whip_offer(body: bytes) -> Offer:
-    """A bare SDP offer, checked exactly as ``/offer`` checks the ``sdp`` of its JSON.
-    Raises :class:`OfferError`."""
-    if not body:
-        raise OfferError("the SDP offer is empty")
-    if len(body) > MAX_SDP_BYTES:
-        raise OfferError(f"the SDP offer is too large: {len(body)} bytes, limit {MAX_SDP_BYTES}")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise OfferError(
-            f"the SDP offer is not valid UTF-8: byte 0x{body[exc.start]:02x} at offset {exc.start}"
-        ) from exc
-    envelope = json.dumps({"type": "offer", "sdp": text}, ensure_ascii=False)
-    try:
-        return parse_offer(envelope.encode("utf-8"))
-    except OfferError as exc:  # the same checks; worded for a body that is the SDP itself
-        raise OfferError(str(exc).replace('"sdp"', "the SDP offer")) from None
 
 
 def ice_etag(answer: str) -> str:
@@ -148,7 +126,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     wait = app[keys.OFFER_LIMITER].check(client_key(request.remote), time.monotonic())
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
-    offer = whip_offer(await request.read())
+    offer = parse_sdp_offer(await request.read())
     session, answer = await open_session(
         app, offer, request.remote, principal=principal_of(request), receive_only=True
     )
