@@ -114,9 +114,11 @@ def test_a_conversation_is_continued_after_its_session_ended() -> None:
     first = conversations.begin(None, "key:a", NOW)
     assert first == Resumed("new1")
     ended: list[str] = []
-    conversations.hold(first.conversation_id, "key:a", lambda: TURNS, lambda: ended.append("x"))
+    holding = conversations.hold(
+        first.conversation_id, "key:a", lambda: TURNS, lambda: ended.append("x")
+    )
     token = conversations.tokens.issue(first.conversation_id, "key:a", NOW)
-    conversations.release(first.conversation_id, TURNS, NOW + 10)
+    conversations.release(holding, NOW + 10)
     again = conversations.begin(token, "key:a", NOW + 20)
     assert again == Resumed("new1", TURNS)
     assert ended == []  # it had ended on its own
@@ -132,13 +134,22 @@ def test_a_live_session_holding_the_conversation_is_ended_and_taken_over() -> No
     conversations = _directory()
     first = conversations.begin(None, None, NOW)
     ended: list[str] = []
-    conversations.hold(first.conversation_id, None, lambda: TURNS, lambda: ended.append("old"))
+    old = conversations.hold(
+        first.conversation_id, None, lambda: TURNS, lambda: ended.append("old")
+    )
     token = conversations.tokens.issue(first.conversation_id, None, NOW)
     resumed = conversations.begin(token, None, NOW + 5)
     assert resumed == Resumed(first.conversation_id, TURNS)
     assert ended == ["old"]
-    # The old session's own end then parks nothing over the new one's conversation.
-    conversations.release(first.conversation_id, TURNS[:1], NOW + 6)
+    more = (*TURNS, Turn("user", "And New Zealand?"), Turn("assistant", "Wellington."))
+    new = conversations.hold(resumed.conversation_id, None, lambda: more, lambda: None)
+    # The old session ends after the new one holds the conversation: it parks nothing and
+    # leaves the new one's hold alone.
+    conversations.release(old, NOW + 6)
+    assert len(conversations.parked) == 0
+    again = conversations.begin(token, None, NOW + 7)  # a third takeover gets the new turns
+    assert again.turns == more
+    conversations.release(new, NOW + 8)
     assert len(conversations.parked) == 0
 
 
@@ -159,6 +170,6 @@ def test_forged_and_foreign_tokens_start_a_new_conversation() -> None:
 def test_with_no_window_nothing_is_parked() -> None:
     conversations = _directory(window_s=0)
     first = conversations.begin(None, None, NOW)
-    conversations.hold(first.conversation_id, None, lambda: TURNS, lambda: None)
-    conversations.release(first.conversation_id, TURNS, NOW)
+    holding = conversations.hold(first.conversation_id, None, lambda: TURNS, lambda: None)
+    conversations.release(holding, NOW)
     assert len(conversations.parked) == 0

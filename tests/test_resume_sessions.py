@@ -86,6 +86,18 @@ async def test_a_client_back_before_its_old_session_ended_takes_it_over(
         assert len(sessions) == 1
         await _ask(new, "Which number?")
         assert _user_turns(state.requests[-1]) == ["Remember the number seven.", "Which number?"]
+        # The old session ended after the new one took over: what is kept for the next
+        # reconnect is the new one's history, not the old one's.
+        deleted = await client.delete(f"/sessions/{resumed['session_id']}")
+        assert deleted.status == 204
+        await new.close()
+        new, _ = await _open(client, {"conversation": resumed["conversation"]})
+        await _ask(new, "And the one after?")
+        assert _user_turns(state.requests[-1]) == [
+            "Remember the number seven.",
+            "Which number?",
+            "And the one after?",
+        ]
     finally:
         await old.close()
         if new is not None:

@@ -148,8 +148,11 @@ class Resumed:
     refused: ResumeError | None = None
 
 
-@dataclass
-class _Live:
+@dataclass(eq=False)
+class Holding:
+    """One session's hold on a conversation (``Conversations.hold``)."""
+
+    conversation_id: str
     principal: str | None
     history: Callable[[], tuple[Turn, ...]]
     end: Callable[[], None]  # ends the session that holds it (its client came back elsewhere)
@@ -168,7 +171,7 @@ class Conversations:
         self.tokens = tokens
         self.parked = parked
         self._new_id = new_id
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, Holding] = {}
 
     def begin(self, token: str | None, principal: str | None, now: float) -> Resumed:
         """The conversation a new session starts with. A live session that holds the
@@ -194,13 +197,18 @@ class Conversations:
         principal: str | None,
         history: Callable[[], tuple[Turn, ...]],
         end: Callable[[], None],
-    ) -> None:
-        """A session is now carrying this conversation."""
-        self._live[conversation_id] = _Live(principal, history, end)
+    ) -> Holding:
+        """A session is now carrying this conversation, until it lets go (``release``)."""
+        holding = Holding(conversation_id, principal, history, end)
+        self._live[conversation_id] = holding
+        return holding
 
-    def release(self, conversation_id: str, turns: tuple[Turn, ...], now: float) -> None:
+    def release(self, holding: Holding, now: float) -> None:
         """The session carrying it ended: park its history for the resume window, unless
-        another session has taken it over already."""
-        live = self._live.pop(conversation_id, None)
-        if live is not None and self.parked.window_s > 0:
-            self.parked.park(conversation_id, live.principal, turns, now)
+        another session has taken it over (the old session of a takeover ends after the
+        new one holds the conversation: it must leave the new one alone)."""
+        if self._live.get(holding.conversation_id) is not holding:
+            return
+        del self._live[holding.conversation_id]
+        if self.parked.window_s > 0:
+            self.parked.park(holding.conversation_id, holding.principal, holding.history(), now)

@@ -109,10 +109,10 @@ def _resume(
     def replaced() -> None:  # its client came back on a new session: this one is stale
         session.request_close("replaced")
 
-    conversations.hold(conversation_id, principal, lambda: conversation.history.turns, replaced)
-    session.on_closed.append(
-        lambda s: conversations.release(conversation_id, conversation.history.turns, time.time())
+    holding = conversations.hold(
+        conversation_id, principal, lambda: conversation.history.turns, replaced
     )
+    session.on_closed.append(lambda s: conversations.release(holding, time.time()))
 
 
 def new_voice(
