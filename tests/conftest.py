@@ -89,7 +89,7 @@ def peer_connection(session: Session) -> RTCPeerConnection:
 
 
 @pytest.fixture
-async def ollama() -> AsyncIterator[tuple[FakeOllama, str]]:
+async def ollama() -> AsyncIterator[Ollama]:
     """An Ollama-compatible server on 127.0.0.1 speaking the real wire format."""
     async with fake_ollama() as (state, url):
         yield state, url

@@ -19,7 +19,6 @@ from playwright.async_api import Page, expect
 
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import DATA
-from gateway.testing.ollama_server import FakeOllama
 from scripts.make_test_speech import (
     SPEECH_PEAK,
     load_voice,
@@ -48,9 +47,8 @@ from tests.browser import (
     wait_page_time,
     watch_console,
 )
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, Ollama
 
-Ollama = tuple[FakeOllama, str]
 API_KEY = "browser-test-key-0123456789abcdef"
 SCREENSHOT_COPY = Path("/tmp/browser-page.png")  # for a person to look at after a run
 AUDIO = "#reply-audio"  # the page's element that plays the gateway's voice

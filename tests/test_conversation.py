@@ -16,10 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.conversation.history import INTERRUPTED_MARK
 from gateway.testing.loopback import load_clips
-from gateway.testing.ollama_server import FakeOllama, start_fake_ollama
-from tests.conftest import GatewayFactory, connect
-
-Ollama = tuple[FakeOllama, str]
+from gateway.testing.ollama_server import start_fake_ollama
+from tests.conftest import GatewayFactory, Ollama, connect
 
 
 class WsPeer:

@@ -17,16 +17,14 @@ from gateway.http import events
 from gateway.http.events import events_path, missed_event, sse_event
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import LoopbackClient
-from gateway.testing.ollama_server import FakeOllama
 from signalling import protocol
 from signalling.registry import SessionRegistry
 from signalling.session import Session
 from signalling.subscribers import QUEUE_LIMIT
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, Ollama
 from tests.sse import EventStream
 from tests.test_conversation import ws_session
 
-Ollama = tuple[FakeOllama, str]
 KEY_A = "events-test-key-a-0123456789abcdef"
 KEY_B = "events-test-key-b-0123456789abcdef"
 NUXT = "http://127.0.0.1:3000"

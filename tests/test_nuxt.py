@@ -27,7 +27,6 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import DATA
-from gateway.testing.ollama_server import FakeOllama
 from tests.browser import (
     CHROMIUM,
     LONG_REPLY,
@@ -44,7 +43,7 @@ from tests.browser import (
     wait_page_time,
     watch_console,
 )
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, Ollama
 from tests.npm import exclusive, packages_are_fresh
 
 NUXT_DIR = Path(__file__).resolve().parents[1] / "examples" / "nuxt"
@@ -59,7 +58,6 @@ NPM_CI_TIMEOUT_S = 300
 GENERATE_TIMEOUT_S = 120
 
 API_KEY = "nuxt-test-key-0123456789abcdef"
-Ollama = tuple[FakeOllama, str]
 
 pytestmark = [
     requires_chromium,

@@ -15,12 +15,10 @@ import pytest
 from gateway.conversation.dialogue import Conversation, ConversationSettings, TurnTimes
 from gateway.conversation.llm import LLMSettings, OllamaChat
 from gateway.ops.metrics import Metrics
-from gateway.testing.ollama_server import FakeOllama
 from signalling.lifecycle import SessionLimits
 from signalling.session import Session
+from tests.conftest import Ollama
 from tests.test_sessions import StalledTransport
-
-Ollama = tuple[FakeOllama, str]
 
 
 class Talk:

@@ -18,12 +18,9 @@ from gateway.http.state import SESSIONS
 from gateway.ops.cli import _tls_context
 from gateway.ops.config import Config
 from gateway.testing.loopback import LoopbackClient
-from gateway.testing.ollama_server import FakeOllama
 from signalling.ice import IcePolicy
 from signalling.peer import new_peer_connection
-from tests.conftest import EngineCache, GatewayFactory, connect
-
-Ollama = tuple[FakeOllama, str]
+from tests.conftest import EngineCache, GatewayFactory, Ollama, connect
 
 
 async def test_health_is_exactly_ok(gateway: GatewayFactory) -> None:

@@ -18,16 +18,13 @@ from playwright.async_api import expect
 
 from gateway.http.state import SESSIONS
 from gateway.testing.loopback import LoopbackClient
-from gateway.testing.ollama_server import FakeOllama
 from signalling import protocol
 from signalling.lifecycle import SessionLimits
 from signalling.registry import SessionRegistry
 from signalling.session import ENDED_FLUSH_TIMEOUT_S, Session, SessionState
 from tests.browser import chromium, requires_chromium, watch_console
-from tests.conftest import GatewayFactory, connect
+from tests.conftest import GatewayFactory, Ollama, connect
 from tests.test_conversation import WsPeer, ws_session
-
-Ollama = tuple[FakeOllama, str]
 
 # The gateway's own reason → what the client is told.
 REASONS = [

@@ -12,15 +12,12 @@ import pytest
 
 from gateway.http import ws
 from gateway.http.state import SESSIONS
-from gateway.testing.ollama_server import FakeOllama
 from signalling import protocol
 from signalling.errors import TransportClosed
 from signalling.lifecycle import SessionLimits
 from signalling.session import Session, SessionState
-from tests.conftest import GatewayFactory, connect
+from tests.conftest import GatewayFactory, Ollama, connect
 from tests.test_conversation import reply_events, ws_session
-
-Ollama = tuple[FakeOllama, str]
 
 
 class StalledTransport:

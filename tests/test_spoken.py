@@ -19,12 +19,9 @@ from aiohttp.test_utils import TestClient
 
 from gateway.http.app import WARM_UP_TEXT
 from gateway.testing.loopback import LoopbackClient, load_clips
-from gateway.testing.ollama_server import FakeOllama
 from gateway.testing.speech_server import speech_server
 from media import Float32Array
-from tests.conftest import EngineCache, GatewayFactory, connect
-
-Ollama = tuple[FakeOllama, str]
+from tests.conftest import EngineCache, GatewayFactory, Ollama, connect
 
 ANSWER = (
     "The weather in Paris is mild today, around fifteen degrees. "

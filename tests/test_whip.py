@@ -28,16 +28,14 @@ from gateway.http.whip import (
     ice_server_links,
 )
 from gateway.testing.loopback import DATA, MicrophoneTrack, load_clips
-from gateway.testing.ollama_server import FakeOllama
 from signalling.offer import MAX_SDP_BYTES, parse_sdp_offer
 from signalling.registry import SessionRegistry
 from tests.browser import chromium, fake_microphone_wav, requires_chromium, watch_console
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, Ollama
 from tests.npm import exclusive, packages_are_fresh
 from tests.sse import EventStream
 from tests.test_offer import CHROME_OFFER
 
-Ollama = tuple[FakeOllama, str]
 SDP = {"Content-Type": "application/sdp"}
 KEY_A = "whip-test-key-a-0123456789abcdef"
 KEY_B = "whip-test-key-b-0123456789abcdef"

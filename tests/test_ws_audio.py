@@ -24,18 +24,15 @@ from gateway.http.state import SESSIONS
 from gateway.http.ws import MAX_MESSAGE_BYTES
 from gateway.ops.metrics import Metrics
 from gateway.testing.loopback import load_clips
-from gateway.testing.ollama_server import FakeOllama
 from media import Float32Array
 from signalling import protocol
 from signalling.errors import ProtocolError
 from signalling.lifecycle import SessionLimits
 from signalling.session import Session
-from tests.conftest import EngineCache, GatewayFactory
+from tests.conftest import EngineCache, GatewayFactory, Ollama
 from tests.test_loopback_voice import overlap
 from tests.test_sessions import StalledTransport
 from tests.test_spoken import ANSWER, LONG_ANSWER, wer
-
-Ollama = tuple[FakeOllama, str]
 
 
 def at_rate(audio: Float32Array, rate: int) -> bytes:

@@ -21,14 +21,11 @@ from gateway.http.app import build_app
 from gateway.ops.cli import _tls_context
 from gateway.ops.config import Config
 from gateway.testing.loopback import DATA
-from gateway.testing.ollama_server import FakeOllama
-from tests.conftest import EngineCache
+from tests.conftest import EngineCache, Ollama
 from tests.test_spoken import ANSWER
 
 CLIENT = Path(__file__).resolve().parents[1] / "examples" / "ws_client.py"
 API_KEY = "ws-client-test-key-0123456789"
-
-Ollama = tuple[FakeOllama, str]
 
 
 @dataclass(frozen=True)
