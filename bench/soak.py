@@ -49,6 +49,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiohttp import ClientSession, ClientTimeout
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import Benchmark, Recording, fmt, markdown_table, percentile, write_json
@@ -314,27 +315,44 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def gateway_process(
-    ollama_url: str, sessions: int, log_path: Path
+    ollama_url: str,
+    sessions: int,
+    log_path: Path,
+    *,
+    port: int | None = None,
+    cert_dir: Path | None = None,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, ClientSession]]:
-    """``python -m gateway serve`` on a free loopback port, ready → (process, HTTP client); on
-    exit SIGTERM, then SIGKILL if it has not left in ``STOP_TIMEOUT_S``."""
-    port = free_port()
+    """``python -m gateway serve`` on a loopback port (``port``, or a free one), ready →
+    (process, HTTP client); on exit SIGTERM, then SIGKILL if it has not left in
+    ``STOP_TIMEOUT_S``. Plain HTTP, or HTTPS with the certificates in ``cert_dir`` (which
+    the client trusts by their ``rootCA.pem``). ``extra_args``: more ``serve`` flags, after
+    (so beating) these."""
+    port = port or free_port()
+    tls = ["--cert-dir", str(cert_dir)] if cert_dir is not None else ["--no-tls"]
     args = [
         sys.executable, "-m", "gateway", "serve",
-        "--no-tls", "--host", "127.0.0.1", "--port", str(port),
+        *tls, "--host", "127.0.0.1", "--port", str(port),
         "--ollama-host", ollama_url,
         "--tts-engine", "none",
         "--max-sessions", str(sessions + 2),
         "--sessions-per-client", str(sessions + 2),
         "--offer-rate", "1000",
         "--log-level", "warning",
+        "--workers", "1",  # one process, measured as a whole; extra_args may say otherwise
+        *extra_args,
     ]  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=log)
     try:
         timeout = ClientTimeout(total=30)
-        async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
+        scheme, connector = "http", None
+        if cert_dir is not None:
+            trust = ssl.create_default_context(cafile=cert_dir / "rootCA.pem")
+            scheme, connector = "https", TCPConnector(ssl=trust)
+        base = f"{scheme}://127.0.0.1:{port}"
+        async with ClientSession(base, timeout=timeout, connector=connector) as http:
             await _until_ready(proc, http, log_path)
             yield proc, http
     finally:

@@ -16,8 +16,11 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     ├── ASRError                         the speech recogniser failed
     │   ├── ASRBusyError                 too much speech waiting (retryable)
     │   ├── ASRStaleError                dropped before it ran: deadline passed, or evicted
+    │   ├── ASRUnavailable               the ASR server is down or slow (retryable)
     │   ├── ModelLoadError               a model cannot be found, downloaded or converted
     │   └── UnsupportedLanguage          the model cannot do that language
+    ├── InvalidAudio                     an upload that cannot be decoded (400)
+    │   └── AudioTooLong                 more than one request may carry (413)
     ├── TTSError                         speech synthesis failed
     │   ├── TTSUnavailable               the engine or speech server is down or slow
     │   └── TTSVoiceMissing              no such voice (or not per session)
@@ -39,6 +42,9 @@ from media.errors import (
     ASRBusyError,
     ASRError,
     ASRStaleError,
+    ASRUnavailable,
+    AudioTooLong,
+    InvalidAudio,
     MediaError,
     ModelLoadError,
     TTSError,
@@ -61,11 +67,14 @@ __all__ = [
     "ASRBusyError",
     "ASRError",
     "ASRStaleError",
+    "ASRUnavailable",
+    "AudioTooLong",
     "AuthError",
     "CertificateError",
     "ConfigError",
     "GatewayError",
     "IcePolicyError",
+    "InvalidAudio",
     "LLMError",
     "LLMModelMissing",
     "LLMStreamBroken",

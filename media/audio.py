@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 from collections import deque
 from typing import cast
 
@@ -11,6 +12,7 @@ import av.filter
 import numpy as np
 
 from media import Float32Array
+from media.errors import AudioTooLong, InvalidAudio
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
 
 _SQRT_HALF = 0.7071067811865476
@@ -91,20 +93,59 @@ class MonoResampler:
     def __init__(self, rate: int = SAMPLE_RATE) -> None:
         self._resampler = Resampler("flt", "mono", rate)
 
+        self._stereo = False
+
     def resample(self, frame: av.AudioFrame) -> Float32Array:
         # aiortc's pts count RTP time; a jump (packet loss, a new track) makes libswresample
         # try to compensate. Resampling by content alone keeps the stream continuous.
         frame.pts = None
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        self._stereo = frame.layout.nb_channels == 2
+        return self._samples(self._resampler.resample(frame))
+
+    def drain(self) -> Float32Array:
+        """The samples the filter still holds (the end of a file); the stream ends."""
+        return self._samples(self._resampler.resample(None))
+
+    def _samples(self, frames: list[av.AudioFrame]) -> Float32Array:
+        out = [f.to_ndarray().reshape(-1) for f in frames]
         if not out:
             return np.zeros(0, dtype=np.float32)
         samples = np.concatenate(out).astype(np.float32, copy=False)
-        if frame.layout.nb_channels == 2:
+        if self._stereo:
             # libswresample downmixes stereo as (L+R)/sqrt(2): a mono microphone (aiortc
             # decodes it as two equal channels) would come out 3 dB hot and could clip.
             # Scaling by 1/sqrt(2) makes it the plain average (L+R)/2.
             samples *= np.float32(_SQRT_HALF)
         return samples
+
+
+def decode_file(data: bytes, max_seconds: float, rate: int = SAMPLE_RATE) -> Float32Array:
+    """An uploaded audio file (any container and codec FFmpeg reads: WAV, FLAC, MP3,
+    Ogg/Opus, WebM…) as mono float32 at ``rate``. Blocking. Raises :class:`InvalidAudio`,
+    or :class:`AudioTooLong` past ``max_seconds`` (decoding stops there)."""
+    limit = int(max_seconds * rate)
+    pieces: list[Float32Array] = []
+    total = 0
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise InvalidAudio("the file has no audio stream")
+            resampler = MonoResampler(rate)
+            for frame in container.decode(stream):
+                if not isinstance(frame, av.AudioFrame):
+                    continue
+                pieces.append(resampler.resample(frame))
+                total += len(pieces[-1])
+                if total > limit:
+                    raise AudioTooLong(f"more than {max_seconds:g} s of audio in one request")
+            pieces.append(resampler.drain())
+    except av.FFmpegError as exc:
+        raise InvalidAudio(f"cannot decode the audio: {exc}") from exc
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    if len(samples) > limit:
+        raise AudioTooLong(f"more than {max_seconds:g} s of audio in one request")
+    return samples
 
 
 class Chunker:

@@ -26,6 +26,13 @@ class ASRStaleError(ASRError):
     code = "asr_stale"
 
 
+class ASRUnavailable(ASRError):
+    """The speech recogniser cannot be reached (a separate ASR service that is down or
+    restarting) or did not answer in time (retryable)."""
+
+    code = "asr_unavailable"
+
+
 class ModelLoadError(ASRError):
     """A model cannot be found, downloaded or converted."""
 
@@ -36,6 +43,18 @@ class UnsupportedLanguage(ASRError):
     """The loaded model cannot transcribe the language asked for."""
 
     code = "unsupported_language"
+
+
+class InvalidAudio(MediaError):
+    """An audio file that cannot be decoded, or has no audio in it."""
+
+    code = "invalid_audio"
+
+
+class AudioTooLong(InvalidAudio):
+    """More audio than the recogniser takes in one request."""
+
+    code = "audio_too_long"
 
 
 class TTSError(MediaError):

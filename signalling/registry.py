@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -15,8 +16,34 @@ from signalling.session import Session
 logger = logging.getLogger(__name__)
 
 
-def new_session_id() -> str:
-    return secrets.token_urlsafe(16)  # 128 bits from the OS CSPRNG: unguessable in a URL
+# A replica's name (``--replica-id``): what a load balancer routes ``/sessions/<id>`` by.
+REPLICA_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+REPLICA_SEPARATOR = "."  # never in a token_urlsafe token, so the first one splits an id
+
+
+def parse_replica_id(text: str) -> str:
+    """A replica's name as given, or ValueError saying what one must look like."""
+    if not REPLICA_ID.fullmatch(text):
+        raise ValueError(
+            "expected 1-32 characters of a-z, 0-9 and '-', starting with a letter or digit, "
+            f"got {text!r}"
+        )
+    return text
+
+
+def new_session_id(replica: str | None = None, worker: str | None = None) -> str:
+    """Every session id this gateway makes. 128 bits from the OS CSPRNG (unguessable in a
+    URL), after ``<replica>.`` when the gateway is one of several behind a load balancer,
+    so that the balancer sends ``/sessions/<id>`` to the replica that holds the session,
+    and after ``<worker>.`` in a media worker, so that the front sends it to the worker."""
+    names = [parse_replica_id(name) for name in (replica, worker) if name]
+    return REPLICA_SEPARATOR.join([*names, secrets.token_urlsafe(16)])
+
+
+def worker_of(session_id: str) -> str | None:
+    """The media worker a session id names (the field before the token), if any."""
+    fields = session_id.split(REPLICA_SEPARATOR)
+    return fields[-2] if len(fields) >= 2 else None
 
 
 class SessionRegistry:

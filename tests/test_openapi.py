@@ -11,6 +11,7 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from gateway.http.app import build_app
+from gateway.http.front import Workers, build_front_app
 from gateway.http.openapi import openapi
 from gateway.ops.config import Config
 from tests.conftest import GatewayFactory
@@ -47,6 +48,8 @@ def test_the_description_is_valid_and_matches_the_router(auth: str, tmp_path: Pa
     document = openapi(config)
     validate(document)  # OpenAPI 3.1, every $ref resolved
     assert _described(document) == _served(build_app(config))
+    # The front of media workers serves the same routes, answered here or by a worker.
+    assert _served(build_front_app(config, Workers([]))) == _served(build_app(config))
     guarded = document["paths"]["/offer"]["post"]
     public = document["paths"]["/health"]["get"]
     if auth == "none":

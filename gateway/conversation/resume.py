@@ -86,6 +86,17 @@ class ConversationTokens:
         return conversation_id
 
 
+def claimed_conversation(token: str) -> str | None:
+    """The conversation id a token claims, unverified: only to route a reconnect to the
+    media worker that holds the history (``gateway.http.front``), which verifies it."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    conversation_id = claims.get("cid")
+    return conversation_id if isinstance(conversation_id, str) else None
+
+
 @dataclass(frozen=True)
 class _Parked:
     principal: str | None

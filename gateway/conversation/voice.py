@@ -50,10 +50,10 @@ from gateway.ops.metrics import Metrics
 from media import Float32Array
 from media.asr.base import Transcription
 from media.asr.filters import clean_transcript
-from media.asr.service import ASRService, Priority
+from media.asr.service import Priority, Recogniser
 from media.echo import EchoCanceller
 from media.endpointer import EndpointerEvent, EndpointerSettings
-from media.errors import ASRBusyError, ASRError
+from media.errors import ASRBusyError, ASRError, ASRUnavailable
 from media.listener import AudioListener
 from media.pcm_input import PcmInput
 from media.vad import CHUNK_SAMPLES, VadBatcher
@@ -95,7 +95,7 @@ class VoicePipeline:
         session: Session,
         pc: RTCPeerConnection | None,
         conversation: Conversation,
-        asr: ASRService,
+        asr: Recogniser,
         vad: VadBatcher,
         endpointer: EndpointerSettings,
         metrics: Metrics,
@@ -450,7 +450,7 @@ class VoicePipeline:
             started = self._clock()
             outcome = await self._recognise(utterance.audio)
         if isinstance(outcome, ASRError):
-            retryable = isinstance(outcome, ASRBusyError)
+            retryable = isinstance(outcome, ASRBusyError | ASRUnavailable)
             self.conversation.report_error(outcome.code, str(outcome), retryable=retryable)
             return
         finished = self._clock()

@@ -43,11 +43,13 @@ from gateway.http.state import (
     TURN_JUDGE,
     VAD,
 )
+from gateway.http.worker import setup_worker
 from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
+from media.asr.remote import RemoteASR, parse_asr_url
 from media.asr.service import ASRService
 from media.errors import TurnModelError
 from media.smart_turn import SmartTurn, find_turn_model
@@ -59,7 +61,7 @@ from signalling.audio_receiver import check_support
 from signalling.ice import IcePolicy, check_policy
 from signalling.limits import ConcurrencyLimiter, RateLimiter
 from signalling.offer import MAX_BODY_BYTES
-from signalling.registry import SessionRegistry
+from signalling.registry import SessionRegistry, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,9 @@ def build_app(
         ParkedHistories(
             limit=RESUMABLE_PER_SESSION * config.max_sessions, window_s=config.resume_window_s
         ),
-        new_id=lambda: secrets.token_urlsafe(12),
+        # Named like a session id (after the worker, if any), so that the front of media
+        # workers sends a reconnect to the worker that holds the history.
+        new_id=lambda: new_session_id(worker=config.worker_id),
     )
     # Before aiohttp waits for handlers: a WebSocket handler ends only when its session does.
     app.on_shutdown.append(_close_sessions)
@@ -113,6 +117,8 @@ def build_app(
         )
     check_support()  # says once, at start-up, when lost audio cannot be concealed here
     setup_auth(app, config)
+    if config.worker_socket is not None:  # a media worker: the front authenticated
+        setup_worker(app)
     setup_turn(app, config)  # reads --turn-secret-file now, as auth reads its key files
     # The voice first: a missing voice file stops start-up before seconds of model loading.
     app.cleanup_ctx.append(_speech(tts))
@@ -129,17 +135,24 @@ def _models(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        loaded = engine
-        if loaded is None:
-            # Seconds of disk and CPU: keep the loop free (signals, other start-up work).
-            loaded = await asyncio.to_thread(
-                load_engine, config.asr_engine, config.asr_model, config.asr_device
-            )
-        logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
-        app[VAD] = vad = VadBatcher(await asyncio.to_thread(SileroModel))
-        app[ASR] = service = ASRService(loaded, observer=ASRMetrics(app[METRICS]))
+        service: ASRService | RemoteASR
+        if config.asr_url and engine is None:
+            service = RemoteASR(parse_asr_url(config.asr_url), model=config.asr_model)
+            await service.start()
+            logger.info("ASR: the server at %s", service.endpoint)
+        else:
+            loaded = engine
+            if loaded is None:
+                # Seconds of disk and CPU: keep the loop free (signals, other start-up work).
+                loaded = await asyncio.to_thread(
+                    load_engine, config.asr_engine, config.asr_model, config.asr_device
+                )
+            logger.info("ASR ready: %s %s on %s", loaded.name, loaded.model, loaded.device)
+            service = ASRService(loaded, observer=ASRMetrics(app[METRICS]))
+            app[METRICS].asr_queue_depth.set_function(lambda: service.queue_depth)
+        app[ASR] = service
         app[METRICS].asr_pending.set_function(lambda: service.pending)
-        app[METRICS].asr_queue_depth.set_function(lambda: service.queue_depth)
+        app[VAD] = vad = VadBatcher(await asyncio.to_thread(SileroModel))
         app[TURN_JUDGE] = judge = await asyncio.to_thread(load_turn_judge, config)
         yield
         vad.close()

@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import AuthError, ConfigError
+from gateway.http.forwarded import client_address
 from gateway.http.middleware import Handler, rate_limited
 from gateway.ops.config import Config
 from gateway.ops.logs import loggable
@@ -491,7 +492,8 @@ def auth_middleware(
             return await handler(request)
         if _presents_capability(request):
             return await handler(request)  # which checks it (gateway.http.sessions)
-        client, now = client_key(request.remote), clock()
+        remote = client_address(request)
+        client, now = client_key(remote), clock()
         wait = failures.wait(client, now)
         if wait is not None:
             # Right credentials too: else guessing would go on, only answered 429.
@@ -499,7 +501,7 @@ def auth_middleware(
                 "refused %s %s from %s: too many failed authentications",
                 request.method,
                 loggable(request.path),
-                request.remote,
+                remote,
             )
             return rate_limited(
                 wait, "too many failed authentications from your address; try again later"
@@ -513,7 +515,7 @@ def auth_middleware(
                 "refused %s %s from %s: %s",
                 request.method,
                 loggable(request.path),  # decoded: %0A is a newline here
-                request.remote,
+                remote,
                 exc,
             )
             raise
@@ -535,7 +537,7 @@ def ws_ticket_handler(
         principal = principal_of(request)
         if principal is None:  # mounted without auth_middleware: hand out nothing
             raise AuthError("this route needs authentication", missing=True)
-        client, now = client_key(request.remote), clock()
+        client, now = client_key(client_address(request)), clock()
         wait = requests.check(client, now) if requests is not None else None
         if wait is not None:
             return rate_limited(wait, "too many ticket requests from your address")
@@ -592,9 +594,11 @@ class GatewayAccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        # The client behind a trusted proxy, as every other log line names it.
+        client = client_address(request) if isinstance(request, web.Request) else request.remote
         self.logger.info(
             '%s "%s %s" %d %d %.1fms',
-            request.remote or "-",
+            client or "-",
             loggable(request.method),
             # Still percent-encoded, as sent; loggable() for whatever bytes a lenient parser
             # lets through.

@@ -14,6 +14,7 @@ import re
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
+from gateway.http.forwarded import client_address
 from gateway.http.middleware import json_error
 from gateway.ops.logs import loggable
 
@@ -129,7 +130,7 @@ async def loopback_host_middleware(request: web.Request, handler: Handler) -> we
         logger.info(
             "refused Host %s from %s: TLS is off, so only an IP address or localhost",
             loggable(request.host),
-            request.remote,
+            client_address(request),
         )
         return json_error(
             403, "forbidden", "Host must be an IP address or localhost when TLS is off"

@@ -16,7 +16,12 @@ from aiohttp import web
 
 from gateway.errors import (
     KNOWN_ERRORS,
+    ASRBusyError,
+    ASRStaleError,
+    ASRUnavailable,
+    AudioTooLong,
     AuthError,
+    InvalidAudio,
     OfferError,
     ProtocolError,
     SessionLimitError,
@@ -38,6 +43,12 @@ _STATUS: dict[type[Exception], int] = {
     SessionLimitError: 503,
     UnsupportedLanguage: 400,
     TTSVoiceMissing: 400,
+    AudioTooLong: 413,  # before InvalidAudio, which it is
+    InvalidAudio: 400,
+    # The ASR server's own answers (gateway.http.transcriptions): try again shortly.
+    ASRBusyError: 503,
+    ASRStaleError: 503,
+    ASRUnavailable: 503,
 }
 _HTTP_CODES = {
     400: "bad_request",
@@ -51,6 +62,7 @@ _HTTP_CODES = {
     503: "unavailable",
 }
 SESSION_RETRY_AFTER_S = 5
+ASR_RETRY_AFTER_S = 1  # a recogniser's queue moves in about a second
 AUTH_REALM = "local-ai-gateway"
 _BODY_HEADERS = frozenset({"content-type", "content-length"})
 
@@ -66,6 +78,8 @@ def json_error(
 def _error_headers(exc: Exception) -> dict[str, str] | None:
     if isinstance(exc, SessionLimitError):
         return {"Retry-After": str(SESSION_RETRY_AFTER_S)}
+    if isinstance(exc, ASRBusyError | ASRStaleError | ASRUnavailable):
+        return {"Retry-After": str(ASR_RETRY_AFTER_S)}
     if isinstance(exc, AuthError):
         # RFC 6750 section 3: no error code when the request carried no credentials at all.
         challenge = f'Bearer realm="{AUTH_REALM}"'

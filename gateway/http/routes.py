@@ -15,6 +15,7 @@ from gateway.http import state as keys
 from gateway.http import whip
 from gateway.http.auth import principal_of
 from gateway.http.events import events_path, stream_events
+from gateway.http.forwarded import client_address
 from gateway.http.middleware import rate_limited
 from gateway.http.openapi import openapi
 from gateway.http.relay import TURN_RELAY, client_ice_servers
@@ -22,6 +23,7 @@ from gateway.http.sessions import find_session
 from gateway.http.webrtc import open_session
 from gateway.http.ws import websocket
 from media.asr.base import check_language
+from media.asr.remote import RemoteASR
 from media.tts.base import check_voice
 from signalling import protocol
 from signalling.limits import client_key
@@ -58,14 +60,18 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: the ASR model is loaded and Ollama answers with the model present."""
-    engine = request.app[keys.ASR].engine
+    asr = request.app[keys.ASR]
+    # A model here is loaded before the app serves at all; an ASR server may be down.
+    asr_problem = await asr.check() if isinstance(asr, RemoteASR) else None
+    engine = asr.engine
     status = await request.app[keys.LLM].recent_status()
     checks = {
         "asr": {
-            "ok": True,  # the app does not serve at all until the model is loaded
+            "ok": asr_problem is None,
             "engine": engine.name,
             "model": engine.model,
             "device": engine.device,
+            **({"message": asr_problem} if asr_problem else {}),
         },
         "llm": {
             "ok": status.ok,
@@ -123,7 +129,8 @@ async def offer(request: web.Request) -> web.Response:
             reason='POST /offer takes application/json ({"sdp": ..., "type": "offer"}); '
             "a bare application/sdp offer goes to POST /whip (WHIP)"
         )
-    client = client_key(request.remote)
+    remote = client_address(request)
+    client = client_key(remote)
     wait = request.app[keys.OFFER_LIMITER].check(client, time.monotonic())
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
@@ -138,7 +145,7 @@ async def offer(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(reason="spoken replies are off on this gateway: no voice")
         check_voice(tts.engine, voice)
     session, answer = await open_session(
-        request.app, parsed, request.remote, principal=principal_of(request)
+        request.app, parsed, remote, principal=principal_of(request)
     )
     return web.json_response(
         {

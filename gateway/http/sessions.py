@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.errors import SessionNotFound
 from gateway.http.auth import AUTH_FAILURES, principal_of
+from gateway.http.forwarded import client_address
 from gateway.http.middleware import SESSION_RETRY_AFTER_S
 from gateway.http.state import CLIENT_SESSIONS, CONFIG, DRAIN, METRICS, SESSIONS
 from signalling.lifecycle import SessionLimits
@@ -120,7 +121,7 @@ def find_session(request: web.Request, *, capability: bool = False) -> Session:
     session_id = request.match_info["session_id"]
     presented = request.query.get(CAPABILITY_PARAM) if capability else None
     failures = app.get(AUTH_FAILURES)
-    client, now = client_key(request.remote), time.monotonic()
+    client, now = client_key(client_address(request)), time.monotonic()
     if presented is not None and failures is not None:
         # The auth middleware let this request through unread: its budget applies here.
         wait = failures.wait(client, now)

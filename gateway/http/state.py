@@ -18,7 +18,7 @@ from gateway.http.auth import Principal
 from gateway.http.drain import Drain
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
-from media.asr.service import ASRService
+from media.asr.service import Recogniser
 from media.tts.base import Int16Array
 from media.tts.service import TTSService
 from media.vad import VadBatcher
@@ -34,7 +34,7 @@ TTS = web.AppKey("tts", TTSService)
 # learns the absence of an echo from (media.echo.EchoCanceller.warm_up); absent when the
 # voice could not say it at start-up.
 ECHO_WARM_UP = web.AppKey("echo_warm_up", tuple[Int16Array, int])
-ASR = web.AppKey("asr", ASRService)
+ASR = web.AppKey("asr", Recogniser)  # in this process, or an ASR server (--asr-url)
 TURN_JUDGE = web.AppKey("turn_judge", TurnJudge)  # whether a pause ends the turn
 VAD = web.AppKey("vad", VadBatcher)
 SESSIONS = web.AppKey("sessions", SessionRegistry)

@@ -52,7 +52,7 @@ async def open_session(
     subscribers alone."""
     started = time.perf_counter()
     with admit(app, remote) as register:
-        session_id = new_session_id()
+        session_id = new_session_id(app[keys.CONFIG].replica_id, app[keys.CONFIG].worker_id)
         transport = PeerTransport(
             new_peer_connection(gateway_ice_servers(app), app[keys.ICE_POLICY]), session_id
         )

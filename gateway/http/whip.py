@@ -42,6 +42,7 @@ from multidict import CIMultiDict
 from gateway.http import state as keys
 from gateway.http.auth import principal_of
 from gateway.http.events import events_path
+from gateway.http.forwarded import client_address
 from gateway.http.middleware import json_error, rate_limited
 from gateway.http.relay import client_ice_servers
 from gateway.http.sessions import find_session
@@ -123,12 +124,13 @@ async def publish(request: web.Request) -> web.StreamResponse:
             "a JSON offer goes to POST /offer"
         )
     app = request.app
-    wait = app[keys.OFFER_LIMITER].check(client_key(request.remote), time.monotonic())
+    remote = client_address(request)
+    wait = app[keys.OFFER_LIMITER].check(client_key(remote), time.monotonic())
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
     offer = parse_sdp_offer(await request.read())
     session, answer = await open_session(
-        app, offer, request.remote, principal=principal_of(request), receive_only=True
+        app, offer, remote, principal=principal_of(request), receive_only=True
     )
     ice_servers = client_ice_servers(request, time.time())
     headers = answer_headers(session.id, session.events_token, answer, ice_servers)

@@ -34,6 +34,7 @@ from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline
 from gateway.http.auth import WS_SUBPROTOCOL, principal_of
 from gateway.http.cors import websocket_origin_allowed
+from gateway.http.forwarded import client_address
 from gateway.http.sessions import admit
 from gateway.http.state import CONFIG, METRICS, TTS, new_conversation, new_voice
 from media.pcm import MAX_FRAME_BYTES, AudioRateLimited, PcmError
@@ -108,10 +109,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # ?conversation=TOKEN (from an earlier session.ready) continues that conversation.
     resume = request.query.get("conversation")
     overrides = parse_session({"conversation": resume}) if resume is not None else {}
-    with admit(app, request.remote) as register:  # a text session costs Ollama time too
+    remote = client_address(request)
+    with admit(app, remote) as register:  # a text session costs Ollama time too
         await ws.prepare(request)
         transport = WebSocketTransport(ws)
-        session = Session(new_session_id(), transport)
+        session = Session(new_session_id(config.replica_id, config.worker_id), transport)
         session.owner = principal_of(request)  # its session is its own, as over WebRTC
         register(session)
     session.set_state(SessionState.CONNECTED)
@@ -128,7 +130,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     conversation.on_sample_rate = set_rate
     conversation.send_ready()
     voice.start()
-    logger.info("[%s] WebSocket session for %s", session.id, request.remote)
+    logger.info("[%s] WebSocket session for %s", session.id, remote)
     try:
         async for message in ws:
             if message.type is WSMsgType.TEXT:

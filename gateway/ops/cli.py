@@ -18,10 +18,14 @@ from certs.trust import trust_instructions
 from gateway import __version__
 from gateway.errors import KNOWN_ERRORS, CertificateError, ConfigError
 from gateway.http.app import build_app
-from gateway.ops.config import Config, load_config
+from gateway.ops.asr_server import asr_server_command
+from gateway.ops.children import ChildFailed
+from gateway.ops.config import Config, load_config, worker_count
 from gateway.ops.doctor import doctor_command
 from gateway.ops.logs import configure_logging
+from gateway.ops.memory import tune_allocator
 from gateway.ops.runner import serve_until_signalled
+from gateway.ops.workers import serve_front
 
 logger = logging.getLogger("gateway")
 
@@ -36,6 +40,8 @@ usage: local-ai-gateway serve [flags]    run the gateway (flags: serve --help)
        local-ai-gateway certs --host IP_OR_NAME [--host ...] [--cert-dir DIR]
                                          make or renew the server certificate (and the CA)
        local-ai-gateway doctor [serve flags]  check the set-up; each line ok/warn/fail + fix
+       local-ai-gateway asr-server [--socket PATH | --host H --port P] [flags]
+                                         one Whisper model for many gateways (--asr-url)
        local-ai-gateway --version
 """
 
@@ -52,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return certs_command(args[1:])
     if args and args[0] == "doctor":
         return doctor_command(args[1:])
+    if args and args[0] == "asr-server":
+        return asr_server_command(args[1:])
     # `serve` is the default command, so `python -m gateway --port 9000` works too.
     if args and args[0] == "serve":
         args = args[1:]
@@ -63,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 2
-    return serve(config)
+    return serve(config, args)
 
 
 def certs_command(argv: Sequence[str]) -> int:
@@ -101,30 +109,49 @@ def certs_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, argv: Sequence[str] = ()) -> int:
+    """Run the gateway: in this process, or (``--workers`` above 1) as the front of media
+    workers started with ``argv``, the flags it was given."""
     configure_logging(config.log_level, config.log_format)
+    tuned = tune_allocator()  # before the model loads and the threads start
+    if tuned:
+        logger.debug("C allocator: %s", ", ".join(tuned))
     try:
         ssl_context = _tls_context(config) if config.tls else None
     except CertificateError as exc:
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
+    ready_message = (
+        f"media worker {config.worker_id} ready"
+        if config.worker_socket is not None
+        else f"Local AI Gateway {__version__} ready: open {config.url}"
+    )
+    workers = worker_count(config)
     try:
-        app = build_app(config)
-    except ConfigError as exc:  # e.g. an unreadable key file
-        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
-        return 2
-
-    try:
-        asyncio.run(
-            serve_until_signalled(
-                app,
+        if workers > 1:
+            running = serve_front(
+                config,
+                argv,
+                workers,
                 ssl_context=ssl_context,
-                ready_message=f"Local AI Gateway {__version__} ready: open {config.url}",
+                ready_message=ready_message,
                 keepalive_timeout=KEEPALIVE_TIMEOUT_S,
                 **HEADER_LIMITS,
             )
-        )
-    except KNOWN_ERRORS as exc:  # e.g. the ASR model cannot be loaded
+        else:
+            running = serve_until_signalled(
+                build_app(config),
+                ssl_context=ssl_context,
+                ready_message=ready_message,
+                keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+                **HEADER_LIMITS,
+            )
+    except ConfigError as exc:  # e.g. an unreadable key file
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(running)
+    except (*KNOWN_ERRORS, ChildFailed) as exc:  # the ASR model cannot load, a worker died
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl+C while the models load, before the drain is armed

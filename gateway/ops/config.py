@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,9 @@ from typing import Any, Literal, NoReturn
 from gateway.conversation.endofturn import TURN_DETECTIONS, TurnDetection
 from gateway.errors import ConfigError
 from gateway.ops.logs import LogFormat
+from media.asr.remote import parse_asr_url
+from signalling.proxies import ProxyNetwork, parse_trusted_proxy
+from signalling.registry import parse_replica_id
 from signalling.turn import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S, parse_turn_url
 
 AsrEngineName = Literal["openai-whisper", "faster-whisper"]
@@ -37,6 +41,7 @@ DEFAULT_TTS_URL = "http://127.0.0.1:8000"  # Speaches' default; Kokoro-FastAPI u
 
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+MAX_WORKERS = 64
 DEFAULT_PARTIAL_INTERVAL_MS = 800
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. The user speaks to you and hears or reads your "
@@ -54,6 +59,17 @@ class Config:
     asr_engine: AsrEngineName = "openai-whisper"
     asr_model: str = "tiny.en"
     asr_device: AsrDevice = "auto"
+    # A shared ASR server (local-ai-gateway asr-server, vLLM, Speaches) instead of a model
+    # in this process: unix:/path.sock or http(s)://host:port[/v1]. Loopback or a socket
+    # unless allow_remote_asr: the audio would leave the machine.
+    asr_url: str = ""
+    allow_remote_asr: bool = False
+    # Media workers: None ("auto") is one per core. With more than one, this process is the
+    # front (HTTP, auth, limits) and each worker, a process of its own, serves its sessions
+    # on a Unix socket; the ASR server runs once for all. The front sets the two below.
+    workers: int | None = None
+    worker_socket: Path | None = None  # set in a worker: serve here, not on host:port
+    worker_id: str = ""  # set in a worker: its name, in every session id it makes
     # The longest silence a turn waits for; turn detection ends most turns much sooner.
     vad_silence_ms: int = 1000
     # End of turn: "auto" is the audio model when one is found, else the text policy.
@@ -112,6 +128,12 @@ class Config:
     allow_remote_tts: bool = False
     # While the gateway speaks, this much speech (not echo, not a cough) interrupts it.
     barge_in_min_ms: int = 300
+    # One of several replicas behind a load balancer: its session ids start "<replica_id>.",
+    # which the balancer routes /sessions/<id> by. Empty: ids name no replica.
+    replica_id: str = ""
+    # Reverse proxies whose X-Forwarded-For names the client (limits, logs); none: the
+    # connection's own address is the client.
+    trusted_proxies: tuple[ProxyNetwork, ...] = field(default_factory=tuple)
 
     @property
     def tls(self) -> bool:
@@ -269,6 +291,11 @@ def _port_range(text: str) -> tuple[int, int]:
     return (lo, hi)
 
 
+def _asr_url(text: str) -> str:
+    parse_asr_url(text)  # raises ValueError with the reason
+    return text.strip()
+
+
 def _ice_server(text: str) -> str:
     value = text.strip()
     scheme, _, rest = value.partition(":")
@@ -304,6 +331,19 @@ def _options() -> tuple[_Option, ...]:
         _Option("asr_engine", _choice(ASR_ENGINES), "openai-whisper (default) or faster-whisper"),
         _Option("asr_model", _nonempty, "Whisper model name or path (default tiny.en)"),
         _Option("asr_device", _choice(ASR_DEVICES), "auto (default), cpu or cuda"),
+        _Option(
+            "asr_url",
+            _asr_url,
+            "use this ASR server (unix:/path.sock or http://host:port) instead of a model here",
+        ),
+        _Option("allow_remote_asr", _bool, "allow a non-loopback --asr-url", is_flag=True),
+        _Option(
+            "workers",
+            _auto_or(_int_range(1, MAX_WORKERS)),
+            "media worker processes (default auto: one per core; 1: all in this process)",
+        ),
+        _Option("worker_socket", _path, "internal: set by the front for each worker"),
+        _Option("worker_id", parse_replica_id, "internal: set by the front for each worker"),
         _Option(
             "vad_silence_ms",
             _int_range(100, 5000),
@@ -422,6 +462,18 @@ def _options() -> tuple[_Option, ...]:
             "barge_in_min_ms",
             _int_range(0, 3000),
             "speech that interrupts the spoken reply, ms (default 300)",
+        ),
+        _Option(
+            "replica_id",
+            parse_replica_id,
+            "this replica's name behind a load balancer (a-z, 0-9, -); starts session ids",
+        ),
+        _Option(
+            "trusted_proxies",
+            parse_trusted_proxy,
+            "a reverse proxy (IP or CIDR) whose X-Forwarded-For is believed, repeatable",
+            repeatable=True,
+            singular="--trusted-proxy",
         ),
     )
 
@@ -543,8 +595,21 @@ def service_hostname(url: str) -> str:
     return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
 
 
+def worker_count(config: Config, cores: int | None = None) -> int:
+    """How many media workers: ``--workers``, or one per core (at most
+    :data:`MAX_WORKERS`, and never more than sessions); 1 inside a worker."""
+    if config.worker_socket is not None:
+        return 1
+    if config.workers is not None:
+        return config.workers
+    available = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(available, MAX_WORKERS, config.max_sessions))
+
+
 def _check(config: Config) -> None:
     """Rules that involve more than one option."""
+    if config.worker_socket is not None:
+        return  # a worker: the front checked the configuration; it listens on a socket
     if config.no_tls and not is_loopback(config.host):
         raise ConfigError(
             "--no-tls",
@@ -581,6 +646,16 @@ def _check(config: Config) -> None:
         )
     if config.turn_secret_file is not None and not config.turn_urls:
         raise ConfigError("--turn-url", "required with --turn-secret-file: the TURN server")
+    if (
+        config.asr_url
+        and not config.allow_remote_asr
+        and not parse_asr_url(config.asr_url).loopback
+    ):
+        raise ConfigError(
+            "--asr-url",
+            f"{config.asr_url} is not on this machine; what people say would leave it, so "
+            "the gateway only sends audio to a remote ASR server with --allow-remote-asr",
+        )
     host = service_hostname(config.ollama_host)
     if not is_loopback(host) and not config.allow_remote_ollama:
         raise ConfigError(

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, TextIO, TypeVar
 
 import ifaddr
+import numpy as np
 from aioice.stun import TransactionFailed
 from aioice.turn import create_turn_endpoint
 from aiortc.rtcicetransport import parse_stun_turn_uri
@@ -49,13 +50,14 @@ from certs.authority import (
 )
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
-from gateway.errors import CertificateError, ConfigError, IcePolicyError, ModelLoadError
+from gateway.errors import ASRError, CertificateError, ConfigError, IcePolicyError, ModelLoadError
 from gateway.http.app import llm_settings, load_turn_judge, tts_engine_name
 from gateway.http.relay import GATEWAY_USER, load_turn_secret
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
+from media.asr.remote import RemoteASR, parse_asr_url
 from media.errors import MediaError, TTSError, TTSVoiceMissing
 from media.tts.base import TTSEngine
 from media.tts.engines import load_tts_engine
@@ -267,6 +269,8 @@ def check_asr(
     loader: Callable[[str, str, str], ASREngine] = load_engine,
     timeout_s: float = ASR_LOAD_TIMEOUT_S,
 ) -> list[Check]:
+    if config.asr_url:
+        return asyncio.run(check_asr_server(config))
     what = f"{config.asr_engine} {config.asr_model}"
     started = time.monotonic()
     try:
@@ -908,6 +912,32 @@ def check_firewall(
             "warn",
             f"{state}: it must let in TCP {port} and {udp_text}",
             f"unless done already: {commands}",
+        )
+    ]
+
+
+async def check_asr_server(config: Config) -> list[Check]:
+    """With --asr-url: the server answers, says what it runs, and transcribes."""
+    client = RemoteASR(parse_asr_url(config.asr_url), model=config.asr_model, timeout_s=10.0)
+    try:
+        await client.start()
+        problem = await client.check()
+        if problem is not None:
+            return [Check("asr server", "fail", problem)]
+        started = time.monotonic()
+        await client.transcribe(np.zeros(8000, dtype=np.float32), None)
+        seconds = time.monotonic() - started
+    except ASRError as exc:
+        return [Check("asr server", "fail", f"{client.endpoint}: {exc}")]
+    finally:
+        await client.close()
+    engine = client.engine
+    return [
+        Check(
+            "asr server",
+            "ok",
+            f"{client.endpoint}: {engine.name} {engine.model} on {engine.device}, "
+            f"a test transcription in {seconds:.1f} s",
         )
     ]
 

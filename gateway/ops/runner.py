@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from gateway.http.auth import GatewayAccessLogger
 from gateway.http.state import CONFIG, DRAIN, SESSIONS
+from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
 
 logger = logging.getLogger("gateway")
 
@@ -44,7 +46,12 @@ async def serve_until_signalled(
     )
     await runner.setup()  # the app's start-up: models are loaded here
     try:
-        await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
+        if config.worker_socket is not None:  # a media worker: the front reaches it here
+            prepare_socket_path(config.worker_socket)
+            with private_files():
+                await web.UnixSite(runner, str(config.worker_socket)).start()
+        else:
+            await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
         logger.info("%s", ready_message)
         signalled = asyncio.Event()
         drain = app[DRAIN]
@@ -54,16 +61,26 @@ async def serve_until_signalled(
                 drain.hurry()
             signalled.set()
 
-        with _signal_handlers(received):
-            await signalled.wait()
-            logger.info("shutting down: no new sessions; signal again to stop at once")
-            await drain.run(app[SESSIONS], config.drain_timeout_s)
+        orphaned = asyncio.get_running_loop().create_task(
+            leave_with_front(received), name="leave-with-front"
+        )
+        try:
+            with signal_handlers(received):
+                await signalled.wait()
+                logger.info("shutting down: no new sessions; signal again to stop at once")
+                await drain.run(app[SESSIONS], config.drain_timeout_s)
+        finally:
+            orphaned.cancel()
+            await asyncio.gather(orphaned, return_exceptions=True)
     finally:
         await runner.cleanup()
+        if config.worker_socket is not None:  # Python 3.11's server leaves the file
+            with contextlib.suppress(OSError):
+                os.unlink(config.worker_socket)
 
 
 @contextlib.contextmanager
-def _signal_handlers(received: Callable[[], None]) -> Iterator[None]:
+def signal_handlers(received: Callable[[], None]) -> Iterator[None]:
     """SIGINT and SIGTERM call ``received`` on the event loop: through the loop's own
     handlers where the platform has them, else (Windows) ``signal.signal`` hands over."""
     loop = asyncio.get_running_loop()

@@ -30,12 +30,27 @@ class Transcription:
         return " ".join(s.text.strip() for s in self.segments if s.text.strip())
 
 
-class ASREngine(Protocol):
-    name: str  # "openai-whisper" | "faster-whisper"
-    model: str  # what the user asked for: a model name or a path
-    device: str  # "cpu" | "cuda"
-    languages: frozenset[str]  # the codes the loaded model can transcribe
+class ModelInfo(Protocol):
+    """What a recogniser is: what the gateway reports and checks languages against."""
 
+    @property
+    def name(self) -> str:  # "openai-whisper" | "faster-whisper" | what a server says
+        ...
+
+    @property
+    def model(self) -> str:  # what the user asked for: a model name or a path
+        ...
+
+    @property
+    def device(self) -> str:  # "cpu" | "cuda" | "remote" (a server that does not say)
+        ...
+
+    @property
+    def languages(self) -> frozenset[str]:  # the codes the model can transcribe
+        ...
+
+
+class ASREngine(ModelInfo, Protocol):
     def transcribe(self, audio: Float32Array, language: str | None) -> Transcription:
         """Transcribe 16 kHz mono float32 audio of at most 30 s. Blocking."""
         ...
@@ -74,8 +89,9 @@ def default_language(languages: frozenset[str], language: str | None) -> str | N
 
 def check_language(language: str | None, languages: frozenset[str], model: str) -> None:
     """Raise :class:`UnsupportedLanguage` unless the model can transcribe ``language``
-    (None: detect it, which every model can)."""
-    if language is None or language in languages:
+    (None: detect it, which every model can). No ``languages`` (a remote server that does
+    not list them): the server decides."""
+    if language is None or language in languages or not languages:
         return
     if languages == {"en"}:
         raise UnsupportedLanguage(

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from media import Float32Array
-from media.asr.base import ASREngine, Transcription, default_language
+from media.asr.base import ASREngine, ModelInfo, Transcription, default_language
 from media.errors import ASRBusyError, ASRError, ASRStaleError
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,38 @@ class Priority(enum.IntEnum):
     FINAL = 0  # a turn has ended: someone waits for this
     EARLY = 1  # at a pause before the turn end is certain; usually becomes the final
     PARTIAL = 2  # a live caption while the person still talks: only on idle capacity
+
+
+class Recogniser(Protocol):
+    """What a session needs from speech recognition: :class:`ASRService` in this process,
+    or :class:`media.asr.remote.RemoteASR`, an ASR server of the OpenAI API elsewhere."""
+
+    @property
+    def engine(self) -> ModelInfo: ...
+
+    @property
+    def idle(self) -> bool:
+        """Nothing of ours is queued or running."""
+        ...
+
+    @property
+    def urgent_pending(self) -> int:
+        """FINAL and EARLY jobs queued or running."""
+        ...
+
+    async def transcribe(
+        self,
+        audio: Float32Array,
+        language: str | None,
+        *,
+        priority: Priority = Priority.FINAL,
+        deadline_s: float | None = None,
+    ) -> Transcription:
+        """As :meth:`ASRService.transcribe`; a recogniser that cannot be reached raises
+        :class:`media.errors.ASRUnavailable`."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class ASRObserver(Protocol):

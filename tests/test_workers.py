@@ -1,0 +1,258 @@
+"""Media workers (issue 12): ``serve --workers 2`` is a front process, two worker
+processes and one ASR server, all real. Offers land on both workers, each session's id
+names its worker, a session is reached and deleted through the front whichever worker holds
+it, metrics and readiness cover all; a worker killed with SIGKILL costs only its own
+sessions (``session.ended`` ``worker-lost`` where the front relays the stream) and comes
+back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.soak import gateway_process
+from gateway.http.auth import Principal
+from gateway.http.front import merge_metrics
+from gateway.http.worker import parse_principal_header, principal_header
+from gateway.ops.config import Config, load_config, worker_count
+from gateway.ops.workers import worker_argv
+from gateway.testing.loopback import LoopbackClient, load_clips
+from signalling.registry import worker_of
+from tests.conftest import Ollama
+from tests.test_conversation import WsPeer
+
+WORKER_BACK_S = 60.0  # a restarted worker loads VAD and the turn model again
+
+
+# --- pure parts ---
+
+
+def test_worker_count() -> None:
+    assert worker_count(Config(), cores=2) == 2
+    assert worker_count(Config(), cores=16) == 8  # no more workers than sessions
+    assert worker_count(Config(max_sessions=100), cores=200) == 64
+    assert worker_count(Config(workers=3), cores=2) == 3
+    assert worker_count(Config(worker_socket=Path("/run/w1.sock")), cores=8) == 1
+    assert load_config(["--workers", "auto"], {}).workers is None
+    assert load_config([], {"GATEWAY_WORKERS": "1"}).workers == 1
+
+
+def test_a_worker_takes_the_users_flags_then_the_fronts() -> None:
+    argv = worker_argv(["--auth", "api-key", "--port", "9000"], "w2", Path("/s/w2.sock"),
+                       "unix:/s/asr.sock")  # fmt: skip
+    config = load_config(argv[argv.index("serve") + 1 :], {})
+    assert (config.auth, config.worker_id, config.workers) == ("none", "w2", 1)
+    assert config.worker_socket == Path("/s/w2.sock")
+    assert config.asr_url == "unix:/s/asr.sock"
+
+
+def test_principal_crosses_to_the_worker_intact() -> None:
+    for principal in (Principal("alice:laptop", "api-key"), Principal("sub-1", "jwt")):
+        assert parse_principal_header(principal_header(principal)) == principal
+    for bad in (None, "", "jwt", "basic:alice", "jwt:"):
+        assert parse_principal_header(bad) is None
+
+
+def test_metrics_of_all_workers_in_one_exposition() -> None:
+    worker = (
+        "# HELP gateway_sessions_active Open sessions\n# TYPE gateway_sessions_active gauge\n"
+        "gateway_sessions_active 2.0\n"
+    )
+    own = "# HELP process_open_fds fds\n# TYPE process_open_fds gauge\nprocess_open_fds 9.0\n"
+    merged = merge_metrics({"w1": worker, "w2": worker.replace("2.0", "3.0")}, own).decode()
+    assert merged.count("# TYPE gateway_sessions_active gauge") == 1
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(merged)
+        for s in family.samples
+    }
+    assert samples[("gateway_sessions_active", (("worker", "w1"),))] == 2
+    assert samples[("gateway_sessions_active", (("worker", "w2"),))] == 3
+    assert samples[("process_open_fds", ())] == 9
+
+
+# --- a real front, two workers and an ASR server ---
+
+
+@pytest.fixture
+async def front(ollama: Ollama, tmp_path: Path) -> AsyncIterator[tuple[int, aiohttp.ClientSession]]:
+    log = tmp_path / "gateway.log"
+    async with gateway_process(ollama[1], 6, log, extra_args=("--workers", "2")) as (proc, http):
+        yield proc.pid, http
+    assert proc.returncode == 0  # a clean stop of the front, its workers and the ASR server
+    assert "Traceback" not in log.read_text()
+
+
+async def offer(http: aiohttp.ClientSession) -> tuple[LoopbackClient, str]:
+    peer = LoopbackClient()
+    response = await http.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    await peer.accept(answer)
+    ready = await peer.next_event("session.ready", within=15)
+    assert ready["session_id"] == answer["session_id"]
+    return peer, answer["session_id"]
+
+
+def worker_pid(front_pid: int, name: str) -> int:
+    """The pid of the front's worker ``name``, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+            if parent == front_pid and f"\0--worker-id\0{name}\0".encode() in cmdline:
+                return int(entry.name)
+    raise AssertionError(f"no worker {name} under pid {front_pid}")
+
+
+async def test_sessions_spread_over_workers_and_are_reached_through_the_front(
+    front: tuple[int, aiohttp.ClientSession],
+) -> None:
+    _, http = front
+    ready = await http.get("/ready")
+    assert ready.status == 200, await ready.text()
+    assert (await ready.json())["checks"]["workers"]["ready"] == ["w1", "w2"]
+    peers = [await offer(http) for _ in range(2)]
+    try:
+        assert sorted(worker_of(session_id) or "" for _, session_id in peers) == ["w1", "w2"]
+        peer, _ = peers[0]
+        _, audio = load_clips()[0]
+        peer.mic.play(audio)
+        final = await peer.next_event("transcript.final", within=30)
+        assert "weather" in final["text"].lower()  # through the shared ASR server
+        await peer.next_event("reply.done", within=30)
+
+        text_metrics = await (await http.get("/metrics")).text()
+        active = {
+            s.labels.get("worker"): s.value
+            for family in text_string_to_metric_families(text_metrics)
+            for s in family.samples
+            if s.name == "gateway_sessions_active"
+        }
+        assert active == {"w1": 1, "w2": 1}
+
+        for _, session_id in peers:
+            deleted = await http.delete(f"/sessions/{session_id}")
+            assert deleted.status == 204, await deleted.text()
+            again = await http.delete(f"/sessions/{session_id}")
+            assert again.status == 404
+        unknown = await http.delete("/sessions/w9.nosuchsession")
+        assert unknown.status == 404
+    finally:
+        for peer, _ in peers:
+            await peer.close()
+
+
+async def test_a_killed_worker_costs_only_its_sessions(
+    front: tuple[int, aiohttp.ClientSession],
+) -> None:
+    front_pid, http = front
+    # Two /ws sessions, one per worker: the front relays them, so it can tell the one
+    # whose worker dies.
+    peers = {}
+    for _ in range(2):
+        peer = WsPeer(await http.ws_connect("/ws"))
+        session_id = (await peer.next("session.ready"))["session_id"]
+        peers[worker_of(session_id)] = peer
+    assert set(peers) == {"w1", "w2"}
+    os.kill(worker_pid(front_pid, "w1"), signal.SIGKILL)
+
+    ended = await peers["w1"].next("session.ended", within=5)
+    assert ended["reason"] == "worker-lost"
+    closing = await peers["w1"].ws.receive(timeout=5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await peers["w2"].ws.send_json({"type": "text", "text": "are you still there"})
+    done = await peers["w2"].next("reply.done", within=15)
+    assert done["text"]
+
+    # New sessions go to the worker that is up, until the other is back.
+    newcomer, session_id = await offer(http)
+    await newcomer.close()
+    assert worker_of(session_id) == "w2"
+    deadline = time.monotonic() + WORKER_BACK_S
+    while time.monotonic() < deadline:
+        body = await (await http.get("/ready")).json()
+        if body["checks"]["workers"]["ready"] == ["w1", "w2"]:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError(f"w1 did not come back: {body}")
+    await peers["w2"].ws.close()
+
+
+async def test_a_reconnect_resumes_on_the_worker_that_holds_the_history(
+    front: tuple[int, aiohttp.ClientSession], ollama: Ollama
+) -> None:
+    _, http = front
+    state, _ = ollama
+    peers: list[WsPeer] = []
+    ready: list[dict[str, object]] = []
+    try:
+        for _ in range(3):  # w1, w2, then w1 again: w1 is the busier one
+            peers.append(WsPeer(await http.ws_connect("/ws")))
+            ready.append(await peers[-1].next("session.ready"))
+        holder = str(ready[0]["session_id"])
+        assert [worker_of(str(r["session_id"])) for r in ready] == ["w1", "w2", "w1"]
+        await peers[0].ws.send_json({"type": "text", "text": "remember the word banana"})
+        await peers[0].next("reply.done", within=15)
+
+        # The usual reconnect: the old session is still open, its worker the busier one.
+        token = str(ready[0]["conversation"])
+        peers.append(WsPeer(await http.ws_connect(f"/ws?conversation={token}")))
+        resumed = await peers[-1].next("session.ready")
+        assert worker_of(str(resumed["session_id"])) == worker_of(holder)
+        ended = await peers[0].next("session.ended")
+        assert ended["reason"] == "client"  # replaced by the new session
+        await peers[-1].ws.send_json({"type": "text", "text": "which word was it"})
+        await peers[-1].next("reply.done", within=15)
+        said = [m["content"] for m in state.requests[-1]["messages"]]
+        assert "remember the word banana" in said
+    finally:
+        for peer in peers:
+            await peer.ws.close()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie has exited; whoever adopted it reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_children_leave_when_the_front_is_killed(ollama: Ollama, tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    async with gateway_process(ollama[1], 2, log, extra_args=("--workers", "2")) as (proc, _):
+        children = children_of(proc.pid)
+        assert len(children) == 3  # the ASR server and two workers
+        proc.kill()
+        await proc.wait()
+        deadline = time.monotonic() + 15
+        while any(map(alive, children)):
+            assert time.monotonic() < deadline, "children outlived their front"
+            await asyncio.sleep(0.2)
+    assert "Traceback" not in log.read_text()
