@@ -1,6 +1,7 @@
 """Media path: server CPU per inbound microphone stream, and frames lost, at 10, 50, 100 streams.
 
-Two servers, each in its own process on 127.0.0.1, take the same senders in turn:
+Three servers, each in its own process (or processes) on 127.0.0.1, take the same senders in
+turn (``--servers`` picks some):
 
 - ``gateway``: the real application (``gateway.http.app.build_app``, no TLS, its configured ASR
   engine loaded on the CPU as ``serve`` loads it, Ollama pointed at a closed port). Every
@@ -9,6 +10,14 @@ Two servers, each in its own process on 127.0.0.1, take the same senders in turn
 - ``baseline``: a plain aiortc receive loop, the way aiortc's ``examples/server/server.py``
   receives audio: POST /offer, ``pc.on("track")`` → ``MediaBlackhole``, which awaits
   ``track.recv()`` and drops the frame. A pass-through wrapper counts frames for the report.
+- ``workers2``: ``python -m gateway serve --workers 2 --no-tls``, a real process tree: the
+  front (HTTP, admission, relaying each offer to the worker with the fewest sessions), two
+  media workers (each the gateway's whole media path, as above) and the ASR server, set up
+  as the in-process gateway is. It is measured from outside: its CPU is the sum over every
+  process under the front (``/proc/<pid>/stat`` utime + stime), its UDP drops those of every
+  socket the tree holds, its frames the front's ``/metrics`` summed over the workers; the
+  "event loop" is the busiest worker's main thread. Its log goes to ``OUT/media-workers2.log``.
+  The second verdict is issue 12's: 100 streams on ``--workers 2`` with no frame lost.
 
 Senders are aiortc peers spread over a few worker processes (spawned, one event loop each),
 each with an ``events`` data channel as a browser has, sending 20 ms Opus frames paced in
@@ -49,12 +58,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import fractions
 import logging
 import math
 import multiprocessing
 import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,6 +91,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import proctree
 from bench.common import (
     Benchmark,
     Recording,
@@ -89,8 +102,8 @@ from bench.common import (
 
 logger = logging.getLogger(__name__)
 
-ServerKind = Literal["baseline", "gateway"]
-SERVERS: tuple[ServerKind, ...] = ("baseline", "gateway")
+ServerKind = Literal["baseline", "gateway", "workers2"]
+SERVERS: tuple[ServerKind, ...] = ("baseline", "gateway", "workers2")
 
 LEVELS = (10, 50, 100)
 QUICK_LEVELS = (10, 50)
@@ -101,6 +114,8 @@ SENDER_NICE = 10
 
 TARGET_STREAMS = 50
 TARGET_PCT_PER_STREAM = 1.5
+WORKERS = 2  # media workers of the ``workers2`` server
+WORKERS_TARGET_STREAMS = 100  # issue 12: this many streams on 2 workers, no frame lost
 SATURATED = 0.9  # share of every core in use above which the row is flagged
 KEPT_UP = 0.98  # decoded / sent under this: the server fell behind real time
 STAGE_FRAMES = 500  # 10 s of audio through each gateway stage, for the breakdown
@@ -115,6 +130,9 @@ NOISE_FRAMES = 100  # a 2 s loop
 # Every wait is bounded; a child also exits by itself once its lifetime is over, so that
 # nothing outlives a parent that was killed.
 SERVER_START_TIMEOUT_S = 120.0  # the gateway imports torch and loads Whisper
+# Front, workers and ASR server each import torch, on the same few cores.
+WORKERS_START_TIMEOUT_S = 300.0
+WORKERS_STOP_TIMEOUT_S = 30.0  # SIGTERM to the front → the whole tree gone
 CONNECT_TIMEOUT_S = 20.0  # one client: offer, answer, ICE and DTLS
 CONNECT_CONCURRENCY = 4  # per worker: offers in flight at once
 COMMAND_TIMEOUT_S = 15.0
@@ -250,33 +268,11 @@ def _mark() -> dict[str, Any]:
 def udp_sockets() -> dict[str, int]:
     """This process's UDP sockets, from the kernel's tables: datagrams dropped because a
     receive buffer was full, and bytes waiting to be read (a backlog). Empty off Linux."""
-    try:
-        inodes = set()
-        for fd in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/self/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        drops = queued = 0
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            for line in Path(table).read_text(encoding="ascii").splitlines()[1:]:
-                # sl local remote st tx_queue:rx_queue tr retrnsmt uid timeout inode ref
-                # pointer drops
-                fields = line.split()
-                if fields[9] in inodes:
-                    queued += int(fields[4].split(":")[1], 16)
-                    drops += int(fields[12])
-    except (OSError, IndexError, ValueError):
-        return {}
-    return {"udp_drops": drops, "udp_queued": queued}
+    return proctree.udp_sockets(("self",))
 
 
 def _rss_mb() -> float | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text(encoding="ascii").split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return proctree.rss_mb("self")
 
 
 class _DropTeardownNoise(logging.Filter):
@@ -398,17 +394,48 @@ GATEWAY_METRICS = {
     "gateway_audio_frames_received_total": "frames_received",
     "gateway_audio_frames_lost_total": "frames_lost",
     "gateway_sessions_active": "sessions",
+    "gateway_sessions_ended_total": "sessions_ended",  # every reason (each is in the JSON)
     "gateway_utterances_total": "utterances",
     "gateway_event_loop_lag_seconds": "loop_lag_s",
 }
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    out = dict.fromkeys(GATEWAY_METRICS.values(), 0.0)
+# Added over workers, except these: the worst of them.
+WORST_OF_WORKERS = frozenset({"loop_lag_s"})
+
+
+def metrics_by_worker(text: str) -> dict[str, dict[str, float]]:
+    """The samples the report reads, per ``worker`` label (the front's ``/metrics`` under
+    ``--workers N``); a single process's samples, which have none, under ``""``."""
+    out: dict[str, dict[str, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in GATEWAY_METRICS:
-                out[GATEWAY_METRICS[sample.name]] += float(sample.value)
+                worker = out.setdefault(
+                    sample.labels.get("worker", ""), dict.fromkeys(GATEWAY_METRICS.values(), 0.0)
+                )
+                worker[GATEWAY_METRICS[sample.name]] += float(sample.value)
+    return out
+
+
+def ended_by_reason(text: str) -> dict[str, float]:
+    """Sessions ended so far, by reason, over every worker."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gateway_sessions_ended_total":
+                reason = sample.labels.get("reason", "")
+                out[reason] = out.get(reason, 0.0) + float(sample.value)
+    return out
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """The report's samples for the whole server: summed over workers (frames, sessions,
+    utterances), the worst worker's event-loop lag."""
+    out = dict.fromkeys(GATEWAY_METRICS.values(), 0.0)
+    for worker in metrics_by_worker(text).values():
+        for name, value in worker.items():
+            out[name] = max(out[name], value) if name in WORST_OF_WORKERS else out[name] + value
     return out
 
 
@@ -448,7 +475,8 @@ async def _run_server(kind: ServerKind, conn: Connection, streams: int, lifetime
                     if kind == "baseline":
                         return await baseline.stats()
                     async with http.get("/metrics") as response:
-                        return parse_metrics(await response.text())
+                        text = await response.text()
+                    return {**parse_metrics(text), "ended": ended_by_reason(text)}
 
                 async def handle(message: tuple[Any, ...]) -> dict[str, Any]:
                     if message[0] == "mark":
@@ -466,12 +494,165 @@ async def _run_server(kind: ServerKind, conn: Connection, streams: int, lifetime
             await asyncio.wait_for(runner.cleanup(), CLOSE_TIMEOUT_S)
 
 
+# --- serve --workers 2: a process tree, measured from outside ---
+
+
+def workers_argv(port: int, ollama_host: str, streams: int, verbose: bool) -> list[str]:
+    """``serve --workers 2`` set up as the in-process gateway is (``_run_server``)."""
+    return [
+        sys.executable, "-m", "gateway", "serve",
+        "--no-tls", "--host", "127.0.0.1", "--port", str(port),
+        "--ollama-host", ollama_host,
+        "--tts-engine", "none",
+        "--asr-device", "cpu",
+        "--max-sessions", str(streams + 10),
+        "--sessions-per-client", str(streams + 10),  # every sender is 127.0.0.1
+        "--offer-rate", "10000",
+        "--log-level", "info" if verbose else "warning",
+        "--workers", str(WORKERS),
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the front, before exec: SIGTERM (a drain) when this controller dies, however it
+    dies, so that no gateway outlives the benchmark."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+async def _until_workers_ready(
+    proc: asyncio.subprocess.Process, http: ClientSession, log_path: Path
+) -> None:
+    """Every worker answers (its samples are in the front's /metrics) and the ASR server
+    has its model (the workers' ``asr`` check): nothing is still loading when a window
+    starts. ``/ready`` itself stays 503, as Ollama is unreachable on purpose."""
+    names = {f"w{i}" for i in range(1, WORKERS + 1)}
+    deadline = time.monotonic() + WORKERS_START_TIMEOUT_S - 10
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise BenchError(
+                f"serve --workers {WORKERS} exited ({proc.returncode}); see {log_path}"
+            )
+        with contextlib.suppress(OSError, ValueError, TimeoutError):
+            async with http.get("/metrics") as response:
+                workers = set(metrics_by_worker(await response.text())) if response.ok else set()
+            async with http.get("/ready") as response:
+                checks = (await response.json()).get("checks", {})
+            if names <= workers and checks.get("asr", {}).get("ok"):
+                return
+        await asyncio.sleep(0.5)
+    raise BenchError(f"serve --workers {WORKERS} not up in time; see {log_path}")
+
+
+async def _stop_tree(proc: asyncio.subprocess.Process, tree: Sequence[int]) -> None:
+    """SIGTERM to the front (it stops its workers and the ASR server), SIGKILL after a
+    while; then any process of the tree last seen that is still there (by its pid)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), WORKERS_STOP_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("serve --workers %d did not stop on SIGTERM; killing it", WORKERS)
+            proc.kill()
+            await proc.wait()
+    for pid in tree:
+        argv = proctree.read_argv(pid)
+        if pid != proc.pid and "gateway" in argv:
+            logger.warning("killing %s (pid %d), left behind by the front", argv[3:4], pid)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def _run_workers_server(
+    conn: Connection, streams: int, lifetime_s: float, log_path: Path, verbose: bool
+) -> None:
+    with closed_port() as ollama_host:
+        port = _free_port()
+        started = time.perf_counter()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                *workers_argv(port, ollama_host, streams, verbose),
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,
+            )
+        tree: Sequence[int] = (proc.pid,)
+        try:
+            timeout = ClientTimeout(total=COMMAND_TIMEOUT_S)
+            async with ClientSession(f"http://127.0.0.1:{port}", timeout=timeout) as http:
+                await _until_workers_ready(proc, http, log_path)
+                tree = proctree.sample_tree(proc.pid).pids
+                conn.send({"port": port, "start_s": time.perf_counter() - started})
+
+                async def stats() -> dict[str, Any]:
+                    async with http.get("/metrics") as response:
+                        text = await response.text()
+                    return {
+                        **parse_metrics(text),
+                        "ended": ended_by_reason(text),
+                        "workers": metrics_by_worker(text),
+                    }
+
+                async def handle(message: tuple[Any, ...]) -> dict[str, Any]:
+                    nonlocal tree
+                    if message[0] == "mark":
+                        t = time.monotonic()
+                        sample = proctree.sample_tree(proc.pid)
+                        tree = sample.pids
+                        return {
+                            "t": t,
+                            "cpu": sample.total_cpu_s,
+                            "cpu_by_process": dict(sample.cpu_s),
+                            "loop_cpu_by_process": dict(sample.main_thread_cpu_s),
+                            "rss_mb": sample.rss_mb,
+                            **sample.udp,
+                            **await stats(),
+                        }
+                    if message[0] == "reset":  # between levels, not measured
+                        # The senders have closed: each worker ends its sessions as their
+                        # peers go (as it would for a browser that left).
+                        deadline = time.monotonic() + CLOSE_TIMEOUT_S - 5
+                        while True:
+                            now = await stats()
+                            if not now["sessions"] or time.monotonic() >= deadline:
+                                break
+                            await asyncio.sleep(0.25)
+                        if now["sessions"]:
+                            logger.warning("%.0f session(s) still open", now["sessions"])
+                        return now
+                    raise BenchError(f"unknown command {message[0]!r}")
+
+                await serve_commands(conn, handle, lifetime_s)
+        finally:
+            await _stop_tree(proc, tree)
+
+
 def server_main(
-    conn: Connection, kind: ServerKind, streams: int, lifetime_s: float, verbose: bool
+    conn: Connection,
+    kind: ServerKind,
+    streams: int,
+    lifetime_s: float,
+    verbose: bool,
+    log_path: Path | None = None,
 ) -> None:
     _child_logging(verbose)
     try:
-        asyncio.run(_run_server(kind, conn, streams, lifetime_s))
+        if kind == "workers2":
+            if log_path is None:
+                raise BenchError("the workers2 server needs a log file")
+            asyncio.run(_run_workers_server(conn, streams, lifetime_s, log_path, verbose))
+        else:
+            asyncio.run(_run_server(kind, conn, streams, lifetime_s))
     except Exception as exc:
         logger.exception("%s server failed", kind)
         with contextlib.suppress(OSError):
@@ -681,6 +862,17 @@ class Row:
     loop_lag_ms: float | None = None
     sender_max_lag_ms: float = 0.0
     server_rss_mb: tuple[float | None, float | None] = (None, None)  # window start, end
+    # workers2: CPU seconds in the window of each process of the tree (front, w1, w2,
+    # asr-server); the event loop reported is the busiest worker's (``loop_process``).
+    cpu_by_process: dict[str, float] | None = None
+    loop_process: str | None = None
+    # A server with workers: per worker, frames decoded and lost in the window, and its
+    # sessions at the window's end.
+    by_worker: dict[str, dict[str, float]] | None = None
+    # The gateway's sessions when the window started (``sessions``: when it ended), and
+    # those that ended in the window, by reason: a stream connected whose session is gone.
+    sessions_at_start: float | None = None
+    sessions_ended: dict[str, float] | None = None
     sender_processes: int = 0
     machine_busy: float | None = None  # share of all CPUs in use, by anything
     connect_s: float = 0.0
@@ -757,7 +949,17 @@ def measure(
         (s0, *w0), (s1, *w1) = first, last
         row.window_s = s1["t"] - s0["t"]
         row.server_cpu_s = s1["cpu"] - s0["cpu"]
-        row.server_loop_cpu_s = s1["loop_cpu"] - s0["loop_cpu"]
+        if "loop_cpu_by_process" in s0:  # a process tree: its busiest worker's loop
+            row.cpu_by_process = proctree.deltas(s0["cpu_by_process"], s1["cpu_by_process"])
+            loops = proctree.deltas(s0["loop_cpu_by_process"], s1["loop_cpu_by_process"])
+            loops = {name: cpu for name, cpu in loops.items() if name in s1["workers"]}
+            if loops:
+                row.loop_process = max(loops, key=loops.__getitem__)
+                row.server_loop_cpu_s = loops[row.loop_process]
+        else:
+            row.server_loop_cpu_s = s1["loop_cpu"] - s0["loop_cpu"]
+        if "workers" in s1:
+            row.by_worker = worker_deltas(s0["workers"], s1["workers"])
         row.server_rss_mb = (s0["rss_mb"], s1["rss_mb"])
         row.senders_cpu_s = sum(b["cpu"] - a["cpu"] for a, b in zip(w0, w1, strict=True))
         row.frames_expected = round(row.connected * row.window_s / FRAME_S)
@@ -765,8 +967,13 @@ def measure(
         row.frames_received = int(s1["frames_received"] - s0["frames_received"])
         row.frames_lost = int(s1["frames_lost"] - s0["frames_lost"])
         row.sessions = s1["sessions"]
+        if "ended" in s1:
+            row.sessions_at_start = s0["sessions"]
+            row.sessions_ended = {
+                reason: n for reason, n in proctree.deltas(s0["ended"], s1["ended"]).items() if n
+            } | {reason: n for reason, n in s1["ended"].items() if reason not in s0["ended"]}
         row.sender_max_lag_ms = 1000 * max(b["max_lag_s"] for b in w1)
-        if kind == "gateway":
+        if kind != "baseline":
             row.utterances = s1["utterances"] - s0["utterances"]
             row.loop_lag_ms = 1000 * s1["loop_lag_s"]
         if "udp_drops" in s0 and "udp_drops" in s1:
@@ -786,6 +993,22 @@ def measure(
             server.call("reset", timeout_s=CLOSE_TIMEOUT_S)
         time.sleep(SETTLE_S)
     return row
+
+
+def worker_deltas(
+    first: dict[str, dict[str, float]], last: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Per worker: frames decoded and lost between two readings of the front's /metrics,
+    and its sessions at the last."""
+    return {
+        name: {
+            "frames_received": now["frames_received"] - first[name]["frames_received"],
+            "frames_lost": now["frames_lost"] - first[name]["frames_lost"],
+            "sessions": now["sessions"],
+        }
+        for name, now in sorted(last.items())
+        if name in first
+    }
 
 
 def run_level(
@@ -812,11 +1035,18 @@ def run_level(
 
 
 def start_server(
-    ctx: SpawnContext, kind: ServerKind, streams: int, lifetime_s: float, verbose: bool
+    ctx: SpawnContext,
+    kind: ServerKind,
+    streams: int,
+    lifetime_s: float,
+    verbose: bool,
+    log_path: Path | None = None,
 ) -> tuple[Child, str, float]:
-    child = Child(ctx, f"{kind}-server", server_main, kind, streams, lifetime_s, verbose)
+    child = Child(ctx, f"{kind}-server", server_main, kind, streams, lifetime_s, verbose, log_path)
     try:
-        ready = child.reply(SERVER_START_TIMEOUT_S)
+        ready = child.reply(
+            WORKERS_START_TIMEOUT_S if kind == "workers2" else SERVER_START_TIMEOUT_S
+        )
     except BenchError:
         child.close()
         raise
@@ -849,6 +1079,11 @@ def summarise(rows: Sequence[Row], cores: int) -> list[dict[str, Any]]:
                     r.frames_sent / r.frames_expected if r.frames_expected else None
                 ),
                 "loop_share_of_core": (r.server_loop_cpu_s / r.window_s if r.window_s else None),
+                "pct_core_by_process": (
+                    {name: 100 * cpu / r.window_s for name, cpu in r.cpu_by_process.items()}
+                    if r.cpu_by_process is not None and r.window_s
+                    else None
+                ),
                 "bench_cores": r.bench_cores,
                 "saturated": r.saturated(cores),
             }
@@ -899,6 +1134,58 @@ def table(summary: Sequence[dict[str, Any]], cores: int) -> str:
             ]
         )
     return markdown_table(header, rows)
+
+
+def workers_verdict(summary: Sequence[dict[str, Any]]) -> str:
+    """Issue 12: every stream read and VAD-processed by ``--workers 2``, none of its frames
+    lost, at 100 streams; ``--workers 1`` and the plain loop at the same level for
+    comparison. A frame the gateway reads goes through VAD before the next is read, so
+    frames decoded are frames VAD-processed: "every stream" is every sender connected, a
+    session for each, and each worker decoding in real time for its own sessions."""
+    goal = (
+        f"{WORKERS_TARGET_STREAMS} streams with --workers {WORKERS}: 0 frames lost, "
+        "every stream VAD-processed"
+    )
+    at = {s["server"]: s for s in summary if s["streams"] == WORKERS_TARGET_STREAMS}
+    s = at.get("workers2")
+    if s is None or s["error"]:
+        return f"{goal}: not measured" + (f" ({s['error']})" if s else "")
+    window_frames = s["window_s"] / FRAME_S
+    slow = [
+        name
+        for name, w in (s["by_worker"] or {}).items()
+        if w["sessions"] and w["frames_received"] < KEPT_UP * w["sessions"] * window_frames
+    ]
+    every = (
+        s["connected"] == s["streams"]
+        and round(s["sessions"]) == s["streams"]
+        and not s["behind"]
+        and not slow
+    )
+    drops = s["udp_drops"] or 0
+    met = every and not s["frames_lost"] and not drops
+    decoded = s["received_over_sent"]
+    text = (
+        f"{goal}: {'met' if met else 'missed'} — {s['frames_lost']} lost of "
+        f"{s['frames_received']} decoded, {drops} UDP drops, decoded/sent "
+        f"{fmt(None if decoded is None else 100 * decoded, 1, '%')}, "
+        f"{s['connected']}/{s['streams']} connected, {s['sessions']:.0f} sessions"
+    )
+    if s["by_worker"]:
+        text += " (" + ", ".join(f"{n} {w['sessions']:.0f}" for n, w in s["by_worker"].items())
+        text += ")"
+    notes = [f"{', '.join(slow)} fell behind real time"] if slow else []
+    for kind, label in (("gateway", "--workers 1"), ("baseline", "plain aiortc loop")):
+        other = at.get(kind)
+        if other is not None and not other["error"]:
+            ratio = other["received_over_sent"]
+            notes.append(
+                f"{label}: {other['frames_lost']} lost, {other['udp_drops'] or 0} UDP drops, "
+                f"decoded/sent {fmt(None if ratio is None else 100 * ratio, 1, '%')}"
+            )
+    if s["saturated"]:
+        notes.append("machine saturated: the figures are not clean")
+    return text + (f"; {'; '.join(notes)}" if notes else "")
 
 
 def verdict(summary: Sequence[dict[str, Any]]) -> str:
@@ -1000,10 +1287,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="senders per worker process (default %(default)s)",
     )
     parser.add_argument(
+        "--servers",
         "--server",
-        choices=(*SERVERS, "both"),
-        default="both",
-        help="which server to measure (default both; the ratio needs both)",
+        dest="servers",
+        type=_servers,
+        default=SERVERS,
+        metavar="KIND,...",
+        help=f"which servers to measure, of {_show(SERVERS)} (default all; the ratio needs "
+        "baseline; 'both' is baseline,gateway)",
     )
 
 
@@ -1013,9 +1304,7 @@ def run(args: argparse.Namespace) -> int:
         args.window = QUICK_WINDOW_S if args.quick else WINDOW_S
     if args.warmup is None:
         args.warmup = QUICK_WARMUP_S if args.quick else WARMUP_S
-    kinds: tuple[ServerKind, ...] = (
-        SERVERS if args.server == "both" else tuple(k for k in SERVERS if k == args.server)
-    )
+    kinds: tuple[ServerKind, ...] = args.servers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     recording = Recording("media")
@@ -1033,7 +1322,8 @@ def run(args: argparse.Namespace) -> int:
     with children([]) as made:
         servers: dict[ServerKind, tuple[Child, str]] = {}
         for kind in kinds:
-            child, url, start_s[kind] = start_server(ctx, kind, top, server_life, args.verbose)
+            log = args.out / f"media-{kind}.log" if kind == "workers2" else None
+            child, url, start_s[kind] = start_server(ctx, kind, top, server_life, args.verbose, log)
             made.append(child)
             servers[kind] = (child, url)
         for i, streams in enumerate(levels):
@@ -1071,6 +1361,7 @@ def run(args: argparse.Namespace) -> int:
             "gateway_stage_us_per_frame": stages,
             "summary": summary,
             "verdict": verdict(summary),
+            "workers_verdict": workers_verdict(summary),
         },
     )
 
@@ -1081,15 +1372,35 @@ def run(args: argparse.Namespace) -> int:
     )
     print(table(summary, cores))
     print(verdict(summary))
+    if "workers2" in kinds:
+        print(workers_verdict(summary))
     print(
         "gateway stages, CPU per 20 ms frame in one thread: "
         + ", ".join(f"{k.removesuffix('_us')} {v:.0f} µs" for k, v in stages.items())
         + f" (1 µs per frame = {1e-6 / FRAME_S * 100:.3f}% of a core per stream)"
     )
     for s in summary:
+        if s["pct_core_by_process"]:
+            print(
+                f"- {s['server']} at {s['streams']}: % of a core by process: "
+                + ", ".join(f"{n} {v:.1f}" for n, v in sorted(s["pct_core_by_process"].items()))
+                + (f"; event loop: {s['loop_process']}'s" if s["loop_process"] else "")
+                + "; sessions "
+                + ", ".join(
+                    f"{n} {w['sessions']:.0f} ({w['frames_lost']:.0f} lost)"
+                    for n, w in (s["by_worker"] or {}).items()
+                )
+            )
+        if s["sessions_ended"] is not None and round(s["sessions"]) < s["connected"]:
+            ended = ", ".join(f"{n:.0f} {r}" for r, n in sorted(s["sessions_ended"].items()))
+            print(
+                f"- {s['server']} at {s['streams']}: {s['connected']} senders connected, "
+                f"{s['sessions_at_start']:.0f} sessions at the window's start and "
+                f"{s['sessions']:.0f} at its end (ended in it: {ended or 'none'})"
+            )
         if s["utterances"]:
             print(
-                f"- {s['streams']} streams: the gateway endpointed {s['utterances']:.0f} "
+                f"- {s['server']} at {s['streams']} streams: endpointed {s['utterances']:.0f} "
                 "utterance(s): the noise reached Silero's threshold and ASR ran"
             )
         if s["connect_errors"]:
@@ -1123,6 +1434,18 @@ def _levels(text: str) -> tuple[int, ...]:
     return values
 
 
+def _servers(text: str) -> tuple[ServerKind, ...]:
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if "both" in names:  # what --server both meant before workers2
+        names = (names - {"both"}) | {"baseline", "gateway"}
+    unknown = names - set(SERVERS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"expected some of {_show(SERVERS)} (comma-separated); got {text!r}"
+        )
+    return tuple(k for k in SERVERS if k in names)
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 1 <= value <= 600:
@@ -1130,7 +1453,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _show(levels: Sequence[int]) -> str:
+def _show(levels: Sequence[object]) -> str:
     return ",".join(map(str, levels))
 
 

@@ -33,7 +33,13 @@ from media.asr import wire
 from media.asr.base import Segment, Transcription
 from media.asr.remote import RemoteASR, error_from_answer, model_from_listing, parse_asr_url
 from media.asr.service import Priority
-from media.errors import ASRBusyError, ASRStaleError, ASRUnavailable, UnsupportedLanguage
+from media.errors import (
+    ASRBusyError,
+    ASRError,
+    ASRStaleError,
+    ASRUnavailable,
+    UnsupportedLanguage,
+)
 from tests.conftest import AiohttpClient, EngineCache, Ollama
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,3 +437,34 @@ async def test_doctor_checks_the_asr_server(unix_server: Path, socket_dir: Path)
     [missing] = await check_asr_server(Config(asr_url=f"unix:{socket_dir}/none.sock"))
     assert missing.status == "fail"
     assert "asr-server" in missing.detail
+
+
+async def test_an_api_key_guards_the_api_not_the_health(
+    engines: EngineCache, socket_dir: Path, tmp_path: Path
+) -> None:
+    key = "k" * 40
+    runner = web.AppRunner(
+        build_asr_app(ASRServerSettings(api_keys=(key,)), engines.get("openai-whisper"))
+    )
+    await runner.setup()
+    path = socket_dir / "keyed.sock"
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        assert (await server_health(path))["ok"] is True
+        endpoint = parse_asr_url(f"unix:{path}")
+        _, audio = load_clips()[0]
+        for wrong in (None, "x" * 40):
+            client = RemoteASR(endpoint, model="tiny.en", api_key=wrong)
+            await client.start()
+            try:
+                with pytest.raises(ASRError, match="--asr-api-key-file"):
+                    await client.transcribe(audio, None)
+            finally:
+                await client.close()
+        keys = tmp_path / "asr-key"
+        keys.write_text(f"# the server's key\n{key}\n")
+        config = Config(asr_url=f"unix:{path}", asr_api_key_file=keys)
+        [found] = await check_asr_server(config)
+        assert found.status == "ok", found
+    finally:
+        await runner.cleanup()

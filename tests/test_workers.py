@@ -189,6 +189,15 @@ async def test_a_killed_worker_costs_only_its_sessions(
         await asyncio.sleep(0.5)
     else:
         raise AssertionError(f"w1 did not come back: {body}")
+    states = {
+        (s.name, s.labels.get("worker")): s.value
+        for family in text_string_to_metric_families(await (await http.get("/metrics")).text())
+        for s in family.samples
+        if s.name.startswith("gateway_worker_")
+    }
+    assert states[("gateway_worker_restarts_total", "w1")] == 1
+    assert states[("gateway_worker_restarts_total", "w2")] == 0
+    assert states[("gateway_worker_up", "w1")] == 1
     await peers["w2"].ws.close()
 
 

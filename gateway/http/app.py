@@ -20,7 +20,7 @@ from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import LLMSettings, OllamaChat
 from gateway.conversation.resume import Conversations, ConversationTokens, ParkedHistories
 from gateway.errors import ConfigError, IcePolicyError
-from gateway.http.auth import setup_auth
+from gateway.http.auth import load_api_keys, setup_auth
 from gateway.http.cors import cors_middleware
 from gateway.http.drain import Drain
 from gateway.http.headers import loopback_host_middleware, security_headers_middleware
@@ -137,7 +137,9 @@ def _models(
         config = app[CONFIG]
         service: ASRService | RemoteASR
         if config.asr_url and engine is None:
-            service = RemoteASR(parse_asr_url(config.asr_url), model=config.asr_model)
+            service = RemoteASR(
+                parse_asr_url(config.asr_url), model=config.asr_model, api_key=asr_api_key(config)
+            )
             await service.start()
             logger.info("ASR: the server at %s", service.endpoint)
         else:
@@ -160,6 +162,13 @@ def _models(
         await judge.close()
 
     return ctx
+
+
+def asr_api_key(config: Config) -> str | None:
+    """The key for ``--asr-url``'s server, from ``--asr-api-key-file`` (its first key)."""
+    if config.asr_api_key_file is None:
+        return None
+    return load_api_keys(config.asr_api_key_file, "--asr-api-key-file")[0]
 
 
 def load_turn_judge(config: Config) -> TurnJudge:

@@ -219,9 +219,8 @@ def _read(path: Path, flag: str) -> bytes:
     return data
 
 
-def load_api_keys(path: Path) -> list[str]:
+def load_api_keys(path: Path, flag: str = "--api-keys-file") -> list[str]:
     """One key per line; blank lines and ``#`` comments are skipped."""
-    flag = "--api-keys-file"
     try:
         text = _read(path, flag).decode("utf-8")
     except UnicodeDecodeError as exc:

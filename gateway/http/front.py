@@ -38,7 +38,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.conversation.resume import claimed_conversation
@@ -237,22 +237,11 @@ async def relay_websocket(
     )
     await client.prepare(request)
 
-    async def down() -> None:  # worker → client
-        async for message in upstream:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await client.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await client.send_bytes(message.data)
-
-    async def up() -> None:  # client → worker
-        async for message in client:
-            if message.type is aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(message.data)
-            elif message.type is aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(message.data)
-
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(down(), name="ws-down"), loop.create_task(up(), name="ws-up")]
+    tasks = [
+        loop.create_task(_pump(upstream, client), name="ws-worker-to-client"),
+        loop.create_task(_pump(client, upstream), name="ws-client-to-worker"),
+    ]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -266,6 +255,18 @@ async def relay_websocket(
         await upstream.close()
         await client.close(code=upstream.close_code or aiohttp.WSCloseCode.GOING_AWAY)
     return client
+
+
+WebSocket = aiohttp.ClientWebSocketResponse | web.WebSocketResponse
+
+
+async def _pump(source: WebSocket, sink: WebSocket) -> None:
+    """Text and binary messages from ``source`` to ``sink`` until ``source`` closes."""
+    async for message in source:
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
 
 
 def _worker_lost_event() -> str:
@@ -302,6 +303,25 @@ def merge_metrics(texts: Mapping[str, str], own: str) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(families.values())))
     return generate_latest(registry)
+
+
+class _WorkerStates:
+    """Each worker's state, from the front's supervisor: up or not, and restarts."""
+
+    def __init__(self, workers: Workers) -> None:
+        self._workers = workers
+
+    def collect(self) -> list[Metric]:
+        up = GaugeMetricFamily(
+            "gateway_worker_up", "1 while the media worker is ready", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "gateway_worker_restarts", "Media worker restarts after it died", labels=["worker"]
+        )
+        for name, child in sorted(self._workers.children.items()):
+            up.add_metric([name], 1.0 if child.ready else 0.0)
+            restarts.add_metric([name], float(child.restarts))
+        return [up, restarts]
 
 
 class _Families:
@@ -351,6 +371,7 @@ def build_front_app(config: Config, workers: Workers) -> web.Application:
     app[DRAIN] = Drain()
     app[FRONT_REGISTRY] = registry = CollectorRegistry()
     ProcessCollector(registry=registry)
+    registry.register(_WorkerStates(workers))
     setup_auth(app, config)
     router = app.router
     router.add_get("/", routes.index)

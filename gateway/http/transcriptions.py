@@ -17,14 +17,15 @@ hangs up takes its queued job with it (handler cancellation is on).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.http.headers import loopback_host_middleware
-from gateway.http.middleware import error_middleware, json_error
+from gateway.http.middleware import Handler, error_middleware, json_error
 from gateway.ops.config import AsrDevice, AsrEngineName
 from media.asr import wire
 from media.asr.base import ASREngine, check_language, default_language
@@ -49,6 +50,7 @@ class ASRServerSettings:
     device: AsrDevice = "auto"
     max_pending: int = 32  # jobs queued or running, from every client together
     batch_size: int | None = None  # None: 8 on a GPU, 1 on a CPU
+    api_keys: tuple[str, ...] = ()  # if any, the API wants one (Bearer); /health does not
 
 
 SETTINGS = web.AppKey("asr_settings", ASRServerSettings)
@@ -59,7 +61,7 @@ def build_asr_app(settings: ASRServerSettings, engine: ASREngine | None = None) 
     """The server's application; ``engine`` (already loaded) is for tests."""
     app = web.Application(
         client_max_size=MAX_UPLOAD_BYTES,
-        middlewares=[error_middleware, loopback_host_middleware],
+        middlewares=[error_middleware, loopback_host_middleware, _key_middleware],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_recogniser(engine))
@@ -67,6 +69,27 @@ def build_asr_app(settings: ASRServerSettings, engine: ASREngine | None = None) 
     app.router.add_get("/v1/models", models)
     app.router.add_post(wire.PATH, transcriptions)
     return app
+
+
+@web.middleware
+async def _key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With ``--api-key-file``, the API (not ``/health``) wants one of its keys, as
+    OpenAI's does: ``Authorization: Bearer KEY``, compared in constant time."""
+    keys = request.app[SETTINGS].api_keys
+    if not keys or request.path == "/health":
+        return await handler(request)
+    scheme, _, presented = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+    given = presented.strip().encode("utf-8", "surrogatepass")
+    if scheme.lower() != "bearer" or not any(
+        hmac.compare_digest(given, key.encode()) for key in keys
+    ):
+        return json_error(
+            401,
+            "unauthorized",
+            "this ASR server wants an API key: Authorization: Bearer KEY",
+            {"WWW-Authenticate": 'Bearer realm="asr-server"'},
+        )
+    return await handler(request)
 
 
 def _recogniser(

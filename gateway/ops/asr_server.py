@@ -1,9 +1,10 @@
 """``local-ai-gateway asr-server``: the shared ASR service as a process of its own.
 
 It serves :mod:`gateway.http.transcriptions` on a Unix socket (``--socket``: only this
-user may connect, mode 0600 in a 0700 folder it makes) or on a loopback TCP port. It has
-no authentication of its own, so another address needs ``--allow-insecure``. Gateways
-use it with ``--asr-url unix:PATH`` or ``--asr-url http://127.0.0.1:PORT``.
+user may connect, mode 0600 in a 0700 folder it makes) or on a loopback TCP port. Another
+address needs ``--api-key-file`` (clients send a key, as to OpenAI) or ``--allow-insecure``.
+Gateways use it with ``--asr-url unix:PATH`` or ``--asr-url http://127.0.0.1:PORT``
+(``--asr-api-key-file`` for the key).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.errors import KNOWN_ERRORS, ConfigError
+from gateway.http.auth import load_api_keys
 from gateway.http.transcriptions import ASRServerSettings, build_asr_app
 from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
 from gateway.ops.config import ASR_DEVICES, ASR_ENGINES, LOG_LEVELS, is_loopback
@@ -63,6 +65,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="clients must send one of these keys (one per line) as Authorization: Bearer",
+    )
+    parser.add_argument(
         "--allow-insecure",
         action="store_true",
         help="serve TCP on a non-loopback address (the server has no authentication)",
@@ -72,10 +79,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"--port: must be between 1 and 65535, got {args.port}")
     if args.max_pending < 1 or (args.batch_size is not None and args.batch_size < 1):
         parser.error("--max-pending and --batch-size must be at least 1")
-    if args.socket is None and not is_loopback(args.host) and not args.allow_insecure:
+    if (
+        args.socket is None
+        and not is_loopback(args.host)
+        and not (args.allow_insecure or args.api_key_file)
+    ):
         parser.error(
-            f"--host {args.host}: this server has no authentication; anyone who reaches the "
-            "port could use it. Use --socket, a loopback address, or --allow-insecure"
+            f"--host {args.host}: anyone who reaches the port could use this server. Give "
+            "it --api-key-file (and TLS in front of it), or use --socket, a loopback "
+            "address, or --allow-insecure"
         )
     return args
 
@@ -84,7 +96,13 @@ def asr_server_command(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     tune_allocator()  # before the model loads and the threads start
+    try:
+        keys = load_api_keys(args.api_key_file, "--api-key-file") if args.api_key_file else []
+    except ConfigError as exc:
+        print(f"local-ai-gateway asr-server: error: {exc}", file=sys.stderr)
+        return 2
     settings = ASRServerSettings(
+        api_keys=tuple(keys),
         engine=args.asr_engine,
         model=args.asr_model,
         device=args.asr_device,

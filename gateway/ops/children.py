@@ -154,6 +154,8 @@ class Child:
             attempt = 0 if time.monotonic() - started > STABLE_AFTER_S else attempt
             delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
             attempt += 1
+            if self._http is not None:  # its pooled connections went with it
+                await self._http.close()
             await asyncio.sleep(delay)
             self.restarts += 1
             try:
@@ -184,6 +186,8 @@ class Child:
                 logger.warning("%s did not stop in %.0f s: killing it", self.name, timeout_s)
                 process.kill()
                 await process.wait()
+        if self._output is not None:  # its last lines (how its drain went) first
+            await asyncio.wait({self._output}, timeout=OUTPUT_DRAIN_S)
         for task in (self._watcher, self._output):
             if task is not None:
                 task.cancel()

@@ -64,6 +64,7 @@ class Config:
     # unless allow_remote_asr: the audio would leave the machine.
     asr_url: str = ""
     allow_remote_asr: bool = False
+    asr_api_key_file: Path | None = None  # the key --asr-url's server wants (vLLM --api-key)
     # Media workers: None ("auto") is one per core. With more than one, this process is the
     # front (HTTP, auth, limits) and each worker, a process of its own, serves its sessions
     # on a Unix socket; the ASR server runs once for all. The front sets the two below.
@@ -337,6 +338,7 @@ def _options() -> tuple[_Option, ...]:
             "use this ASR server (unix:/path.sock or http://host:port) instead of a model here",
         ),
         _Option("allow_remote_asr", _bool, "allow a non-loopback --asr-url", is_flag=True),
+        _Option("asr_api_key_file", _path, "file with the API key for the --asr-url server"),
         _Option(
             "workers",
             _auto_or(_int_range(1, MAX_WORKERS)),

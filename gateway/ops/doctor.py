@@ -51,7 +51,7 @@ from certs.authority import (
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import ASRError, CertificateError, ConfigError, IcePolicyError, ModelLoadError
-from gateway.http.app import llm_settings, load_turn_judge, tts_engine_name
+from gateway.http.app import asr_api_key, llm_settings, load_turn_judge, tts_engine_name
 from gateway.http.relay import GATEWAY_USER, load_turn_secret
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
@@ -918,7 +918,13 @@ def check_firewall(
 
 async def check_asr_server(config: Config) -> list[Check]:
     """With --asr-url: the server answers, says what it runs, and transcribes."""
-    client = RemoteASR(parse_asr_url(config.asr_url), model=config.asr_model, timeout_s=10.0)
+    try:
+        key = asr_api_key(config)
+    except ConfigError as exc:
+        return [Check("asr server", "fail", str(exc))]
+    client = RemoteASR(
+        parse_asr_url(config.asr_url), model=config.asr_model, timeout_s=10.0, api_key=key
+    )
     try:
         await client.start()
         problem = await client.check()

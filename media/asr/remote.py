@@ -137,6 +137,7 @@ class RemoteASR:
         model: str,
         max_pending: int = 16,
         timeout_s: float = 30.0,
+        api_key: str | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending {max_pending}: need >= 1")
@@ -147,6 +148,7 @@ class RemoteASR:
             total=timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)
         )
         self._timeout_s = timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._info = model_from_listing({"data": []}, model)
         self._http: aiohttp.ClientSession | None = None
         self._in_flight: Counter[Priority] = Counter()
@@ -178,7 +180,9 @@ class RemoteASR:
                 else aiohttp.TCPConnector(limit=self._max_pending + 1)
             )
             # One connection more than requests: /ready's check never waits behind them.
-            self._http = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._http = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, headers=self._headers
+            )
         problem = await self.check()
         if problem is not None:
             logger.warning("ASR server: %s", problem)
@@ -292,7 +296,10 @@ def error_from_answer(status: int, body: bytes, endpoint: Endpoint) -> ASRError:
     if code == UnsupportedLanguage.code:
         return UnsupportedLanguage(message)
     if status in (401, 403):
-        return ASRError(f"{where}: it wants credentials the gateway does not send")
+        return ASRError(
+            f"{where}: it refused the gateway's credentials; give its API key with "
+            "--asr-api-key-file"
+        )
     if status in (502, 504):
         return ASRUnavailable(f"{where}: {message}")
     return ASRError(f"{where}: {message}")
