@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import asr, e2e, loss, media, setup, soak, transcript, turns, voice
+from bench import asr, capacity, e2e, loss, media, setup, soak, transcript, turns, voice
 from bench.common import Benchmark
 
 logger = logging.getLogger("bench")
@@ -24,6 +24,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     voice.BENCHMARK,
     loss.BENCHMARK,
     soak.BENCHMARK,
+    capacity.BENCHMARK,
 )
 
 

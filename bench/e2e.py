@@ -244,6 +244,7 @@ async def run_with_ollama(
     )
     async with fake_ollama(state=state) as (_, url):
         config = Config(
+            admission="off",
             no_tls=True,
             asr_engine=name,
             vad_silence_ms=args.vad_silence_ms,

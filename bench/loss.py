@@ -203,7 +203,13 @@ async def measure_quietly(
     sentences: Sequence[Sentence],
 ) -> Run:
     with _no_llm() as ollama_host, _quiet_llm("gateway.http.app", "gateway.conversation.dialogue"):
-        config = Config(no_tls=True, asr_engine=name, ollama_host=ollama_host, tts_engine="none")
+        config = Config(
+            admission="off",
+            no_tls=True,
+            asr_engine=name,
+            ollama_host=ollama_host,
+            tts_engine="none",
+        )
         return await measure(config, engine, level, receiver, warmup, sentences)
 
 

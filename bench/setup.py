@@ -255,6 +255,7 @@ async def measure(
 async def serve_both(sessions: int, concurrent: int, rounds: int) -> list[Setup]:
     async with fake_ollama() as (_, ollama_url):
         config = Config(
+            admission="off",
             no_tls=True,
             tts_engine="none",
             ollama_host=ollama_url,

@@ -340,6 +340,7 @@ async def gateway_process(
         "--offer-rate", "1000",
         "--log-level", "warning",
         "--workers", "1",  # one process, measured as a whole; extra_args may say otherwise
+        "--admission", "off",  # load is the point: nothing refused for its cost
         *extra_args,
     ]  # fmt: skip
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -413,6 +413,7 @@ async def stream_pass(
 ) -> None:
     with _no_llm() as ollama_host, _quiet_llm("gateway.http.app", "gateway.conversation.dialogue"):
         config = Config(
+            admission="off",
             no_tls=True,
             asr_engine=name,
             ollama_host=ollama_host,

@@ -177,6 +177,7 @@ class Setup:
 
     def config(self, engine: AsrEngineName, ollama_host: str) -> Config:
         config = Config(
+            admission="off",
             no_tls=True,
             asr_engine=engine,
             ollama_host=ollama_host,

@@ -352,6 +352,7 @@ async def watch_loop() -> AsyncIterator[list[tuple[float, float]]]:
 
 def gateway_config(ollama_url: str, vad_silence_ms: int, barge_in_min_ms: int = 300) -> Config:
     return Config(
+        admission="off",
         no_tls=True,
         asr_engine=ASR,
         vad_silence_ms=vad_silence_ms,

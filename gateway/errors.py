@@ -8,6 +8,7 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     signalling.errors.SignallingError
     ├── OfferError                       an SDP offer or its envelope (400)
     ├── SessionLimitError                --max-sessions reached (503 + Retry-After)
+    │   └── AtCapacity (gateway)         no room measured for one more session (503)
     ├── SessionNotFound                  no session with that id (404)
     ├── ProtocolError                    a bad client message (error event, or 400)
     ├── TransportClosed                  the client is gone (ends its session)
@@ -68,6 +69,7 @@ __all__ = [
     "ASRError",
     "ASRStaleError",
     "ASRUnavailable",
+    "AtCapacity",
     "AudioTooLong",
     "AuthError",
     "CertificateError",
@@ -111,6 +113,13 @@ class ConfigError(GatewayError):
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
         self.flag = flag
+
+
+class AtCapacity(SessionLimitError):
+    """What the open sessions measurably cost leaves no room for one more (503 +
+    Retry-After, as the session limit): ``gateway.ops.capacity``."""
+
+    code = "at_capacity"
 
 
 class AuthError(GatewayError):

@@ -373,7 +373,7 @@ async def test_a_killed_asr_server_costs_utterances_not_sessions(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.stat().st_uid == os.getuid()
     config = Config(no_tls=True, tts_engine="none", ollama_host=ollama[1],
-                    asr_url=f"unix:{path}")  # fmt: skip
+                    asr_url=f"unix:{path}", admission="off")  # fmt: skip
     client = await aiohttp_client(build_app(config))
     peer = LoopbackClient()
     try:

@@ -102,7 +102,7 @@ async def test_the_offers_language_reaches_the_recogniser(
 ) -> None:
     engine = Recording(engines.get("openai-whisper"))
     client: TestClient = await aiohttp_client(  # type: ignore[type-arg]
-        build_app(Config(no_tls=True, tts_engine="none"), engine=engine)
+        build_app(Config(no_tls=True, tts_engine="none", admission="off"), engine=engine)
     )
     peer = LoopbackClient()
     try:

@@ -113,7 +113,7 @@ async def test_unknown_route_and_method_are_json(gateway: GatewayFactory) -> Non
 
 
 async def test_https_with_the_local_ca(tmp_path: Path, engines: EngineCache) -> None:
-    config = Config(cert_dir=tmp_path / "certs", port=0, tts_engine="none")
+    config = Config(cert_dir=tmp_path / "certs", port=0, tts_engine="none", admission="off")
     server_ssl = _tls_context(config)
     runner = web.AppRunner(build_app(config, engine=engines.get("openai-whisper")))
     await runner.setup()

@@ -268,7 +268,12 @@ async def test_client_text_is_logged_escaped_and_cut(
     secret = tmp_path / "jwt-secret"
     secret.write_text(SECRET)
     config = Config(
-        no_tls=True, tts_engine="none", auth="jwt", jwt_secret_file=secret, jwt_audience="gateway"
+        no_tls=True,
+        tts_engine="none",
+        auth="jwt",
+        jwt_secret_file=secret,
+        jwt_audience="gateway",
+        admission="off",
     )
     app = build_app(config, engine=engines.get("openai-whisper"))
 

@@ -8,7 +8,6 @@ back."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
@@ -19,6 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.proctree import all_stats, read_argv
 from bench.soak import gateway_process
 from gateway.http.auth import Principal
 from gateway.http.front import merge_metrics
@@ -42,6 +42,7 @@ def test_worker_count() -> None:
     assert worker_count(Config(max_sessions=100), cores=200) == 64
     assert worker_count(Config(workers=3), cores=2) == 3
     assert worker_count(Config(worker_socket=Path("/run/w1.sock")), cores=8) == 1
+    assert worker_count(Config(), cores=8, platform="win32") == 1
     assert load_config(["--workers", "auto"], {}).workers is None
     assert load_config([], {"GATEWAY_WORKERS": "1"}).workers == 1
 
@@ -105,16 +106,15 @@ async def offer(http: aiohttp.ClientSession) -> tuple[LoopbackClient, str]:
 
 def worker_pid(front_pid: int, name: str) -> int:
     """The pid of the front's worker ``name``, from /proc."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-            if parent == front_pid and f"\0--worker-id\0{name}\0".encode() in cmdline:
-                return int(entry.name)
+    for pid in children_of(front_pid):
+        argv = read_argv(pid)
+        if "--worker-id" in argv and argv[argv.index("--worker-id") + 1] == name:
+            return pid
     raise AssertionError(f"no worker {name} under pid {front_pid}")
+
+
+def children_of(pid: int) -> list[int]:
+    return [stat.pid for stat in all_stats() if stat.ppid == pid]
 
 
 async def test_sessions_spread_over_workers_and_are_reached_through_the_front(
@@ -233,17 +233,6 @@ async def test_a_reconnect_resumes_on_the_worker_that_holds_the_history(
             await peer.ws.close()
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
 def alive(pid: int) -> bool:
     """Running (a zombie has exited; whoever adopted it reaps it)."""
     try:
@@ -265,3 +254,20 @@ async def test_children_leave_when_the_front_is_killed(ollama: Ollama, tmp_path:
             assert time.monotonic() < deadline, "children outlived their front"
             await asyncio.sleep(0.2)
     assert "Traceback" not in log.read_text()
+
+
+def test_a_bad_key_file_stops_the_front_before_any_worker_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.ops.cli import main
+
+    missing = tmp_path / "no-such-keys"
+    argv = ["serve", "--no-tls", "--workers", "2", "--auth", "api-key"]
+    started = time.monotonic()
+    assert main([*argv, "--api-keys-file", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        f"local-ai-gateway: error: --api-keys-file: cannot read {missing}: "
+        "No such file or directory"
+    ]
+    assert time.monotonic() - started < 5  # no model was loaded, no worker started

@@ -42,6 +42,7 @@ async def served(tmp_path: Path, engines: EngineCache, ollama: Ollama) -> AsyncI
     keys = tmp_path / "keys.txt"
     keys.write_text(API_KEY + "\n")
     config = Config(
+        admission="off",
         cert_dir=tmp_path / "certs",
         port=0,
         tts_engine="piper",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import LLMSettings, OllamaChat
 from gateway.conversation.resume import Conversations, ConversationTokens, ParkedHistories
 from gateway.errors import ConfigError, IcePolicyError
+from gateway.http.admission import Measure, sampling
 from gateway.http.auth import load_api_keys, setup_auth
 from gateway.http.cors import cors_middleware
 from gateway.http.drain import Drain
@@ -44,6 +46,7 @@ from gateway.http.state import (
     VAD,
 )
 from gateway.http.worker import setup_worker
+from gateway.ops.capacity import Usage
 from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop
@@ -125,6 +128,8 @@ def build_app(
     app.cleanup_ctx.append(_models(engine))
     app.cleanup_ctx.append(_llm)
     app.cleanup_ctx.append(_sessions)
+    if config.worker_socket is None:  # in a worker, the front admits
+        app.cleanup_ctx.append(sampling(_usage(app), metrics.registry))
     app.cleanup_ctx.append(loop_watch_context(metrics))
     add_routes(app)
     return app
@@ -289,6 +294,20 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
 
 async def _close_sessions(app: web.Application) -> None:
     await app[SESSIONS].close_all("shutdown")
+
+
+def _usage(app: web.Application) -> Measure:
+    """This process's CPU, its recogniser's busy time and its sessions, now."""
+
+    async def measure() -> Usage:
+        return Usage(
+            at=time.monotonic(),
+            cpu_s=time.process_time(),  # every thread: Whisper's and the decoders' too
+            asr_busy_s=await app[ASR].busy_seconds(),
+            sessions=len(app[SESSIONS]),
+        )
+
+    return measure
 
 
 def loop_watch_context(metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:

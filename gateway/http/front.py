@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.conversation.resume import claimed_conversation
 from gateway.errors import SessionLimitError, SessionNotFound
 from gateway.http import routes, whip
+from gateway.http.admission import Measure, capacity_check, refuse_when_full, sampling
 from gateway.http.auth import principal_of, setup_auth
 from gateway.http.cors import cors_middleware
 from gateway.http.drain import Drain
@@ -59,6 +60,7 @@ from gateway.http.middleware import (
 from gateway.http.state import CONFIG, DRAIN, OFFER_LIMITER
 from gateway.http.worker import LOAD_PATH, PRINCIPAL_HEADER, principal_header
 from gateway.http.ws import HEARTBEAT_S, MAX_MESSAGE_BYTES
+from gateway.ops.capacity import Usage
 from gateway.ops.children import Child
 from gateway.ops.config import Config
 from signalling import protocol
@@ -356,9 +358,9 @@ WORKERS = web.AppKey("workers", Workers)
 FRONT_REGISTRY = web.AppKey("front_registry", CollectorRegistry)  # the front's own process
 
 
-def build_front_app(config: Config, workers: Workers) -> web.Application:
+def build_front_app(config: Config, workers: Workers, asr: Child | None = None) -> web.Application:
     """The same routes as a single-process gateway (``gateway.http.routes``), answered
-    here or by a worker."""
+    here or by a worker. ``asr``: the ASR server the front started, if any."""
     middlewares = [security_headers_middleware, cors_middleware(config.cors_origins)]
     if not config.tls:
         middlewares.insert(0, loopback_host_middleware)
@@ -372,6 +374,7 @@ def build_front_app(config: Config, workers: Workers) -> web.Application:
     app[FRONT_REGISTRY] = registry = CollectorRegistry()
     ProcessCollector(registry=registry)
     registry.register(_WorkerStates(workers))
+    app.cleanup_ctx.append(sampling(_tree_usage(workers, asr), registry))
     setup_auth(app, config)
     router = app.router
     router.add_get("/", routes.index)
@@ -398,6 +401,7 @@ async def _admit(request: web.Request) -> Child | web.Response:
     """The worker for a new session, or the refusal to send (rate, limits, draining)."""
     app = request.app
     app[DRAIN].refuse_new_session()
+    refuse_when_full(app)
     client = client_key(client_address(request))
     wait = app[OFFER_LIMITER].check(client, time.monotonic())
     if wait is not None:
@@ -471,8 +475,33 @@ async def ready(request: web.Request) -> web.Response:
     checks["workers"] = {"ok": bool(up), "ready": up, "total": len(workers.children)}
     if request.app[DRAIN].draining:
         checks["shutdown"] = {"ok": False, "message": "the gateway is shutting down"}
+    capacity = capacity_check(request.app)
+    if capacity is not None:
+        checks["capacity"] = capacity
     ok = all(bool(check.get("ok")) for check in checks.values())
     return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+
+
+def _tree_usage(workers: Workers, asr: Child | None) -> Measure:
+    """The whole gateway's usage: the CPU of the front and of every child (None off Linux,
+    or while one is restarting), the ASR server's busy time, every worker's sessions."""
+
+    async def measure() -> Usage:
+        cpu: float | None = time.process_time()
+        for child in [*workers.children.values(), *([asr] if asr is not None else [])]:
+            used = child.cpu_seconds()
+            cpu = None if cpu is None or used is None else cpu + used
+        health = await asr.health() if asr is not None else None
+        busy = health.get("busy_s") if health is not None else None
+        load = await workers.load("")
+        return Usage(
+            at=time.monotonic(),
+            cpu_s=cpu,
+            asr_busy_s=float(busy) if isinstance(busy, int | float) else None,
+            sessions=sum(total for total, _ in load.values()),
+        )
+
+    return measure
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.http import state as keys
 from gateway.http import whip
+from gateway.http.admission import capacity_check
 from gateway.http.auth import principal_of
 from gateway.http.events import events_path, stream_events
 from gateway.http.forwarded import client_address
@@ -82,6 +83,9 @@ async def ready(request: web.Request) -> web.Response:
     }
     if request.app[keys.DRAIN].draining:  # a load balancer must stop sending people here
         checks["shutdown"] = {"ok": False, "message": "the gateway is shutting down"}
+    capacity = capacity_check(request.app)
+    if capacity is not None:
+        checks["capacity"] = capacity
     ok = all(bool(check["ok"]) for check in checks.values())
     return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
 

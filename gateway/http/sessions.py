@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from aiohttp import web
 
 from gateway.errors import SessionNotFound
+from gateway.http.admission import refuse_when_full
 from gateway.http.auth import AUTH_FAILURES, principal_of
 from gateway.http.forwarded import client_address
 from gateway.http.middleware import SESSION_RETRY_AFTER_S
@@ -41,8 +42,10 @@ Register = Callable[[Session], None]
 def admit(app: web.Application, remote: str | None) -> Iterator[Register]:
     """Hold a slot for one more session while it is set up (which awaits), so concurrent
     requests cannot overshoot the limits; the caller registers the session before leaving.
-    Refused: 429 for this address, :class:`SessionLimitError` (503) in total."""
+    Refused: 429 for this address, :class:`SessionLimitError` (503) in total, and
+    :class:`AtCapacity` (503) when the open sessions leave no measured room."""
     app[DRAIN].refuse_new_session()  # 503 while shutting down
+    refuse_when_full(app)
     client = client_key(remote)
     limiter = app[CLIENT_SESSIONS]
     if not limiter.acquire(client):

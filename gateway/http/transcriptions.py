@@ -59,10 +59,10 @@ RECOGNISER = web.AppKey("recogniser", ASRService)
 
 def build_asr_app(settings: ASRServerSettings, engine: ASREngine | None = None) -> web.Application:
     """The server's application; ``engine`` (already loaded) is for tests."""
-    app = web.Application(
-        client_max_size=MAX_UPLOAD_BYTES,
-        middlewares=[error_middleware, loopback_host_middleware, _key_middleware],
-    )
+    # Without keys, a page whose DNS name is re-pointed at this machine must not reach it
+    # (the Host check); with keys, a request without one is refused anyway.
+    guard = _key_middleware if settings.api_keys else loopback_host_middleware
+    app = web.Application(client_max_size=MAX_UPLOAD_BYTES, middlewares=[error_middleware, guard])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_recogniser(engine))
     app.router.add_get("/health", health)
@@ -76,7 +76,7 @@ async def _key_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """With ``--api-key-file``, the API (not ``/health``) wants one of its keys, as
     OpenAI's does: ``Authorization: Bearer KEY``, compared in constant time."""
     keys = request.app[SETTINGS].api_keys
-    if not keys or request.path == "/health":
+    if request.path == "/health":
         return await handler(request)
     scheme, _, presented = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
     given = presented.strip().encode("utf-8", "surrogatepass")
@@ -116,7 +116,12 @@ def _recogniser(
 async def health(request: web.Request) -> web.Response:
     service = request.app[RECOGNISER]
     return web.json_response(
-        {"ok": True, "pending": service.pending, "queue_depth": service.queue_depth}
+        {
+            "ok": True,
+            "pending": service.pending,
+            "queue_depth": service.queue_depth,
+            "busy_s": round(service.busy_s, 3),  # for the front's admission (capacity)
+        }
     )
 
 
@@ -142,18 +147,19 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
             "unsupported_media_type",
             "send multipart/form-data with the audio as the field 'file'",
         )
-    _urgency(request)  # a bad header is refused before the upload is read
+    urgency = _urgency(request)  # a bad header is refused before the upload is read
     form = await request.post()
     try:
-        return await _transcribe(request, form)
+        return await _transcribe(request, form, *urgency)
     finally:  # aiohttp spools each uploaded file to a temporary file: ours to close
         for value in form.values():
             if isinstance(value, web.FileField):
                 value.file.close()
 
 
-async def _transcribe(request: web.Request, form: Mapping[str, object]) -> web.StreamResponse:
-    priority, deadline_s = _urgency(request)
+async def _transcribe(
+    request: web.Request, form: Mapping[str, object], priority: Priority, deadline_s: float | None
+) -> web.StreamResponse:
     upload = form.get("file")
     if not isinstance(upload, web.FileField):
         raise _bad_request("the form has no file: send the audio as the field 'file'")

@@ -17,7 +17,6 @@ from gateway.http.state import CLIENT_SESSIONS, SESSIONS
 
 PRINCIPAL_HEADER = "X-Gateway-Principal"
 LOAD_PATH = "/internal/load"  # a worker's sessions, in total and for one client
-_METHODS = ("api-key", "jwt")
 
 
 def principal_header(principal: Principal | None) -> str | None:

@@ -133,13 +133,33 @@ class Child:
         raise ChildFailed(f"{self.name} was not ready within {self.ready_timeout_s:.0f} s")
 
     async def healthy(self) -> bool:
+        return await self.health() is not None
+
+    async def health(self) -> dict[str, object] | None:
+        """What its ``/health`` says; None when it does not answer 200 with JSON."""
         try:
             async with self.http.get(
                 "/health", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
             ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError, OSError):
-            return False
+                if response.status != 200:
+                    return None
+                body = await response.json()
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def cpu_seconds(self) -> float | None:
+        """The CPU time its process has used (user + system, every thread), from Linux's
+        ``/proc``; None elsewhere, or while it is not running."""
+        if self.process is None or self.process.returncode is not None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        # The fields after the command name (which may hold spaces): utime is the 12th.
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def _watch(self) -> None:
         attempt = 0

@@ -151,6 +151,9 @@ def serve(config: Config, argv: Sequence[str] = ()) -> int:
         return 2
     try:
         asyncio.run(running)
+    except ConfigError as exc:  # the front's key files, read before its workers start
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
+        return 2
     except (*KNOWN_ERRORS, ChildFailed) as exc:  # the ASR model cannot load, a worker died
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1

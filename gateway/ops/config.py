@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -121,6 +122,11 @@ class Config:
     resume_window_s: int = 300
     # On SIGTERM, how long running replies may finish before every session is ended.
     drain_timeout_s: int = 20
+    # Admission from measured capacity (gateway.ops.capacity): a new session is refused
+    # (503) while one more would push the CPU or the recogniser past these shares.
+    admission: Literal["measured", "off"] = "measured"
+    cpu_limit: float = 0.7
+    asr_limit: float = 0.5  # a queue's waits grow steeply as it fills: see bench capacity
     # Spoken replies: "auto" is piper when it is installed (the `tts` extra), else none.
     tts_engine: TtsEngineName = "auto"
     tts_voice: str | None = None  # piper: a voice name or a .onnx path; openai: a voice
@@ -452,6 +458,13 @@ def _options() -> tuple[_Option, ...]:
             "drain_timeout_s", _int_range(0, 3600), "on SIGTERM, replies may finish for, s (20)"
         ),
         _Option(
+            "admission",
+            _choice(("measured", "off")),
+            "measured (default): refuse a session the CPU or ASR has no room for; off",
+        ),
+        _Option("cpu_limit", _float_range(0.1, 1.0), "share of the cores sessions may use (0.7)"),
+        _Option("asr_limit", _float_range(0.1, 1.0), "share of the recogniser's time (0.5)"),
+        _Option(
             "tts_engine",
             _choice(TTS_ENGINES),
             "spoken replies: auto (default: piper if installed, else none), piper, openai, none",
@@ -597,10 +610,11 @@ def service_hostname(url: str) -> str:
     return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
 
 
-def worker_count(config: Config, cores: int | None = None) -> int:
+def worker_count(config: Config, cores: int | None = None, platform: str = sys.platform) -> int:
     """How many media workers: ``--workers``, or one per core (at most
-    :data:`MAX_WORKERS`, and never more than sessions); 1 inside a worker."""
-    if config.worker_socket is not None:
+    :data:`MAX_WORKERS`, and never more than sessions); 1 inside a worker, and on Windows,
+    where asyncio serves no Unix sockets (``_check`` refuses more there)."""
+    if config.worker_socket is not None or platform == "win32":
         return 1
     if config.workers is not None:
         return config.workers
@@ -612,6 +626,12 @@ def _check(config: Config) -> None:
     """Rules that involve more than one option."""
     if config.worker_socket is not None:
         return  # a worker: the front checked the configuration; it listens on a socket
+    if sys.platform == "win32" and (config.workers or 1) > 1:
+        raise ConfigError(
+            "--workers",
+            "media workers talk over Unix sockets, which asyncio does not serve on Windows: "
+            "use --workers 1 (the default there)",
+        )
     if config.no_tls and not is_loopback(config.host):
         raise ConfigError(
             "--no-tls",

@@ -68,13 +68,12 @@ async def serve_front(
     folder = private_folder("local-ai-gateway-")
     children: list[Child] = []
     try:
-        asr_url = None
+        asr = None
         if not config.asr_url:
             socket = folder / "asr.sock"
             asr = Child("asr-server", asr_server_argv(config, socket), socket)
             children.append(asr)
-            await asr.start()
-            asr_url = f"unix:{socket}"
+        asr_url = f"unix:{asr.socket}" if asr is not None else None
         workers = [
             Child(
                 name,
@@ -84,9 +83,13 @@ async def serve_front(
             for name in (f"w{i}" for i in range(1, count + 1))
         ]
         children.extend(workers)
+        # Built first: it reads the key files, whose faults must not wait for the models.
+        app = build_front_app(config, Workers(workers), asr)
+        if asr is not None:
+            await asr.start()
         await asyncio.gather(*(worker.start() for worker in workers))
         await _serve(
-            build_front_app(config, Workers(workers)),
+            app,
             config,
             workers,
             ssl_context=ssl_context,

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 2.0  # a local or LAN server accepts in milliseconds
 INFO_TIMEOUT_S = 3.0  # GET /v1/models, at start-up and for /ready
 _MAX_ERROR_CHARS = 300  # of a server's error message, in ours
+MAX_ANSWER_BYTES = 1 << 20  # 30 s of speech is a few hundred bytes of JSON
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,20 @@ class RemoteASR:
         self.reachable = True
         return None
 
+    async def busy_seconds(self) -> float | None:
+        """What the gateway's own ASR server says in ``/health`` (other servers: None)."""
+        http = self._session()
+        root = self.endpoint.base.removesuffix("/v1")
+        try:
+            async with http.get(
+                f"{root}/health", timeout=aiohttp.ClientTimeout(total=INFO_TIMEOUT_S)
+            ) as response:
+                body = await response.json(content_type=None) if response.status == 200 else {}
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        busy = body.get("busy_s") if isinstance(body, dict) else None
+        return float(busy) if isinstance(busy, int | float) else None
+
     async def transcribe(
         self,
         audio: Float32Array,
@@ -244,7 +259,8 @@ class RemoteASR:
             async with http.post(
                 f"{self.endpoint.base}{wire.PATH.removeprefix('/v1')}", data=form, headers=headers
             ) as response:
-                body = await response.read()
+                # A transcription is small; a server sending more is not one of these.
+                body = await response.content.read(MAX_ANSWER_BYTES + 1)
                 status, kind = response.status, response.content_type
         except TimeoutError as exc:
             raise ASRUnavailable(
@@ -256,6 +272,8 @@ class RemoteASR:
                 f"cannot reach {self.endpoint}: {_describe(exc)}; {_HINT}"
             ) from exc
         self.reachable = True
+        if len(body) > MAX_ANSWER_BYTES:
+            raise ASRError(f"the ASR server at {self.endpoint} answered with over 1 MiB")
         if status == 200:
             return _answer(body, kind, self.endpoint)
         raise error_from_answer(status, body, self.endpoint)

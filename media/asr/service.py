@@ -72,6 +72,10 @@ class Recogniser(Protocol):
         :class:`media.errors.ASRUnavailable`."""
         ...
 
+    async def busy_seconds(self) -> float | None:
+        """Seconds the recogniser has been at work since it started (None: unknown)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -141,6 +145,7 @@ class ASRService:
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
+        self.busy_s = 0.0  # seconds the engine has been at work, all calls together
 
     @property
     def pending(self) -> int:
@@ -310,6 +315,7 @@ class ASRService:
                     job.future.set_result(result)
         finally:
             self._running = []
+            self.busy_s += time.perf_counter() - started
             if observer is not None:
                 with _reported(observer):
                     observer.batch_done(len(batch), time.perf_counter() - started)
@@ -325,6 +331,9 @@ class ASRService:
                 f"for {len(audios)} utterances"
             )
         return results
+
+    async def busy_seconds(self) -> float | None:
+        return self.busy_s
 
     async def close(self) -> None:
         """Fails the queued jobs, stops the dispatcher (a running call's callers get
