@@ -77,6 +77,9 @@ class ReceiverObserver(Protocol):
     def packet_late(self) -> None:
         """A packet that arrived after its frame had been concealed."""
 
+    def frame_dropped(self) -> None:
+        """A frame the listener had not read :data:`MAX_BACKLOG_FRAMES` frames later."""
+
 
 class _Unobserved:
     def frame_recovered(self) -> None:
@@ -88,8 +91,16 @@ class _Unobserved:
     def packet_late(self) -> None:
         pass
 
+    def frame_dropped(self) -> None:
+        pass
+
 
 # --- support: checked once, at start-up or at the first session ---
+
+
+# Decoded frames waiting for the listener, at most: 5 s of 20 ms frames. aiortc's track
+# queue has no bound of its own.
+MAX_BACKLOG_FRAMES = 250
 
 
 def unsupported_reason(installed: dict[str, str] | None = None) -> str | None:
@@ -245,6 +256,11 @@ class ConcealingJitterBuffer:
         for event in events:
             frame = self._decode(event)
             if frame is not None and live:
+                if self._frames.qsize() >= MAX_BACKLOG_FRAMES:
+                    # The listener is this far behind (an overloaded machine): the oldest
+                    # speech is worth least, and the track's queue must not grow forever.
+                    self._frames.get_nowait()
+                    self._observer.frame_dropped()
                 self._frames.put_nowait(frame)
 
     def _decode(self, event: Event) -> av.AudioFrame | None:

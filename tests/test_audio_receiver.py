@@ -30,6 +30,7 @@ class Counts:
         self.recovered = 0
         self.concealed = 0
         self.late = 0
+        self.dropped = 0
 
     def frame_recovered(self) -> None:
         self.recovered += 1
@@ -39,6 +40,9 @@ class Counts:
 
     def packet_late(self) -> None:
         self.late += 1
+
+    def frame_dropped(self) -> None:
+        self.dropped += 1
 
 
 class _Transport:
@@ -202,6 +206,20 @@ async def test_other_codecs_take_aiortcs_path() -> None:
         packet._data = packet.payload  # type: ignore[attr-defined]
         results.append(buffer.add(packet))
     assert [frame is not None for _, frame in results] == [False] * 4 + [True] * 2
+
+
+async def test_a_listener_far_behind_gets_the_newest_five_seconds() -> None:
+    payloads = speech_packets()
+    transceiver = make_transceiver()
+    counts = Counts()
+    adapt_receiver(transceiver, counts)
+    count = audio_receiver.MAX_BACKLOG_FRAMES + 50  # nobody reads the track meanwhile
+    await feed(transceiver.receiver, [rtp(i, payloads[i % len(payloads)]) for i in range(count)])
+    frames = await drain(track_of(transceiver))
+    assert len(frames) == audio_receiver.MAX_BACKLOG_FRAMES
+    assert counts.dropped == 50
+    assert frames[0].pts == 50 * FRAME  # the oldest went first
+    assert frames[-1].pts == (count - 1) * FRAME
 
 
 async def test_a_stopped_track_gets_no_more_frames() -> None:

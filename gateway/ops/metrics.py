@@ -59,6 +59,11 @@ class Metrics:
         self.frames_lost = Counter(
             "gateway_audio_frames_lost", "Audio frames missing from the stream", registry=r
         )
+        self.frames_dropped = Counter(
+            "gateway_audio_frames_dropped",
+            "Decoded audio frames dropped, oldest first, while the listener was 5 s behind",
+            registry=r,
+        )
         self.frames_concealed = Counter(
             "gateway_audio_frames_concealed",
             "Lost audio frames concealed by Opus PLC (also in frames_lost)",
@@ -232,6 +237,9 @@ class ReceiverMetrics:
     def frame_concealed(self) -> None:
         self._metrics.frames_concealed.inc()
         self._metrics.frames_lost.inc()
+
+    def frame_dropped(self) -> None:
+        self._metrics.frames_dropped.inc()
 
     def packet_late(self) -> None:
         self._metrics.packets_late.inc()
