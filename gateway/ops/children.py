@@ -110,8 +110,11 @@ class Child:
             if sep and head.startswith("local-ai-gateway"):
                 self.last_error = reason.strip()
                 continue
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            try:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our own stderr is gone (a closed pipe)
+                pass  # reading on matters more: a child blocked on a full pipe hangs
 
     async def _until_ready(self) -> None:
         assert self.process is not None
