@@ -5,8 +5,9 @@ turn (``--servers`` picks some):
 
 - ``gateway``: the real application (``gateway.http.app.build_app``, no TLS, its configured ASR
   engine loaded on the CPU as ``serve`` loads it, Ollama pointed at a closed port). Every
-  frame goes through its whole media path: Opus decode, resampling to 16 kHz mono, Silero
-  per 32 ms chunk, the endpointer, frame and loss counters.
+  frame goes through its whole media path: its own jitter buffer, Opus decoded straight to
+  16 kHz mono, Silero per 32 ms chunk (unless far below speech), the endpointer, frame and
+  loss counters.
 - ``baseline``: a plain aiortc receive loop, the way aiortc's ``examples/server/server.py``
   receives audio: POST /offer, ``pc.on("track")`` → ``MediaBlackhole``, which awaits
   ``track.recv()`` and drops the frame. A pass-through wrapper counts frames for the report.
@@ -21,13 +22,15 @@ turn (``--servers`` picks some):
 
 Senders are aiortc peers spread over a few worker processes (spawned, one event loop each),
 each with an ``events`` data channel as a browser has, sending 20 ms Opus frames paced in
-real time. The Opus is encoded once per worker (low-level noise, ~-50 dBFS) and replayed:
-encoding costs ~0.2 ms a frame (1% of a core per stream), which on a 2-core machine would
-leave the server too little CPU to measure. The noise is below Silero's threshold, so the
-gateway never endpoints an utterance and Whisper never runs: this measures the media path
-alone (the JSON records ``utterances``, which should stay 0). Senders run at nice 10: they
-are the load, and the server under test should get the CPU first (the machine's other
-work still competes with it on equal terms).
+real time. The Opus is encoded once per worker (low-level noise) and replayed: encoding
+costs ~0.2 ms a frame (1% of a core per stream), which on a 2-core machine would leave the
+server too little CPU to measure. Its level (``--noise-dbfs``, default -50.5 dB RMS) is
+above the one under which the gateway skips Silero (``media.vad.SILENT_DBFS``), so Silero
+runs on every chunk, and below Silero's threshold, so the gateway never endpoints an
+utterance and Whisper never runs: this measures the media path alone (the JSON records
+``utterances``, which should stay 0). Senders run at nice 10: they are the load, and the
+server under test should get the CPU first (the machine's other work still competes with
+it on equal terms).
 
 For each level, after every sender has connected and a warm-up, each process reports its
 own CPU time (``time.process_time``: user + system, all threads, aiortc's decoder threads
@@ -44,8 +47,9 @@ for the server's own sockets), and RTP gaps appear only once the reader gets tha
 ratio uses it. "Event loop" is the loop thread's own CPU as a share of one core. It shares
 one GIL with aiortc's decoder threads (one per stream), so a process can fall behind before
 its loop reaches 100%; the gateway's loop lag (``gateway_event_loop_lag_seconds``) is in
-the JSON. Before the servers start, each stage the gateway adds (resampling, Silero and the
-endpointer) is timed per frame in one thread, with Opus decoding for scale.
+the JSON. Before the servers start, each stage of the gateway's path (Opus straight to
+16 kHz mono, the conversion to float, Silero and the endpointer) is timed per frame in one
+thread, with aiortc's own Opus decoding for scale.
 
 The machine is shared with other work (browser tests, the test suite): ``/proc/stat`` gives
 how busy all its CPUs were during each window, whoever used them. A row is flagged
@@ -124,7 +128,7 @@ RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms, what browsers send
 FRAME_S = FRAME_SAMPLES / RATE
 TIME_BASE = fractions.Fraction(1, RATE)
-NOISE_AMPLITUDE = 0.003  # RMS; Silero peaks ~0.1 on it, under the 0.35/0.5 thresholds
+NOISE_DBFS = -50.5  # RMS (0.003 of full scale); Silero peaks ~0.1 on it, under its thresholds
 NOISE_FRAMES = 100  # a 2 s loop
 
 # Every wait is bounded; a child also exits by itself once its lifetime is over, so that
@@ -148,10 +152,13 @@ class BenchError(Exception):
 # --- what a sender plays ---
 
 
-def encode_noise(frames: int = NOISE_FRAMES, seed: int = 0) -> list[bytes]:
-    """Opus packets of low-level noise, encoded by aiortc's own encoder and settings."""
+def encode_noise(
+    frames: int = NOISE_FRAMES, dbfs: float = NOISE_DBFS, seed: int = 0
+) -> list[bytes]:
+    """Opus packets of low-level noise (``dbfs`` RMS), encoded by aiortc's own encoder
+    and settings."""
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(frames * FRAME_SAMPLES) * NOISE_AMPLITUDE
+    noise = rng.standard_normal(frames * FRAME_SAMPLES) * 10 ** (dbfs / 20)
     pcm = (np.clip(noise, -1.0, 1.0) * 32767).astype("<i2")
     encoder = OpusEncoder()
     packets: list[bytes] = []
@@ -699,8 +706,8 @@ async def connect_sender(http: ClientSession, url: str, packets: Sequence[bytes]
     return Sender(pc, track)
 
 
-async def _run_senders(conn: Connection, lifetime_s: float) -> None:
-    packets = encode_noise()
+async def _run_senders(conn: Connection, lifetime_s: float, noise_dbfs: float) -> None:
+    packets = encode_noise(dbfs=noise_dbfs)
     senders: list[Sender] = []
     timeout = ClientTimeout(total=CONNECT_TIMEOUT_S)
     async with ClientSession(timeout=timeout) as http:
@@ -751,11 +758,11 @@ async def _run_senders(conn: Connection, lifetime_s: float) -> None:
                 await close()
 
 
-def sender_main(conn: Connection, lifetime_s: float, verbose: bool) -> None:
+def sender_main(conn: Connection, lifetime_s: float, noise_dbfs: float, verbose: bool) -> None:
     _child_logging(verbose)
     with contextlib.suppress(OSError):  # the load generator yields to the server under test
         os.nice(SENDER_NICE)
-    asyncio.run(_run_senders(conn, lifetime_s))
+    asyncio.run(_run_senders(conn, lifetime_s, noise_dbfs))
 
 
 # --- the parent's side ---
@@ -1024,7 +1031,7 @@ def run_level(
     # The senders live for this level: both servers, with their warm-ups and windows.
     lifetime = len(order) * run_budget(streams, processes, args)
     workers = [
-        Child(ctx, f"senders-{streams}-{i}", sender_main, lifetime, args.verbose)
+        Child(ctx, f"senders-{streams}-{i}", sender_main, lifetime, args.noise_dbfs, args.verbose)
         for i in range(processes)
     ]
     with children(workers):
@@ -1216,16 +1223,18 @@ def verdict(summary: Sequence[dict[str, Any]]) -> str:
 # --- where the gateway's extra CPU goes ---
 
 
-def stage_costs(frames: int = STAGE_FRAMES) -> dict[str, float]:
-    """CPU µs per 20 ms frame of each stage the gateway adds to aiortc's receive path,
-    measured here in one thread on the same noise (Opus decoding, which both servers do,
-    for scale). Divide by 200 for % of a core per stream."""
+def stage_costs(frames: int = STAGE_FRAMES, noise_dbfs: float = NOISE_DBFS) -> dict[str, float]:
+    """CPU µs per 20 ms frame of each stage of the gateway's receive path, measured here in
+    one thread on the senders' noise, with aiortc's own decoding (PyAV, 48 kHz stereo) for
+    scale. Divide by 200 for % of a core per stream."""
     from media.audio import Chunker, MonoResampler  # deferred: see _run_server
     from media.endpointer import Endpointer
-    from media.vad import SileroModel
+    from media.opus import OpusDecoder as LibopusDecoder
+    from media.vad import SAMPLE_RATE, SileroModel
 
-    packets = encode_noise(frames)
-    decoder = OpusDecoder()
+    packets = encode_noise(frames, noise_dbfs)
+    theirs = OpusDecoder()
+    ours = LibopusDecoder(SAMPLE_RATE, 1)  # straight to what the listener hears
     resampler = MonoResampler()
     # One stream, unbatched: the VadBatcher in the server shares calls across streams.
     stream = SileroModel().stream()
@@ -1234,10 +1243,17 @@ def stage_costs(frames: int = STAGE_FRAMES) -> dict[str, float]:
     decoded: list[av.AudioFrame] = []
     samples: list[npt.NDArray[np.float32]] = []
 
-    def decode() -> None:
+    def decode_aiortc() -> None:
         for i, data in enumerate(packets):
-            frames_out = decoder.decode(JitterFrame(data, i * FRAME_SAMPLES))
-            decoded.extend(f for f in frames_out if isinstance(f, av.AudioFrame))
+            theirs.decode(JitterFrame(data, i * FRAME_SAMPLES))
+
+    def decode() -> None:  # as signalling.audio_receiver does it
+        for data in packets:
+            pcm = ours.decode(data)
+            assert pcm is not None
+            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            decoded.append(frame)
 
     def detect() -> None:
         for piece in samples:
@@ -1249,10 +1265,12 @@ def stage_costs(frames: int = STAGE_FRAMES) -> dict[str, float]:
         work()
         return 1e6 * (time.process_time() - cpu) / frames
 
-    opus = per_frame(decode)
-    resample = per_frame(lambda: samples.extend(resampler.resample(f) for f in decoded))
-    vad = per_frame(detect)
-    return {"opus_decode_us": opus, "resample_us": resample, "silero_endpointer_us": vad}
+    return {
+        "aiortc_opus_decode_us": per_frame(decode_aiortc),
+        "opus_decode_16k_mono_us": per_frame(decode),
+        "to_float_us": per_frame(lambda: samples.extend(resampler.resample(f) for f in decoded)),
+        "silero_endpointer_us": per_frame(detect),
+    }
 
 
 # --- the subcommand ---
@@ -1298,6 +1316,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"which servers to measure, of {_show(SERVERS)} (default all; the ratio needs "
         "baseline; 'both' is baseline,gateway)",
     )
+    parser.add_argument(
+        "--noise-dbfs",
+        type=float,
+        default=NOISE_DBFS,
+        metavar="DB",
+        help="level of the noise the senders play, dB RMS below full scale (default "
+        "%(default)s: a quiet room; -70: an idle microphone behind the browser's noise "
+        "suppression, which the gateway does not show to Silero)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1317,7 +1344,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     # Before any server starts, so that our own processes do not compete with it.
-    stages = stage_costs()
+    stages = stage_costs(noise_dbfs=args.noise_dbfs)
     rows: list[Row] = []
     start_s: dict[str, float] = {}
     print(f"starting {', '.join(kinds)} server(s)…", flush=True)
@@ -1350,7 +1377,7 @@ def run(args: argparse.Namespace) -> int:
                 "warmup_s": args.warmup,
                 "clients_per_process": args.clients_per_process,
                 "frame_ms": 1000 * FRAME_S,
-                "noise_rms": NOISE_AMPLITUDE,
+                "noise_dbfs": args.noise_dbfs,
                 "opus": "aiortc OpusEncoder defaults, encoded once and replayed",
                 "saturated_above": SATURATED,
                 "target": {

@@ -1,4 +1,5 @@
-"""Audio in: aiortc frames (48 kHz stereo s16) → 16 kHz mono float32 → fixed-size chunks."""
+"""Audio in: decoded frames (s16: 48 kHz stereo from aiortc, 16 kHz mono from the gateway's
+own receive path) → 16 kHz mono float32 → fixed-size chunks."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from media.errors import AudioTooLong, InvalidAudio
 from media.vad import CHUNK_SAMPLES, SAMPLE_RATE
 
 _SQRT_HALF = 0.7071067811865476
+_S16_SCALE = np.float32(1 / 32768)
 
 
 class Resampler:
@@ -91,11 +93,20 @@ class MonoResampler:
     """Any aiortc frame → float32 mono at ``rate``; one per stream."""
 
     def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self._rate = rate
         self._resampler = Resampler("flt", "mono", rate)
-
         self._stereo = False
 
     def resample(self, frame: av.AudioFrame) -> Float32Array:
+        if (
+            frame.sample_rate == self._rate
+            and frame.format.name == "s16"
+            and frame.layout.nb_channels == 1
+        ):
+            # Already mono at our rate (the gateway's receive path decodes Opus straight to
+            # it): a conversion, no filter. s16 → float as FFmpeg's aformat does it.
+            pcm = frame.to_ndarray().reshape(-1)
+            return np.multiply(pcm, _S16_SCALE, dtype=np.float32)
         # aiortc's pts count RTP time; a jump (packet loss, a new track) makes libswresample
         # try to compensate. Resampling by content alone keeps the stream continuous.
         frame.pts = None

@@ -13,7 +13,9 @@ PyAV 18), else the system's (Debian's ``libopus0``, 1.3). Both have the function
 here except ``opus_packet_has_lbrr`` (1.5 and later), for which :func:`has_fec` has its own
 reading of the packet.
 
-Output is what aiortc's decoder produces: 48 kHz, stereo, interleaved signed 16-bit.
+Output is interleaved signed 16-bit, by default what aiortc's decoder produces (48 kHz,
+stereo); libopus also decodes straight to 8, 12, 16 or 24 kHz and to mono (a stereo stream
+downmixed to (L+R)/2), which costs less than decoding at 48 kHz and resampling after it.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ import numpy.typing as npt
 
 Int16Array = npt.NDArray[np.int16]
 
-SAMPLE_RATE = 48_000
+SAMPLE_RATE = 48_000  # the RTP clock of Opus (RFC 7587), whatever the decoded rate
 CHANNELS = 2
+RATES = (8_000, 12_000, 16_000, 24_000, 48_000)  # what opus_decoder_create accepts
 GRANULE = 120  # 2.5 ms: concealment and FEC sizes are multiples of it
 MAX_FRAME = 5760  # 120 ms, the longest Opus packet
 
@@ -139,20 +142,34 @@ def _has_lbrr(lib: ctypes.CDLL, packet: bytes) -> bool:
 
 class OpusDecoder:
     """One stream's libopus decoder state (it must see every frame, decoded or concealed,
-    in order). Blocking but short: ~35 µs per 20 ms frame here, ~20 µs concealed."""
+    in order). Blocking but short: ~35 µs per 20 ms frame at 48 kHz stereo, ~20 µs
+    concealed.
 
-    def __init__(self) -> None:
+    ``rate`` and ``channels`` are the output's. Sample counts passed in are of the RTP
+    clock (48 kHz, as :func:`packet_samples` gives them), so that callers keep one timeline
+    whatever the output rate; what comes back holds ``samples * rate // 48000`` per channel.
+    """
+
+    def __init__(self, rate: int = SAMPLE_RATE, channels: int = CHANNELS) -> None:
+        if rate not in RATES or channels not in (1, 2):
+            raise ValueError(
+                f"libopus decodes to {RATES} Hz, mono or stereo; not {rate} Hz x {channels}"
+            )
+        self.rate = rate
+        self.channels = channels
         self._lib = lib = load_libopus()
         error = ctypes.c_int(0)
-        state = lib.opus_decoder_create(SAMPLE_RATE, CHANNELS, ctypes.byref(error))
+        state = lib.opus_decoder_create(rate, channels, ctypes.byref(error))
         if error.value != _OK or not state:
             raise OSError(f"opus_decoder_create: {self._strerror(error.value)}")
         self._state: int = state
         self._finalizer = weakref.finalize(self, lib.opus_decoder_destroy, state)
 
-    def decode(self, packet: bytes) -> Int16Array | None:
-        """The packet's audio; None when libopus cannot decode it (conceal instead)."""
-        samples = packet_samples(packet)
+    def decode(self, packet: bytes, samples: int | None = None) -> Int16Array | None:
+        """The packet's audio; None when libopus cannot decode it (conceal instead).
+        ``samples``: what :func:`packet_samples` said of it, where the caller has asked."""
+        if samples is None:
+            samples = packet_samples(packet)
         if samples <= 0:
             return None
         return self._run(packet, samples, fec=False)
@@ -161,7 +178,7 @@ class OpusDecoder:
         """``samples`` (a multiple of 2.5 ms) of libopus' concealment for a lost frame."""
         pcm = self._run(None, samples, fec=False)
         if pcm is None:
-            return np.zeros(samples * CHANNELS, dtype=np.int16)
+            return np.zeros(self.length(samples), dtype=np.int16)
         return pcm
 
     def recover(self, next_packet: bytes, samples: int) -> Int16Array:
@@ -170,15 +187,20 @@ class OpusDecoder:
         pcm = self._run(next_packet, samples, fec=True)
         return pcm if pcm is not None else self.conceal(samples)
 
+    def length(self, samples: int) -> int:
+        """How many values ``samples`` of the RTP clock decode to (all channels)."""
+        return samples * self.rate // SAMPLE_RATE * self.channels
+
     def _run(self, packet: bytes | None, samples: int, *, fec: bool) -> Int16Array | None:
         if not self._finalizer.alive:
             raise ValueError("the Opus decoder is closed")
-        pcm = np.empty(samples * CHANNELS, dtype=np.int16)
+        size = samples * self.rate // SAMPLE_RATE
+        pcm = np.empty(size * self.channels, dtype=np.int16)
         length = len(packet) if packet is not None else 0
-        got = self._lib.opus_decode(self._state, packet, length, pcm.ctypes.data, samples, int(fec))
+        got = self._lib.opus_decode(self._state, packet, length, pcm.ctypes.data, size, int(fec))
         if got < 0:
             return None
-        return pcm[: got * CHANNELS]
+        return pcm[: got * self.channels]
 
     def close(self) -> None:
         self._finalizer()

@@ -6,7 +6,9 @@ threads); one :class:`SileroStream` per audio stream holds the recurrent state a
 
 :class:`VadBatcher` serves many streams with one ONNX call: a call costs ~115 µs for one
 row and ~60 µs per row in a batch of 8 or more, so gathering the chunks that arrive within
-a few milliseconds halves the VAD's share of a core per stream.
+a few milliseconds halves the VAD's share of a core per stream. Chunks far below speech
+(:data:`SILENT_DBFS`), once a silence has lasted :data:`SETTLE_CHUNKS`, are not sent to the
+model at all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ from media.errors import ModelLoadError
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 512  # 32 ms: the only size Silero accepts at 16 kHz
 _CONTEXT_SAMPLES = 64
+# Chunks quieter than this (RMS, dB below full scale) are not shown to Silero once the
+# silence has lasted SETTLE_CHUNKS: speech from a microphone, even with the browser's gain
+# control off, is 20-40 dB above it, while an idle microphone behind the browser's noise
+# suppression often sits below it (and a muted one is all zeros). Those chunks are most of a
+# session: skipping them saves most of its VAD cost. The first chunks of a silence still go
+# to the model: a word's quiet end and the stops inside words dip this low, and Silero's
+# judgement of what follows them depends on having seen them; after SETTLE_CHUNKS its state
+# has settled on silence and is kept as it is until sound returns.
+SILENT_DBFS = -60.0
+SETTLE_CHUNKS = 8  # 256 ms
+_SILENT_ENERGY = CHUNK_SAMPLES * 10 ** (SILENT_DBFS / 10)  # sum of squares at that RMS
 
 
 def silero_model_path() -> Path:
@@ -75,11 +88,28 @@ class SileroStream:
         self._model = model
         self._state: Float32Array = np.zeros((2, 1, 128), dtype=np.float32)
         self._context: Float32Array = np.zeros(_CONTEXT_SAMPLES, dtype=np.float32)
+        self._quiet = 0  # chunks below SILENT_DBFS in a row
 
     def probability(self, chunk: Float32Array) -> float:
+        if self.skip(chunk):
+            return 0.0
         probs, state = self._model.run(self.row(chunk).reshape(1, -1), self.state)
         self.advance(chunk, state)
         return float(probs[0])
+
+    def skip(self, chunk: Float32Array) -> bool:
+        """Whether ``chunk`` need not be shown to the model (its probability is 0): it is
+        below :data:`SILENT_DBFS` after :data:`SETTLE_CHUNKS` such chunks."""
+        if chunk.shape != (CHUNK_SAMPLES,):
+            raise ValueError(f"Silero needs {CHUNK_SAMPLES} samples, got {chunk.shape}")
+        if float(np.dot(chunk, chunk)) >= _SILENT_ENERGY:
+            self._quiet = 0
+            return False
+        self._quiet += 1
+        if self._quiet <= SETTLE_CHUNKS:
+            return False
+        self._context = chunk[-_CONTEXT_SAMPLES:].copy()  # what the model sees next
+        return True
 
     @property
     def state(self) -> Float32Array:
@@ -114,6 +144,8 @@ class VadBatcher:
         return self.model.stream()
 
     async def probability(self, stream: SileroStream, chunk: Float32Array) -> float:
+        if stream.skip(chunk):
+            return 0.0
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
         self._pending.append((stream, chunk, future))

@@ -30,8 +30,10 @@ The aiortc internals it relies on (aiortc 1.16, see ``TESTED``):
   audio receiver there.
 
 A release outside ``TESTED``, internals not as expected, or no libopus: a warning once, and
-aiortc's own path (the gateway works as before, loss and all). Frames keep aiortc's form:
-s16 stereo 48 kHz, ``pts`` counting samples from the first (aiortc's mapped RTP timestamp),
+aiortc's own path (the gateway works as before, loss and all). Frames are s16, by default in
+aiortc's form (stereo 48 kHz); the gateway asks for what its listener needs (mono 16 kHz),
+which libopus decodes straight away, cheaper than decoding at 48 kHz and resampling after.
+``pts`` counts samples of that rate from the first (aiortc's mapped RTP timestamp, scaled),
 and the delay stays aiortc's 4 frames (``media.jitter.DEPTH``).
 """
 
@@ -60,7 +62,6 @@ TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "aiortc": ((1, 16), (1, 17)),  # 1.16.0
 }
 
-TIME_BASE = fractions.Fraction(1, opus.SAMPLE_RATE)
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _CODECS = "_RTCRtpReceiver__codecs"
 
@@ -133,10 +134,17 @@ def check_support() -> bool:
 # --- applying it ---
 
 
-def adapt_audio_receivers(pc: RTCPeerConnection, observer: ReceiverObserver | None = None) -> None:
+def adapt_audio_receivers(
+    pc: RTCPeerConnection,
+    observer: ReceiverObserver | None = None,
+    *,
+    rate: int = opus.SAMPLE_RATE,
+    channels: int = opus.CHANNELS,
+) -> None:
     """Receive each audio track ``pc``'s remote peer sends through the concealing path,
-    and answer with ``useinbandfec=1``. Call it before the offer is applied; a peer
-    connection on an unsupported aiortc is left as it is."""
+    decoded to ``rate`` and ``channels``, and answer with ``useinbandfec=1``. Call it
+    before the offer is applied; a peer connection on an unsupported aiortc is left as it
+    is (its frames are then aiortc's: 48 kHz stereo)."""
     if not check_support():
         return
 
@@ -146,7 +154,7 @@ def adapt_audio_receivers(pc: RTCPeerConnection, observer: ReceiverObserver | No
         for transceiver in pc.getTransceivers():
             if transceiver.receiver.track is track:
                 try:
-                    adapt_receiver(transceiver, observer)
+                    adapt_receiver(transceiver, observer, rate=rate, channels=channels)
                 except Exception:  # never let this fail the offer: aiortc's path remains
                     logger.exception("could not adapt the audio receiver")
 
@@ -154,7 +162,11 @@ def adapt_audio_receivers(pc: RTCPeerConnection, observer: ReceiverObserver | No
 
 
 def adapt_receiver(
-    transceiver: RTCRtpTransceiver, observer: ReceiverObserver | None = None
+    transceiver: RTCRtpTransceiver,
+    observer: ReceiverObserver | None = None,
+    *,
+    rate: int = opus.SAMPLE_RATE,
+    channels: int = opus.CHANNELS,
 ) -> bool:
     """Replace this one receiver's jitter buffer; False (and aiortc's path) when its
     internals are not as tested. Calling it twice changes nothing."""
@@ -171,7 +183,12 @@ def adapt_receiver(
     ):
         _warn_internals()
         return False
-    setattr(receiver, _JITTER_BUFFER, ConcealingJitterBuffer(receiver, current, queue, observer))
+    decoder = opus.OpusDecoder(rate, channels)
+    setattr(
+        receiver,
+        _JITTER_BUFFER,
+        ConcealingJitterBuffer(receiver, current, queue, observer, decoder=decoder),
+    )
     for codec in transceiver._codecs:
         if codec.mimeType.lower() == "audio/opus":
             codec.parameters["useinbandfec"] = 1
@@ -196,6 +213,8 @@ class ConcealingJitterBuffer:
         fallback: JitterBuffer,
         frames: asyncio.Queue[Any],
         observer: ReceiverObserver | None = None,
+        *,
+        decoder: opus.OpusDecoder | None = None,
     ) -> None:
         self._receiver = receiver
         self._fallback = fallback  # for packets of another codec (G.722, PCMU, ...)
@@ -203,7 +222,9 @@ class ConcealingJitterBuffer:
         self._observer: ReceiverObserver = observer or _Unobserved()
         self._loop = asyncio.get_running_loop()
         self._buffer = ReorderBuffer()
-        self._decoder = opus.OpusDecoder()
+        self._decoder = decoder or opus.OpusDecoder()
+        self._layout = "mono" if self._decoder.channels == 1 else "stereo"
+        self._time_base = fractions.Fraction(1, self._decoder.rate)
         self._timer: asyncio.TimerHandle | None = None
         self._late = 0
         self.capacity = fallback.capacity  # what a JitterBuffer has
@@ -265,8 +286,8 @@ class ConcealingJitterBuffer:
 
     def _decode(self, event: Event) -> av.AudioFrame | None:
         if isinstance(event, Decoded):
-            pcm = self._decoder.decode(event.payload)
-            if pcm is None or len(pcm) != 2 * event.samples:
+            pcm = self._decoder.decode(event.payload, event.samples)
+            if pcm is None or len(pcm) != self._decoder.length(event.samples):
                 self._observer.frame_concealed()  # arrived, but unreadable
                 pcm = self._decoder.conceal(event.samples)
         elif isinstance(event, Lost):
@@ -281,8 +302,8 @@ class ConcealingJitterBuffer:
         else:
             assert isinstance(event, Skipped)
             return None  # the timeline jumps: the listener counts it as lost
-        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = opus.SAMPLE_RATE
-        frame.pts = event.pts
-        frame.time_base = TIME_BASE
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=self._layout)
+        frame.sample_rate = self._decoder.rate
+        frame.pts = event.pts * self._decoder.rate // opus.SAMPLE_RATE
+        frame.time_base = self._time_base
         return frame

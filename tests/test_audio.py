@@ -100,6 +100,25 @@ def test_identical_channels_keep_their_level() -> None:
     np.testing.assert_allclose(out[-100:], 0.5, atol=1e-3)
 
 
+def test_mono_16_khz_passes_without_a_filter_as_ffmpeg_would_convert_it() -> None:
+    """What the gateway's receive path decodes to: converted, not resampled, with exactly
+    the samples FFmpeg's s16 → float conversion gives, none held back."""
+    rng = np.random.default_rng(5)
+    resampler, through_ffmpeg = MonoResampler(), Resampler("flt", "mono", 16_000)
+    for _ in range(5):
+        block = rng.integers(-32768, 32767, 320).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 16_000
+        ours = resampler.resample(frame)
+        assert resampler._resampler._graph is None  # no filter graph was built
+        expected = np.concatenate(
+            [f.to_ndarray().reshape(-1) for f in through_ffmpeg.resample(frame)]
+        )
+        assert ours.dtype == np.float32
+        assert len(ours) == 320
+        np.testing.assert_array_equal(ours[: len(expected)], expected)
+
+
 # --- Chunker ---
 
 

@@ -4,10 +4,12 @@ RTCRtpReceiver, fed RTP packets through aiortc's own ``_handle_rtp_packet``."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import random
 from typing import Any, cast
 
 import av
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpTransceiver
 from aiortc.codecs.opus import OpusDecoder as AiortcOpusDecoder
@@ -149,7 +151,7 @@ async def test_lost_packets_are_rebuilt_or_concealed_on_a_continuous_timeline() 
         assert (frame.sample_rate, frame.samples, frame.time_base) == (
             48_000,
             FRAME,
-            audio_receiver.TIME_BASE,
+            fractions.Fraction(1, 48_000),
         )
     assert counts.recovered + counts.concealed == len(dropped)
     fec_available = sum(
@@ -161,6 +163,43 @@ async def test_lost_packets_are_rebuilt_or_concealed_on_a_continuous_timeline() 
     (first,) = reference.decode(JitterFrame(payloads[0], 0))
     assert isinstance(first, av.AudioFrame)
     assert frames[0].to_ndarray().tobytes() == first.to_ndarray().tobytes()
+
+
+async def test_frames_can_be_decoded_straight_to_16_khz_mono() -> None:
+    """What the gateway asks for: its listener's form, with the same timeline (pts in
+    samples of 16 kHz), losses concealed as at 48 kHz."""
+    payloads = speech_packets()
+    dropped = drops(len(payloads), 0.1)
+    transceiver = make_transceiver()
+    counts = Counts()
+    assert adapt_receiver(transceiver, counts, rate=16_000, channels=1)
+    await feed(
+        transceiver.receiver, [rtp(i, p) for i, p in enumerate(payloads) if i not in dropped]
+    )
+    frames = await drain(track_of(transceiver))
+
+    third = FRAME // 3
+    assert [f.pts for f in frames] == [i * third for i in range(len(payloads))]
+    for frame in frames:
+        assert (frame.format.name, frame.layout.name) == ("s16", "mono")
+        assert (frame.sample_rate, frame.samples, frame.time_base) == (
+            16_000,
+            third,
+            fractions.Fraction(1, 16_000),
+        )
+    assert counts.recovered + counts.concealed == len(dropped)
+    # The same speech as decoding at 48 kHz and resampling: compare energy per frame.
+    wide = opus.OpusDecoder()
+    narrow = opus.OpusDecoder(16_000, 1)
+    for payload in payloads[:50]:
+        full, straight = wide.decode(payload), narrow.decode(payload)
+        assert full is not None
+        assert straight is not None
+        assert len(straight) == third
+        level = np.sqrt(np.mean(full.astype(np.float64) ** 2))
+        assert np.sqrt(np.mean(straight.astype(np.float64) ** 2)) == pytest.approx(
+            level, rel=0.25, abs=30
+        )
 
 
 async def test_aiortcs_own_jitter_buffer_loses_more_than_the_network() -> None:

@@ -140,6 +140,18 @@ def test_fec_rebuilds_a_lost_frame_closer_to_the_original_than_concealment() -> 
     assert fec_error < plc_error
 
 
+def test_decoding_straight_to_16_khz_mono_keeps_the_rtp_clock_for_lengths() -> None:
+    decoder = opus.OpusDecoder(16_000, 1)
+    packets = speech_packets()
+    pcm = decoder.decode(packets[0])
+    assert pcm is not None
+    assert len(pcm) == FRAME // 3 == decoder.length(FRAME)
+    assert len(decoder.conceal(FRAME)) == FRAME // 3
+    assert len(decoder.recover(packets[2], 2 * FRAME)) == 2 * FRAME // 3
+    with pytest.raises(ValueError, match="44100"):
+        opus.OpusDecoder(44_100, 1)
+
+
 def test_a_closed_decoder_refuses() -> None:
     decoder = opus.OpusDecoder()
     decoder.close()

@@ -23,6 +23,7 @@ from media.playout import RATE as PLAYOUT_RATE
 from media.playout import ReplyAudioTrack
 from media.tts.base import Int16Array
 from media.tts.service import TTSService
+from media.vad import SAMPLE_RATE as LISTEN_RATE
 from signalling.audio_receiver import adapt_audio_receivers
 from signalling.datachannel import PeerTransport
 from signalling.errors import OfferError
@@ -59,8 +60,14 @@ async def open_session(
         session = Session(session_id, transport)
         session.owner = principal
         transport.on_message = session.receive
-        # Lost audio concealed or rebuilt from FEC, not multiplied by aiortc's jitter buffer.
-        adapt_audio_receivers(transport.pc, ReceiverMetrics(app[keys.METRICS]))
+        # Lost audio concealed or rebuilt from FEC, not multiplied by aiortc's jitter buffer;
+        # decoded straight to what the listener hears (no resampling after).
+        adapt_audio_receivers(
+            transport.pc,
+            ReceiverMetrics(app[keys.METRICS]),
+            rate=LISTEN_RATE,
+            channels=1,
+        )
         tts = None if receive_only else app.get(keys.TTS)
         track = ReplyAudioTrack() if tts is not None else None
         try:
