@@ -27,7 +27,7 @@ from gateway.http.transcriptions import ASRServerSettings, build_asr_app
 from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
 from gateway.ops.config import ASR_DEVICES, ASR_ENGINES, LOG_LEVELS, is_loopback
 from gateway.ops.logs import configure_logging
-from gateway.ops.memory import tune_allocator
+from gateway.ops.memory import freeze_startup_heap, tune_allocator
 from gateway.ops.runner import signal_handlers
 
 logger = logging.getLogger("gateway")
@@ -137,6 +137,7 @@ async def _serve(
     if socket_path is not None:
         prepare_socket_path(socket_path)  # before seconds of model loading
     await runner.setup()  # loads the model
+    freeze_startup_heap()  # full collections then look only at what serving makes
     bound = False
     try:
         site: web.BaseSite

@@ -18,6 +18,7 @@ from aiohttp import web
 from gateway.http.auth import GatewayAccessLogger
 from gateway.http.state import CONFIG, DRAIN, SESSIONS
 from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
+from gateway.ops.memory import freeze_startup_heap
 
 logger = logging.getLogger("gateway")
 
@@ -45,6 +46,7 @@ async def serve_until_signalled(
         **handler_args,
     )
     await runner.setup()  # the app's start-up: models are loaded here
+    freeze_startup_heap()  # so that ended sessions' cycles are collected soon, and cheaply
     try:
         if config.worker_socket is not None:  # a media worker: the front reaches it here
             prepare_socket_path(config.worker_socket)
