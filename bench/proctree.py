@@ -13,35 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+from gateway.ops.procstat import ProcStat, read_stat
+
 UDP_TABLES = ("/proc/net/udp", "/proc/net/udp6")
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    pid: int
-    ppid: int
-    cpu_ticks: int  # utime + stime, every thread of the process (not its waited-for children)
-
-    @property
-    def cpu_s(self) -> float:
-        return self.cpu_ticks / CLOCK_TICKS
-
-
-def parse_stat(text: str) -> ProcStat | None:
-    """``/proc/<pid>/stat`` (or ``/proc/<pid>/task/<tid>/stat``). The command name, in
-    parentheses, may hold spaces and parentheses itself: the fields follow its last ``)``."""
-    head, paren, rest = text.rpartition(")")
-    if not paren:
-        return None
-    fields = rest.split()
-    try:
-        pid = int(head.split("(", 1)[0])
-        # After the name: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
-        # cmajflt utime stime ...
-        return ProcStat(pid, int(fields[1]), int(fields[11]) + int(fields[12]))
-    except (IndexError, ValueError):
-        return None
 
 
 def descendants(stats: Iterable[ProcStat], root: int) -> list[int]:
@@ -113,19 +87,12 @@ def udp_sockets(pids: Iterable[int | str] = ("self",)) -> dict[str, int]:
     return {"udp_drops": drops, "udp_queued": queued}
 
 
-def read_stat(path: str) -> ProcStat | None:
-    try:
-        return parse_stat(Path(path).read_text(encoding="utf-8", errors="replace"))
-    except OSError:
-        return None
-
-
 def all_stats() -> list[ProcStat]:
     """Every process this machine's ``/proc`` shows."""
     stats = []
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and (stat := read_stat(f"/proc/{entry}/stat")) is not None:
+            if entry.isdigit() and (stat := read_stat(entry)) is not None:
                 stats.append(stat)
     return stats
 
@@ -177,7 +144,7 @@ def sample_tree(root: int) -> TreeSample:
     names = {pid: process_name(read_argv(pid), root=pid == root) for pid in pids}
     main: list[tuple[str, float]] = []
     for pid in pids:
-        thread = read_stat(f"/proc/{pid}/task/{pid}/stat")
+        thread = read_stat(f"{pid}/task/{pid}")  # its main thread alone
         if thread is not None:
             main.append((names[pid], thread.cpu_s))
     sizes = [rss_mb(pid) for pid in pids]

@@ -21,16 +21,25 @@ from bench.media import (
     worker_deltas,
     workers_verdict,
 )
-from bench.proctree import ProcStat, descendants, parse_stat, parse_udp_table, process_name
+from bench.proctree import descendants, parse_udp_table, process_name
+from gateway.ops.procstat import CLOCK_TICKS, ProcStat, parse_stat, read_stat
 
 # pid (comm) state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime
 STAT = "4242 (python (w1) x) S 4200 4200 4200 0 -1 4194560 9 0 0 0 150 50 0 0 20 0 3 0"
 
 
 def test_parse_stat_reads_ppid_and_cpu_past_a_name_with_parens() -> None:
-    assert parse_stat(STAT) == ProcStat(4242, 4200, 200)
+    assert parse_stat(STAT) == ProcStat(4242, 4200, 200, "S")
     assert parse_stat("garbage") is None
     assert parse_stat("1 (init) S") is None
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_read_stat_reads_this_process_and_not_a_missing_one() -> None:
+    reading = read_stat("self")
+    assert reading is not None
+    assert (reading.pid, reading.ppid, reading.state) == (os.getpid(), os.getppid(), "R")
+    assert read_stat(2**22 + 1) is None  # above Linux's pid_max
 
 
 def test_descendants_are_the_whole_tree_and_nothing_else() -> None:
@@ -48,7 +57,7 @@ def test_descendants_are_the_whole_tree_and_nothing_else() -> None:
 
 
 def test_tree_cpu_sums_by_process_name() -> None:
-    ticks = proctree.CLOCK_TICKS
+    ticks = CLOCK_TICKS
     front = ["python", "-m", "gateway", "serve", "--workers", "2"]
     worker = [*front, "--workers", "1", "--worker-id", "w2", "--worker-socket", "/x"]
     asr = ["python", "-m", "gateway", "asr-server", "--socket", "/y"]

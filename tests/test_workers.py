@@ -24,6 +24,7 @@ from gateway.http.auth import Principal
 from gateway.http.front import merge_metrics
 from gateway.http.worker import parse_principal_header, principal_header
 from gateway.ops.config import Config, load_config, worker_count
+from gateway.ops.procstat import read_stat
 from gateway.ops.workers import worker_argv
 from gateway.testing.loopback import LoopbackClient, load_clips
 from signalling.registry import worker_of
@@ -235,11 +236,8 @@ async def test_a_reconnect_resumes_on_the_worker_that_holds_the_history(
 
 def alive(pid: int) -> bool:
     """Running (a zombie has exited; whoever adopted it reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    stat = read_stat(pid)
+    return stat is not None and stat.state != "Z"
 
 
 async def test_children_leave_when_the_front_is_killed(ollama: Ollama, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.errors import ConfigError
+from gateway.ops.procstat import read_stat
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +157,8 @@ class Child:
         ``/proc``; None elsewhere, or while it is not running."""
         if self.process is None or self.process.returncode is not None:
             return None
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        # The fields after the command name (which may hold spaces): utime is the 12th.
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        reading = read_stat(self.process.pid)
+        return None if reading is None else reading.cpu_s
 
     async def _watch(self) -> None:
         attempt = 0
