@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from gateway.http.app import load_configured_tts
+from gateway.ops.config import load_config
 from gateway.testing.speech_server import SpeechServerState, speech_server
 from media.errors import TTSError, TTSUnavailable, TTSVoiceMissing
 from media.tts.base import Int16Array, TTSEngine, skip_leading_silence, trim_leading_silence
@@ -385,6 +387,24 @@ async def test_http_errors_are_mapped_and_explained(
     for shown in (str(caught.value), repr(engine)):
         assert secret not in shown
         assert "pw-secret" not in shown
+
+
+async def test_the_configured_api_key_reaches_the_speech_server(
+    served: tuple[SpeechServerState, str], tmp_path: Path
+) -> None:
+    state, url = served
+    state.api_key = "sk-local-speech-0123456789"
+    keys = tmp_path / "tts.key"
+    keys.write_text("sk-local-speech-0123456789\n")
+    argv = ["--tts-engine", "openai", "--tts-url", url, "--tts-api-key-file", str(keys)]
+    engine = load_configured_tts(load_config(argv, {}))
+    assert engine is not None
+    chunks = await asyncio.to_thread(lambda: list(engine.synthesize("Hello.")))
+    assert sum(len(c) for c in chunks) > 0
+    keyless = load_configured_tts(load_config(argv[:4], {}))
+    assert keyless is not None
+    with pytest.raises(TTSUnavailable, match="answered 401: invalid API key"):
+        await asyncio.to_thread(lambda: list(keyless.synthesize("Hello.")))
 
 
 async def test_a_stall_mid_stream_times_out_after_some_audio(

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import numpy as np
 from aiohttp import web
@@ -171,9 +172,24 @@ def _models(
 
 def asr_api_key(config: Config) -> str | None:
     """The key for ``--asr-url``'s server, from ``--asr-api-key-file`` (its first key)."""
-    if config.asr_api_key_file is None:
-        return None
-    return load_api_keys(config.asr_api_key_file, "--asr-api-key-file")[0]
+    return _first_key(config.asr_api_key_file, "--asr-api-key-file")
+
+
+def _first_key(path: Path | None, flag: str) -> str | None:
+    return None if path is None else load_api_keys(path, flag)[0]
+
+
+def load_configured_tts(config: Config) -> TTSEngine | None:
+    """The TTS engine the configuration names, loaded (``none``: None). Blocking: a voice
+    loads, or downloads the first time its name is used."""
+    return load_tts_engine(
+        tts_engine_name(config),
+        voice=config.tts_voice,
+        url=config.tts_url,
+        model=config.tts_model,
+        cache_dir=None,
+        api_key=_first_key(config.tts_api_key_file, "--tts-api-key-file"),
+    )
 
 
 def load_turn_judge(config: Config) -> TurnJudge:
@@ -210,14 +226,7 @@ def _speech(preloaded: TTSEngine | None) -> Callable[[web.Application], AsyncIte
         engine = preloaded
         if engine is None:
             # Seconds for a voice to load (or to download, the first time a name is used).
-            engine = await asyncio.to_thread(
-                load_tts_engine,
-                tts_engine_name(config),
-                voice=config.tts_voice,
-                url=config.tts_url,
-                model=config.tts_model,
-                cache_dir=None,
-            )
+            engine = await asyncio.to_thread(load_configured_tts, config)
         if engine is None:
             logger.info("spoken replies off (--tts-engine %s)", config.tts_engine)
             yield

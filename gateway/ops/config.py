@@ -132,6 +132,7 @@ class Config:
     tts_voice: str | None = None  # piper: a voice name or a .onnx path; openai: a voice
     tts_url: str = DEFAULT_TTS_URL
     tts_model: str = "tts-1"
+    tts_api_key_file: Path | None = None  # the key --tts-url's server wants
     allow_remote_tts: bool = False
     # While the gateway speaks, this much speech (not echo, not a cough) interrupts it.
     barge_in_min_ms: int = 300
@@ -472,6 +473,7 @@ def _options() -> tuple[_Option, ...]:
         _Option("tts_voice", _nonempty, "piper voice name or .onnx path; openai voice name"),
         _Option("tts_url", _nonempty, "OpenAI-compatible speech server (--tts-engine openai)"),
         _Option("tts_model", _nonempty, "model for --tts-engine openai (default tts-1)"),
+        _Option("tts_api_key_file", _path, "file with the API key for the --tts-url server"),
         _Option("allow_remote_tts", _bool, "allow a non-loopback --tts-url", is_flag=True),
         _Option(
             "barge_in_min_ms",

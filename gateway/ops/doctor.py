@@ -51,7 +51,13 @@ from certs.authority import (
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.errors import ASRError, CertificateError, ConfigError, IcePolicyError, ModelLoadError
-from gateway.http.app import asr_api_key, llm_settings, load_turn_judge, tts_engine_name
+from gateway.http.app import (
+    asr_api_key,
+    llm_settings,
+    load_configured_tts,
+    load_turn_judge,
+    tts_engine_name,
+)
 from gateway.http.relay import GATEWAY_USER, load_turn_secret
 from gateway.ops.config import Config, is_loopback, load_config, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
@@ -60,7 +66,6 @@ from media.asr.engines import load_engine
 from media.asr.remote import RemoteASR, parse_asr_url
 from media.errors import MediaError, TTSError, TTSVoiceMissing
 from media.tts.base import TTSEngine
-from media.tts.engines import load_tts_engine
 from media.vad import silero_model_path
 from signalling.ice import IcePolicy, resolve_addresses
 from signalling.turn import TurnRelay
@@ -354,7 +359,7 @@ def check_tts(
         return [Check("tts", "ok", "spoken replies off (--tts-engine none)")]
 
     def load_and_speak() -> tuple[TTSEngine | None, float]:
-        engine = (loader or _load_tts)(config)
+        engine = (loader or load_configured_tts)(config)
         if engine is None:
             return None, 0.0
         samples = sum(len(chunk) for chunk in engine.synthesize("Ready."))
@@ -367,19 +372,11 @@ def check_tts(
     except TTSError as exc:
         fix = "check --tts-voice" if isinstance(exc, TTSVoiceMissing) else ""
         return [Check("tts", "fail", str(exc), fix)]
+    except ConfigError as exc:  # an unreadable --tts-api-key-file
+        return [Check("tts", "fail", str(exc))]
     if engine is None or seconds <= 0:
         return [Check("tts", "fail", f"{name} gave no audio for a test sentence")]
     return [Check("tts", "ok", f"{engine.name} voice {engine.voice} speaks ({seconds:.1f} s)")]
-
-
-def _load_tts(config: Config) -> TTSEngine | None:
-    return load_tts_engine(
-        tts_engine_name(config),
-        voice=config.tts_voice,
-        url=config.tts_url,
-        model=config.tts_model,
-        cache_dir=None,
-    )
 
 
 # --- Ollama ------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class SpeechServerState:
     error_message: str = "synthesis backend crashed"
     stall_after_bytes: int = 4800
     stall_max_s: float = 30.0
+    api_key: str | None = None  # when set, requests must carry "Authorization: Bearer <it>"
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
     calls: Counter[str] = field(default_factory=Counter)  # "POST /v1/audio/speech" → count
     active_streams: int = 0
@@ -126,6 +127,10 @@ def _cut(request: web.Request) -> None:
 async def _speech(request: web.Request) -> web.StreamResponse:
     state = request.app[SPEECH_STATE]
     state.calls[f"{request.method} {request.path}"] += 1
+    if state.api_key is not None and request.headers.get("Authorization") != (
+        f"Bearer {state.api_key}"
+    ):
+        return _error(401, "invalid API key", code="invalid_api_key")
     try:
         body = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

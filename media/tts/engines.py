@@ -31,6 +31,7 @@ def load_tts_engine(
     model: str | None,
     cache_dir: Path | None,
     timeout_s: float = 30.0,
+    api_key: str | None = None,
 ) -> TTSEngine | None:
     """``"none"`` → None (no spoken replies). Blocking (Piper loads its voice, maybe
     downloads it): call it from a worker thread when an event loop is running."""
@@ -49,5 +50,6 @@ def load_tts_engine(
             model or DEFAULT_OPENAI_MODEL,
             voice or DEFAULT_OPENAI_VOICE,
             timeout_s=timeout_s,
+            api_key=api_key,
         )
     raise TTSError(f"unknown TTS engine {name!r}: use piper, openai or none")
