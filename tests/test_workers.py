@@ -245,6 +245,10 @@ async def test_children_leave_when_the_front_is_killed(ollama: Ollama, tmp_path:
     async with gateway_process(ollama[1], 2, log, extra_args=("--workers", "2")) as (proc, _):
         children = children_of(proc.pid)
         assert len(children) == 3  # the ASR server and two workers
+        argv = read_argv(children[0])
+        flag = "--socket" if "--socket" in argv else "--worker-socket"
+        folder = Path(argv[argv.index(flag) + 1]).parent
+        assert folder.is_dir()
         proc.kill()
         await proc.wait()
         deadline = time.monotonic() + 15
@@ -252,6 +256,7 @@ async def test_children_leave_when_the_front_is_killed(ollama: Ollama, tmp_path:
             assert time.monotonic() < deadline, "children outlived their front"
             await asyncio.sleep(0.2)
     assert "Traceback" not in log.read_text()
+    assert not folder.exists()  # the last child out removed the front's socket folder
 
 
 def test_a_bad_key_file_stops_the_front_before_any_worker_starts(

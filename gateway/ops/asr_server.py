@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -24,7 +23,12 @@ from gateway import __version__
 from gateway.errors import KNOWN_ERRORS, ConfigError
 from gateway.http.auth import load_api_keys
 from gateway.http.transcriptions import ASRServerSettings, build_asr_app
-from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
+from gateway.ops.children import (
+    leave_with_front,
+    prepare_socket_path,
+    private_files,
+    remove_socket,
+)
 from gateway.ops.config import ASR_DEVICES, ASR_ENGINES, LOG_LEVELS, is_loopback
 from gateway.ops.logs import configure_logging
 from gateway.ops.memory import freeze_startup_heap, tune_allocator
@@ -165,9 +169,4 @@ async def _serve(
     finally:
         await runner.cleanup()
         if socket_path is not None and bound:
-            _remove(socket_path)  # Python 3.11's server leaves the file behind
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink()
+            remove_socket(socket_path)

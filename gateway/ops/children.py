@@ -219,6 +219,24 @@ FRONT_PID_ENV = "LOCAL_AI_GATEWAY_FRONT_PID"
 PARENT_POLL_S = 1.0
 
 
+def front_gone() -> bool:
+    """In a child the front started: whether the front has died (the child was handed to
+    another parent). False in a process the front did not start."""
+    front = os.environ.get(FRONT_PID_ENV)
+    return bool(front) and os.getppid() != int(front or 0)
+
+
+def remove_socket(path: Path) -> None:
+    """A server's socket file, at its exit (Python 3.11's server leaves it). A child whose
+    front died also removes the front's private folder, once it is empty: the front is
+    not there to, and the last child out finds it so."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if front_gone():
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
 async def leave_with_front(stop: Callable[[], None]) -> None:
     """In a child: call ``stop`` (a drain, as on SIGTERM) once the front that started it
     is gone (it was killed: its children are handed to another parent). Returns at once
@@ -226,7 +244,7 @@ async def leave_with_front(stop: Callable[[], None]) -> None:
     front = os.environ.get(FRONT_PID_ENV)
     if not front:
         return
-    while os.getppid() == int(front):  # noqa: ASYNC110 - no event tells of a parent's death
+    while not front_gone():  # noqa: ASYNC110 - no event tells of a parent's death
         await asyncio.sleep(PARENT_POLL_S)
     logger.warning("the gateway's front process %s is gone: stopping", front)
     stop()

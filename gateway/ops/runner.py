@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import ssl
 from collections.abc import Callable, Iterator
@@ -17,7 +16,12 @@ from aiohttp import web
 
 from gateway.http.auth import GatewayAccessLogger
 from gateway.http.state import CONFIG, DRAIN, SESSIONS
-from gateway.ops.children import leave_with_front, prepare_socket_path, private_files
+from gateway.ops.children import (
+    leave_with_front,
+    prepare_socket_path,
+    private_files,
+    remove_socket,
+)
 from gateway.ops.memory import freeze_startup_heap
 
 logger = logging.getLogger("gateway")
@@ -76,9 +80,8 @@ async def serve_until_signalled(
             await asyncio.gather(orphaned, return_exceptions=True)
     finally:
         await runner.cleanup()
-        if config.worker_socket is not None:  # Python 3.11's server leaves the file
-            with contextlib.suppress(OSError):
-                os.unlink(config.worker_socket)
+        if config.worker_socket is not None:
+            remove_socket(config.worker_socket)
 
 
 @contextlib.contextmanager
