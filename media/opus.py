@@ -194,8 +194,8 @@ class OpusDecoder:
     def _run(self, packet: bytes | None, samples: int, *, fec: bool) -> Int16Array | None:
         if not self._finalizer.alive:
             raise ValueError("the Opus decoder is closed")
-        size = samples * self.rate // SAMPLE_RATE
-        pcm = np.empty(size * self.channels, dtype=np.int16)
+        pcm = np.empty(self.length(samples), dtype=np.int16)
+        size = len(pcm) // self.channels  # per channel, as libopus counts
         length = len(packet) if packet is not None else 0
         got = self._lib.opus_decode(self._state, packet, length, pcm.ctypes.data, size, int(fec))
         if got < 0:
