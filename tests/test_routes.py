@@ -198,3 +198,4 @@ async def test_metrics_count_sessions_and_turns(gateway: GatewayFactory, ollama:
     assert "gateway_event_loop_delay_seconds_bucket" in text
     assert "gateway_asyncio_tasks" in text
     assert "process_open_fds" in text
+    assert 'python_gc_collections_total{generation="2"}' in text  # full collections

@@ -172,7 +172,7 @@ async def _transcribe(
     service = request.app[RECOGNISER]
     language = _field(form.get("language")) or None
     check_language(language, service.engine.languages, service.engine.model)
-    data = upload.file.read()
+    data = await asyncio.to_thread(upload.file.read)  # up to megabytes, from a temporary file
     audio = wire.decode_plain_wav(data)
     if audio is None:  # another format: FFmpeg decodes it, off the loop
         audio = await asyncio.to_thread(decode_file, data, MAX_AUDIO_S)

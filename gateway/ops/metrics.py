@@ -10,6 +10,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -31,6 +32,9 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         # process_resident_memory_bytes, process_open_fds, CPU seconds (Linux /proc).
         ProcessCollector(registry=r)
+        # python_gc_collections_total{generation="2"}: full collections, which free ended
+        # sessions' native state (gateway.ops.memory.freeze_startup_heap).
+        GCCollector(registry=r)
         self.sessions_active = Gauge("gateway_sessions_active", "Open sessions", registry=r)
         self.sessions_started = Counter(
             "gateway_sessions_started", "Sessions started", ["transport"], registry=r
