@@ -8,21 +8,27 @@ back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.proctree import all_stats, read_argv
 from bench.soak import gateway_process
+from gateway.errors import SessionLimitError
 from gateway.http.auth import Principal
-from gateway.http.front import merge_metrics
+from gateway.http.front import Workers, choose, merge_metrics
 from gateway.http.worker import parse_principal_header, principal_header
+from gateway.ops.children import Child
 from gateway.ops.config import Config, load_config, worker_count
 from gateway.ops.procstat import read_stat
 from gateway.ops.workers import worker_argv
@@ -52,7 +58,8 @@ def test_a_worker_takes_the_users_flags_then_the_fronts() -> None:
     argv = worker_argv(["--auth", "api-key", "--port", "9000"], "w2", Path("/s/w2.sock"),
                        "unix:/s/asr.sock")  # fmt: skip
     config = load_config(argv[argv.index("serve") + 1 :], {})
-    assert (config.auth, config.worker_id, config.workers) == ("none", "w2", 1)
+    # The user's --auth stays: the worker authenticates nobody, but knows whose sessions are.
+    assert (config.auth, config.worker_id, config.workers) == ("api-key", "w2", 1)
     assert config.worker_socket == Path("/s/w2.sock")
     assert config.asr_url == "unix:/s/asr.sock"
 
@@ -62,6 +69,44 @@ def test_principal_crosses_to_the_worker_intact() -> None:
         assert parse_principal_header(principal_header(principal)) == principal
     for bad in (None, "", "jwt", "basic:alice", "jwt:"):
         assert parse_principal_header(bad) is None
+
+
+def test_a_worker_is_chosen_by_its_room() -> None:
+    load = {"w1": (2, 0), "w2": (1, 1)}
+    assert choose(load, 10, 5, prefer=None) == "w2"
+    assert choose(load, 10, 5, prefer="w1") == "w1"  # holds the conversation to resume
+    assert choose(load, 10, 5, prefer="w9") == "w2"  # which is not up
+    with pytest.raises(SessionLimitError):
+        choose(load, 3, 5, prefer=None)
+    with pytest.raises(web.HTTPTooManyRequests):
+        choose(load, 10, 1, prefer=None)
+    with pytest.raises(SessionLimitError, match="no media worker"):
+        choose({}, 10, 5, prefer=None)
+
+
+async def test_offers_being_placed_count_as_their_workers_sessions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each worker counts a session once it is registered: the offers handed over and not
+    yet answered count too, so that concurrent offers cannot overshoot the limits."""
+    workers = Workers(cast(list[Child], [SimpleNamespace(name=n, ready=True) for n in "ab"]))
+
+    async def idle(client: str) -> dict[str, tuple[int, int]]:
+        return {"a": (0, 0), "b": (0, 0)}
+
+    monkeypatch.setattr(workers, "load", idle)
+    async with contextlib.AsyncExitStack() as placing:
+        first = await placing.enter_async_context(workers.placed("c1", 3, 2))
+        second = await placing.enter_async_context(workers.placed("c1", 3, 2))
+        assert (first.name, second.name) == ("a", "b")
+        with pytest.raises(web.HTTPTooManyRequests):  # c1's two are being set up
+            await placing.enter_async_context(workers.placed("c1", 3, 2))
+        third = await placing.enter_async_context(workers.placed("c2", 3, 2))
+        assert third.name == "a"
+        with pytest.raises(SessionLimitError):
+            await placing.enter_async_context(workers.placed("c3", 3, 2))
+    async with workers.placed("c1", 3, 2) as again:  # answered: the workers' own counts
+        assert again.name == "a"
 
 
 def test_metrics_of_all_workers_in_one_exposition() -> None:
@@ -232,6 +277,73 @@ async def test_a_reconnect_resumes_on_the_worker_that_holds_the_history(
     finally:
         for peer in peers:
             await peer.ws.close()
+
+
+KEY_A = "workers-test-key-a-0123456789abcdef"
+KEY_B = "workers-test-key-b-0123456789abcdef"
+
+
+async def test_with_auth_a_session_is_its_creators_on_every_worker(
+    ollama: Ollama, tmp_path: Path
+) -> None:
+    """The single-process rules (tests/test_events.py) hold behind the front: another
+    principal gets 404 whichever worker holds the session, and guessing a session's
+    capability spends one budget at the front."""
+    keys = tmp_path / "keys.txt"
+    keys.write_text(f"{KEY_A}\n{KEY_B}\n")
+    a = {"Authorization": f"Bearer {KEY_A}"}
+    b = {"Authorization": f"Bearer {KEY_B}"}
+    extra = ("--workers", "2", "--auth", "api-key", "--api-keys-file", str(keys))
+    log = tmp_path / "gateway.log"
+    async with gateway_process(ollama[1], 6, log, extra_args=extra) as (_, http):
+        peers: list[LoopbackClient] = []
+        sessions: list[dict[str, Any]] = []
+        try:
+            for _ in range(2):  # one on each worker
+                peers.append(LoopbackClient())
+                sdp = {"sdp": await peers[-1].offer(), "type": "offer"}
+                answered = await http.post("/offer", json=sdp, headers=a)
+                assert answered.status == 200, await answered.text()
+                sessions.append(await answered.json())
+            assert sorted(worker_of(s["session_id"]) or "" for s in sessions) == ["w1", "w2"]
+            for session in sessions:
+                path = f"/sessions/{session['session_id']}"
+                assert (await http.get(path, headers=b)).status == 404
+                assert (await http.delete(path, headers=b)).status == 404
+                assert (await http.get(f"{path}/events", headers=b)).status == 404
+                assert (await http.get(path, headers=a)).status == 204
+            config = await (await http.get("/config")).json()
+            assert config["auth"] == "api-key"
+
+            # Not a WebSocket handshake: refused at the front; no worker made a session.
+            assert (await http.get("/ws", headers=a)).status == 400
+            # A browser's /ws: the token as a subprotocol; the session is A's.
+            ws = await http.ws_connect("/ws", protocols=("events.v1", f"bearer.{KEY_A}"))
+            assert ws.protocol == "events.v1"
+            ready = await WsPeer(ws).next("session.ready")
+            theirs = f"/sessions/{ready['session_id']}"
+            assert (await http.get(theirs, headers=b)).status == 404
+            assert (await http.get(theirs, headers=a)).status == 204
+            await ws.close()
+            text_metrics = await (await http.get("/metrics", headers=a)).text()
+            started = sum(
+                s.value
+                for family in text_string_to_metric_families(text_metrics)
+                for s in family.samples
+                if s.name == "gateway_sessions_started_total"
+            )
+            assert started == 3  # two offers and one WebSocket
+
+            guess = f"/sessions/{sessions[0]['session_id']}/events?token=guess"
+            statuses = [(await http.get(guess)).status for _ in range(12)]
+            assert statuses[:10] == [404] * 10
+            assert statuses[-1] == 429
+            right = f"/sessions/{sessions[0]['session_id']}/events?token="
+            assert (await http.get(right + sessions[0]["events_token"])).status == 429
+        finally:
+            for peer in peers:
+                await peer.close()
+    assert "Traceback" not in log.read_text()
 
 
 def alive(pid: int) -> bool:

@@ -120,8 +120,9 @@ def build_app(
             f"{policy.ports[0]}-{policy.ports[1]}" if policy.ports else "chosen by the OS",
         )
     check_support()  # says once, at start-up, when lost audio cannot be concealed here
-    setup_auth(app, config)
-    if config.worker_socket is not None:  # a media worker: the front authenticated
+    if config.worker_socket is None:
+        setup_auth(app, config)
+    else:  # a media worker: the front authenticates; --auth still says whether it does
         setup_worker(app)
     setup_turn(app, config)  # reads --turn-secret-file now, as auth reads its key files
     # The voice first: a missing voice file stops start-up before seconds of model loading.

@@ -457,7 +457,7 @@ def _principal(
 CAPABILITY_ROUTES = frozenset({"session-events"})
 
 
-def _presents_capability(request: web.Request) -> bool:
+def presents_capability(request: web.Request) -> bool:
     return (
         hdrs.AUTHORIZATION not in request.headers
         and "token" in request.query
@@ -489,7 +489,7 @@ def auth_middleware(
             request.path in checked_paths and hdrs.AUTHORIZATION in request.headers
         ):
             return await handler(request)
-        if _presents_capability(request):
+        if presents_capability(request):
             return await handler(request)  # which checks it (gateway.http.sessions)
         remote = client_address(request)
         client, now = client_key(remote), clock()

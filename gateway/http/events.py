@@ -109,12 +109,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         first = f"retry: {RETRY_MS}\n\n"
         if missed and after is not None:  # a gap in what this reader had been reading
             first += missed_event(missed)
-        await _write(request, response, first)
+        await write_bounded(request, response, first.encode())
         while True:
             item = await subscription.next(HEARTBEAT_S)
             if item is None and subscription.finished:
                 break  # session.ended was the last one written
-            await _write(request, response, _frame(item))
+            await write_bounded(request, response, _frame(item).encode())
     except (ConnectionError, TimeoutError) as exc:
         logger.info("[%s] event stream reader gone: %s", session.id, str(exc) or type(exc).__name__)
     finally:
@@ -132,10 +132,12 @@ def _frame(item: Queued | None) -> str:
     return HEARTBEAT if item is None else sse_event(item.text, item.seq)
 
 
-async def _write(request: web.Request, response: web.StreamResponse, text: str) -> None:
+async def write_bounded(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """``data`` to a streamed response; TimeoutError (and the connection dropped) when the
+    reader takes more than :data:`WRITE_TIMEOUT_S`."""
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
-            await response.write(text.encode("utf-8"))
+            await response.write(data)
     except TimeoutError:
         # A reader that stopped reading: drop the connection, or the write of the response's
         # end would wait on it forever.

@@ -26,7 +26,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
@@ -45,10 +46,11 @@ from gateway.conversation.resume import claimed_conversation
 from gateway.errors import SessionLimitError, SessionNotFound
 from gateway.http import routes, whip
 from gateway.http.admission import Measure, capacity_check, refuse_when_full, sampling
-from gateway.http.auth import principal_of, setup_auth
+from gateway.http.auth import WS_SUBPROTOCOL, presents_capability, principal_of, setup_auth
 from gateway.http.cors import cors_middleware
 from gateway.http.drain import Drain
-from gateway.http.events import sse_event
+from gateway.http.events import HEARTBEAT_S as STREAM_HEARTBEAT_S
+from gateway.http.events import sse_event, write_bounded
 from gateway.http.forwarded import client_address
 from gateway.http.headers import loopback_host_middleware, security_headers_middleware
 from gateway.http.middleware import (
@@ -56,7 +58,9 @@ from gateway.http.middleware import (
     error_middleware,
     json_error,
     rate_limited,
+    retry_after,
 )
+from gateway.http.sessions import GuessBudget
 from gateway.http.state import CONFIG, DRAIN, OFFER_LIMITER
 from gateway.http.worker import LOAD_PATH, PRINCIPAL_HEADER, principal_header
 from gateway.http.ws import HEARTBEAT_S, MAX_MESSAGE_BYTES
@@ -74,6 +78,7 @@ INTERNAL_TIMEOUT_S = 2.0  # a worker on the same machine answers in milliseconds
 # A worker's whole answer: an offer's ICE gathering (aiortc waits for every candidate),
 # a DELETE's goodbye, /config. Event streams (SSE) have no end and no such limit.
 ANSWER_TIMEOUT_S = 30.0
+BODY_TIMEOUT_S = 30.0  # a client's whole request body (an offer: 64 KB at most)
 # Hop-by-hop headers (RFC 9110 section 7.6.1) and what aiohttp sets itself; credentials
 # stay at the front (the worker is told who they named instead).
 _NOT_FORWARDED = frozenset(
@@ -100,9 +105,11 @@ class Workers:
 
     def __init__(self, children: Iterable[Child]) -> None:
         self.children = {child.name: child for child in children}
-        # Admission checks every worker's load, then hands the offer over: one at a time,
-        # so two offers cannot both take the last place.
-        self.admission = asyncio.Lock()
+        # Choosing reads every worker's load: one at a time, so that two offers cannot both
+        # take the last place. Offers handed over and not yet answered count as their
+        # worker's sessions (the worker registers a session before it answers).
+        self._choosing = asyncio.Lock()
+        self._placing: list[tuple[str, str]] = []  # (worker, client key)
 
     def ready(self) -> list[Child]:
         return [child for child in self.children.values() if child.ready]
@@ -134,24 +141,53 @@ class Workers:
         answers = await asyncio.gather(*(one(child) for child in self.ready()))
         return dict(answer for answer in answers if answer is not None)
 
-    async def choose(
+    @contextlib.asynccontextmanager
+    async def placed(
         self, client: str, max_sessions: int, per_client: int, prefer: str | None = None
-    ) -> Child:
+    ) -> AsyncIterator[Child]:
         """The worker with the most room for one more session of ``client`` (``prefer``,
-        the one holding a conversation to resume, when it is up), or the refusal the
-        single-process gateway would give. Call it holding ``admission``."""
-        load = await self.load(client)
-        if not load:
-            raise SessionLimitError("no media worker is ready; try again shortly")
-        if sum(total for total, _ in load.values()) >= max_sessions:
-            raise SessionLimitError(f"all {max_sessions} sessions are in use; try again shortly")
-        if sum(mine for _, mine in load.values()) >= per_client:
-            raise web.HTTPTooManyRequests(
-                reason="too many sessions from your address; end one first",
-                headers={"Retry-After": str(SESSION_RETRY_AFTER_S)},
-            )
-        name = prefer if prefer in load else min(load, key=lambda n: (load[n][0], n))
-        return self.children[name]
+        the one holding a conversation to resume, when it is up), counted as that worker's
+        until the block ends; or the refusal the single-process gateway would give."""
+        async with self._choosing:
+            load = await self.load(client)
+            for name, whose in self._placing:
+                if name in load:
+                    total, mine = load[name]
+                    load[name] = (total + 1, mine + (whose == client))
+            name = choose(load, max_sessions, per_client, prefer)
+            placing = (name, client)
+            self._placing.append(placing)
+        try:
+            yield self.children[name]
+        finally:
+            self._placing.remove(placing)
+
+
+def choose(
+    load: Mapping[str, tuple[int, int]], max_sessions: int, per_client: int, prefer: str | None
+) -> str:
+    """Which worker takes a session, from each ready one's (sessions, the client's)."""
+    if not load:
+        raise SessionLimitError("no media worker is ready; try again shortly")
+    if sum(total for total, _ in load.values()) >= max_sessions:
+        raise SessionLimitError(f"all {max_sessions} sessions are in use; try again shortly")
+    if sum(mine for _, mine in load.values()) >= per_client:
+        raise web.HTTPTooManyRequests(
+            reason="too many sessions from your address; end one first",
+            headers=retry_after(SESSION_RETRY_AFTER_S),
+        )
+    if prefer is not None and prefer in load:
+        return prefer
+    return min(load, key=lambda n: (load[n][0], n))
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body (aiohttp keeps it for later reads), or 408 if it does not come."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            return await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="the request body did not arrive in time") from None
 
 
 def forwarded_headers(request: web.Request) -> dict[str, str]:
@@ -166,7 +202,7 @@ def forwarded_headers(request: web.Request) -> dict[str, str]:
 async def relay(request: web.Request, child: Child) -> web.StreamResponse:
     """``request`` as the worker answers it; an event stream is relayed as it flows and,
     if the worker dies under it, ended with ``session.ended`` ``worker-lost``."""
-    body = await request.read()
+    body = await read_body(request)
     streaming = request.path.endswith("/events")
     try:
         upstream = await child.http.request(
@@ -175,7 +211,10 @@ async def relay(request: web.Request, child: Child) -> web.StreamResponse:
             headers=forwarded_headers(request),
             data=body or None,
             timeout=aiohttp.ClientTimeout(
-                total=None if streaming else ANSWER_TIMEOUT_S, sock_connect=INTERNAL_TIMEOUT_S
+                total=None if streaming else ANSWER_TIMEOUT_S,
+                sock_connect=INTERNAL_TIMEOUT_S,
+                # A live stream sends a heartbeat at least this often.
+                sock_read=2 * STREAM_HEARTBEAT_S if streaming else None,
             ),
             allow_redirects=False,
             auto_decompress=False,
@@ -197,26 +236,44 @@ async def relay(request: web.Request, child: Child) -> web.StreamResponse:
             return web.Response(status=upstream.status, headers=headers, body=answer)
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except (aiohttp.ClientError, OSError):
-            with contextlib.suppress(ConnectionError):
-                await response.write(sse_event(_worker_lost_event()).encode())
+        await _relay_stream(request, response, upstream)
         return response
+
+
+async def _relay_stream(
+    request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse
+) -> None:
+    """An event stream's chunks as they come, until either end goes; a worker that dies
+    or falls silent (no heartbeat) costs the reader a ``session.ended`` ``worker-lost``."""
+    chunks = upstream.content.iter_any()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await write_bounded(request, response, sse_event(_worker_lost_event()).encode())
+            return
+        try:
+            await write_bounded(request, response, chunk)
+        except (ConnectionError, TimeoutError):
+            return  # the reader went away, or stopped reading
 
 
 async def connect_websocket(
     request: web.Request, child: Child
 ) -> aiohttp.ClientWebSocketResponse | web.Response:
     """The worker's side of a ``/ws`` session, or the refusal to send the client."""
+    # Only the events protocol: a "bearer.<token>" one is a credential, and stays here.
     offered = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "").split(",")
+    protocols = [WS_SUBPROTOCOL] if WS_SUBPROTOCOL in (p.strip() for p in offered) else []
     try:
         async with asyncio.timeout(ANSWER_TIMEOUT_S):
             return await child.http.ws_connect(
                 request.rel_url.path_qs,
                 headers=forwarded_headers(request),
-                protocols=[p.strip() for p in offered if p.strip()],
+                protocols=protocols,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
                 max_msg_size=0,  # the worker's own messages: no limit needed
             )
@@ -237,8 +294,11 @@ async def relay_websocket(
         max_msg_size=MAX_MESSAGE_BYTES,
         heartbeat=HEARTBEAT_S,
     )
-    await client.prepare(request)
-
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close()  # the worker's session ends with it
+        raise
     loop = asyncio.get_running_loop()
     tasks = [
         loop.create_task(_pump(upstream, client), name="ws-worker-to-client"),
@@ -397,8 +457,8 @@ def build_front_app(config: Config, workers: Workers, asr: Child | None = None) 
     return app
 
 
-async def _admit(request: web.Request) -> Child | web.Response:
-    """The worker for a new session, or the refusal to send (rate, limits, draining)."""
+def _refusal(request: web.Request) -> web.Response | None:
+    """Refusals before any worker is asked: draining, measured capacity, the offer rate."""
     app = request.app
     app[DRAIN].refuse_new_session()
     refuse_when_full(app)
@@ -406,15 +466,7 @@ async def _admit(request: web.Request) -> Child | web.Response:
     wait = app[OFFER_LIMITER].check(client, time.monotonic())
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
-    config = app[CONFIG]
-    token = await _conversation_token(request)
-    holder = claimed_conversation(token) if token else None
-    return await app[WORKERS].choose(
-        client,
-        config.max_sessions,
-        config.sessions_per_client,
-        prefer=worker_of(holder) if holder else None,
-    )
+    return None
 
 
 async def _conversation_token(request: web.Request) -> str | None:
@@ -425,37 +477,67 @@ async def _conversation_token(request: web.Request) -> str | None:
     if request.content_type != "application/json":
         return None
     try:
-        body = json.loads(await request.read())
-    except ValueError:
+        body = json.loads(await read_body(request))
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return None
     overrides = body.get("session") if isinstance(body, dict) else None
     token = overrides.get("conversation") if isinstance(overrides, dict) else None
     return token if isinstance(token, str) else None
 
 
+def _placed(request: web.Request, token: str | None) -> AbstractAsyncContextManager[Child]:
+    config = request.app[CONFIG]
+    holder = claimed_conversation(token) if token else None
+    return request.app[WORKERS].placed(
+        client_key(client_address(request)),
+        config.max_sessions,
+        config.sessions_per_client,
+        prefer=worker_of(holder) if holder else None,
+    )
+
+
 async def new_session(request: web.Request) -> web.StreamResponse:
     """POST /offer and /whip: to the worker with the most room."""
-    async with request.app[WORKERS].admission:
-        chosen = await _admit(request)
-        if isinstance(chosen, web.Response):
-            return chosen
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
+    # Read whole before a worker is chosen: a slow sender holds up only itself.
+    token = await _conversation_token(request)
+    async with _placed(request, token) as chosen:
         return await relay(request, chosen)
 
 
 async def new_websocket(request: web.Request) -> web.StreamResponse:
-    async with request.app[WORKERS].admission:  # until the worker has registered it
-        chosen = await _admit(request)
-        if isinstance(chosen, web.Response):
-            return chosen
-        upstream = await connect_websocket(request, chosen)
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
+    # The client's handshake first: a request that cannot become a WebSocket costs no
+    # worker a session.
+    if not web.WebSocketResponse(protocols=(WS_SUBPROTOCOL,)).can_prepare(request).ok:
+        raise web.HTTPBadRequest(reason="not a WebSocket handshake (Upgrade: websocket)")
+    async with _placed(request, await _conversation_token(request)) as chosen:
+        upstream = await connect_websocket(request, chosen)  # registered when it answers
     if isinstance(upstream, web.Response):
         return upstream
     return await relay_websocket(request, upstream)
 
 
 async def session_route(request: web.Request) -> web.StreamResponse:
-    """Anything under /sessions/<id>: the worker the id names decides (404 included)."""
-    return await relay(request, request.app[WORKERS].holding(request.match_info["session_id"]))
+    """Anything under /sessions/<id>: the worker the id names decides (404 included); a
+    404 to a guessed ``?token=`` spends the address's budget here, where it is one."""
+    budget = GuessBudget(request) if presents_capability(request) else None
+    if budget is not None:
+        budget.refuse_when_spent()
+    try:
+        child = request.app[WORKERS].holding(request.match_info["session_id"])
+    except SessionNotFound:
+        if budget is not None:
+            budget.failed()
+        raise
+    response = await relay(request, child)
+    if budget is not None and response.status == 404:
+        budget.failed()
+    return response
 
 
 async def any_worker(request: web.Request) -> web.StreamResponse:

@@ -56,6 +56,7 @@ _HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -110,7 +111,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "internal", "internal error; the gateway log has details")
 
 
+def retry_after(seconds: float) -> dict[str, str]:
+    """``Retry-After`` in whole seconds, at least 1, never earlier than ``seconds``."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
 def rate_limited(retry_after_s: float, message: str) -> web.Response:
-    """429 in the contract's error shape; ``Retry-After`` is whole seconds, at least 1."""
-    seconds = max(1, math.ceil(retry_after_s))
-    return json_error(429, "rate_limited", message, {"Retry-After": str(seconds)})
+    """429 in the contract's error shape."""
+    return json_error(429, "rate_limited", message, retry_after(retry_after_s))

@@ -9,8 +9,9 @@ principal gets 404, exactly as for an id that does not exist, so that nothing te
 session is there. ``/sessions/<id>/events`` also takes the session's capability,
 ``?token=<events_token>`` (handed to the creator in the answer), in place of credentials:
 an EventSource cannot send an ``Authorization`` header. A wrong token is a 404 too, and
-counts as a failed authentication (``gateway.http.auth``). Sessions whose creator their
-transport did not record (``/ws``) stay open to every authenticated principal, as before.
+counts as a failed authentication (``gateway.http.auth``). Behind the front of media
+workers the same rules hold: each worker knows the front's ``--auth`` and who authenticated
+there (``gateway.http.worker``), and the front keeps the guessing budget (:class:`GuessBudget`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.errors import SessionNotFound
 from gateway.http.admission import refuse_when_full
 from gateway.http.auth import AUTH_FAILURES, principal_of
 from gateway.http.forwarded import client_address
-from gateway.http.middleware import SESSION_RETRY_AFTER_S
+from gateway.http.middleware import SESSION_RETRY_AFTER_S, retry_after
 from gateway.http.state import CLIENT_SESSIONS, CONFIG, DRAIN, METRICS, SESSIONS
 from signalling.lifecycle import SessionLimits
 from signalling.limits import client_key
@@ -51,7 +52,7 @@ def admit(app: web.Application, remote: str | None) -> Iterator[Register]:
     if not limiter.acquire(client):
         raise web.HTTPTooManyRequests(
             reason="too many sessions from your address; end one first",
-            headers={"Retry-After": str(SESSION_RETRY_AFTER_S)},
+            headers=retry_after(SESSION_RETRY_AFTER_S),
         )
     registered = False
 
@@ -116,6 +117,32 @@ def may_access(
     return principal is not None and (owner is None or owner == principal)
 
 
+class GuessBudget:
+    """Failed guesses at a session's capability (``?token=``) from one address count as
+    failed authentications (``app[AUTH_FAILURES]``, there when auth is on). The auth
+    middleware lets such a request through unread, so whoever answers it spends the budget:
+    the single-process gateway in :func:`find_session`, the front of media workers on the
+    worker's 404."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._failures = request.app.get(AUTH_FAILURES)
+        self._client = client_key(client_address(request))
+        self._now = time.monotonic()
+
+    def refuse_when_spent(self) -> None:
+        """429 when this address has no failed attempts left."""
+        wait = self._failures.wait(self._client, self._now) if self._failures else None
+        if wait is not None:
+            raise web.HTTPTooManyRequests(
+                reason="too many failed authentications from your address; try again later",
+                headers=retry_after(wait),
+            )
+
+    def failed(self) -> None:
+        if self._failures is not None:
+            self._failures.check(self._client, self._now)
+
+
 def find_session(request: web.Request, *, capability: bool = False) -> Session:
     """The session of ``/sessions/{session_id}``, when this request may reach it; else
     :class:`SessionNotFound` (404), the same for every reason. ``capability``: the route
@@ -123,16 +150,9 @@ def find_session(request: web.Request, *, capability: bool = False) -> Session:
     app = request.app
     session_id = request.match_info["session_id"]
     presented = request.query.get(CAPABILITY_PARAM) if capability else None
-    failures = app.get(AUTH_FAILURES)
-    client, now = client_key(client_address(request)), time.monotonic()
-    if presented is not None and failures is not None:
-        # The auth middleware let this request through unread: its budget applies here.
-        wait = failures.wait(client, now)
-        if wait is not None:
-            raise web.HTTPTooManyRequests(
-                reason="too many failed authentications from your address; try again later",
-                headers={"Retry-After": str(max(1, round(wait)))},
-            )
+    budget = GuessBudget(request) if presented is not None else None
+    if budget is not None:
+        budget.refuse_when_spent()
     session = app[SESSIONS].find(session_id)
     allowed = session is not None and may_access(
         auth=app[CONFIG].auth != "none",
@@ -142,7 +162,7 @@ def find_session(request: web.Request, *, capability: bool = False) -> Session:
         capability=session.events_token,
     )
     if session is None or not allowed:
-        if presented is not None and failures is not None:
-            failures.check(client, now)  # a capability guessed at
+        if budget is not None:
+            budget.failed()  # a capability guessed at
         raise SessionNotFound(f"no session {session_id[:64]!r}")
     return session

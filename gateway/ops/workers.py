@@ -3,8 +3,9 @@ starts the ASR server and N workers (``gateway.ops.children``), and stops them i
 
 Each worker is ``local-ai-gateway serve`` with the user's own flags (and so the same
 environment and TOML file) and a few of the front's after them, which win: its name, its
-socket, the shared ASR server, and no TLS or authentication of its own (the front does
-both; the socket admits only this user).
+socket, the shared ASR server, and no TLS of its own. It keeps the user's ``--auth`` but
+authenticates nobody itself: the front does, and names who in each request (the socket
+admits only this user); the mode decides whose sessions a request may reach.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def asr_server_argv(config: Config, socket: Path) -> list[str]:
 def worker_argv(argv: Sequence[str], name: str, socket: Path, asr_url: str | None) -> list[str]:
     """The user's flags, then the front's (the last of a flag wins)."""
     extra = ["--workers", "1", "--worker-id", name, "--worker-socket", str(socket)]
-    extra += ["--auth", "none", "--no-tls"]
+    extra += ["--no-tls"]
     if asr_url is not None:
         extra += ["--asr-url", asr_url]
     return gateway_command("serve", *argv, *extra)
