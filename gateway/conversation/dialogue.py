@@ -275,11 +275,15 @@ class Conversation:
         """Drop the held answer (of ``utterance_id`` only, when given): the person went on,
         or the turn ended with other words or none."""
         held = self._preempt
-        if held is None or (utterance_id is not None and held.utterance_id != utterance_id):
+        if held is not None and (utterance_id is None or held.utterance_id == utterance_id):
+            self._withdraw(held)
+
+    def _withdraw(self, reply: _Reply) -> None:
+        if self._preempt is not reply:  # released, or already withdrawn for a newer one
             return
         self._preempt = None
-        if held.task is not None:
-            held.task.cancel()
+        if reply.task is not None:
+            reply.task.cancel()
         self.metrics.preemptive_replies.labels("wasted").inc()
 
     def _release(self, reply: _Reply, times: TurnTimes) -> None:
@@ -359,6 +363,8 @@ class Conversation:
         try:
             async with contextlib.aclosing(self.llm.stream(messages)) as pieces:
                 async for piece in pieces:
+                    if reply is not self._reply and reply is not self._preempt:
+                        return  # cancelled or withdrawn while this piece was on its way
                     if first is None:
                         first = self._clock()
                     reply.parts.append(piece)
@@ -366,7 +372,7 @@ class Conversation:
                         self._send_delta(reply, piece)
         except LLMError as exc:
             if self._held(reply):
-                self.withdraw_preempt(reply.utterance_id)  # the real turn will try again
+                self._withdraw(reply)  # the real turn will try again
                 return
             self._fail(reply, exc.code, str(exc), exc.retryable)
             logger.warning("[%s] reply %s failed: %s", self.sink.id, reply.id, exc)
@@ -374,7 +380,7 @@ class Conversation:
         except Exception:  # a bug: the reply must still end, and the session go on
             logger.exception("[%s] reply %s failed", self.sink.id, reply.id)
             if self._held(reply):
-                self.withdraw_preempt(reply.utterance_id)
+                self._withdraw(reply)
                 return
             self._fail(reply, "internal", "the answer failed; try again", True)
             return
@@ -423,7 +429,7 @@ class Conversation:
         try:
             await asyncio.wait_for(reply.released.wait(), PREEMPT_HOLD_S)
         except TimeoutError:
-            self.withdraw_preempt(reply.utterance_id)
+            self._withdraw(reply)
             return False
         return True
 

@@ -135,19 +135,24 @@ class OllamaChat:
             )
             # A deadline per step, not a timeout context around the loop: this generator
             # yields to its consumer, and a context would cancel whatever the consumer
-            # was doing when it fired.
+            # was doing when it fired. Not wait_for: on 3.11 it drops a cancellation
+            # (a barge-in) that arrives as the step completes.
             while True:
                 limit = s.total_timeout_s if produced else s.first_token_timeout_s
                 left = started + limit - loop.time()
                 try:
-                    part = await asyncio.wait_for(chunks.__anext__(), max(left, 0.0))
+                    async with asyncio.timeout(max(left, 0.0)):
+                        part = await chunks.__anext__()
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    what = "the whole answer" if produced else "the first word"
                     raise LLMTimeout(
-                        f"Ollama took longer than {limit:.0f} s for {what}; "
-                        "the model may still be loading, try again"
+                        f"Ollama took longer than {limit:.0f} s for the whole answer; "
+                        "ask for a shorter one, or raise --llm-timeout"
+                        if produced
+                        else f"Ollama took longer than {limit:.0f} s for the first word; "
+                        "the model may still be loading: try again, or raise "
+                        "--llm-first-token-timeout"
                     ) from None
                 self.available = True
                 content = part.message.content or ""
