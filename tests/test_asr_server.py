@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import stat
@@ -208,6 +209,13 @@ async def test_lists_its_model(asr_client: TestClient) -> None:  # type: ignore[
           "headers": {wire.PRIORITY_HEADER: "urgent"}}, 400, "bad_request"),
         ({"data": upload(wire.encode_wav(np.zeros(1600, np.float32))),
           "headers": {wire.DEADLINE_HEADER: "soon"}}, 400, "bad_request"),
+        # Forms that cannot be read: no boundary, a part without a name, a broken part.
+        ({"data": b"xx", "headers": {"Content-Type": "multipart/form-data"}}, 400,
+         "bad_request"),
+        ({"data": b"--b\r\nContent-Disposition: form-data\r\n\r\nv\r\n--b--\r\n",
+          "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400, "bad_request"),
+        ({"data": b"--b\r\ngarbage",
+          "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400, "bad_request"),
     ],
 )  # fmt: skip
 async def test_bad_requests_get_clear_errors(
@@ -314,6 +322,41 @@ def test_error_answers_map_to_our_errors() -> None:
     assert "credentials" in str(refused)
     odd = error_from_answer(500, b"[1, 2]", where)
     assert "answered 500: [1, 2]" in str(odd)
+
+
+async def test_an_answer_sent_in_pieces_is_read_whole(socket_dir: Path) -> None:
+    """As a proxy or a streaming server sends it: chunked, with pauses between pieces."""
+    answer = json.dumps(
+        {"text": " Hello there.", "language": "en", "duration": 1.0,
+         "segments": [{"text": " Hello there.", "avg_logprob": -0.2,
+                       "no_speech_prob": 0.01, "start": 0.0, "end": 1.0}]}
+    ).encode()  # fmt: skip
+
+    async def transcriptions(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(answer), 16):
+            await response.write(answer[start : start + 16])
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = socket_dir / "pieces.sock"
+    await web.UnixSite(runner, str(path)).start()
+    client = RemoteASR(parse_asr_url(f"unix:{path}"), model="tiny.en")
+    await client.start()  # no model listing here: only logged
+    try:
+        heard = await client.transcribe(np.zeros(16000, np.float32), None)
+        assert heard.text == "Hello there."
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_an_absent_server_is_unavailable_at_once(socket_dir: Path) -> None:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.http.headers import loopback_host_middleware
 from gateway.http.middleware import Handler, error_middleware, json_error
@@ -148,7 +149,11 @@ async def transcriptions(request: web.Request) -> web.StreamResponse:
             "send multipart/form-data with the audio as the field 'file'",
         )
     urgency = _urgency(request)  # a bad header is refused before the upload is read
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, HttpProcessingError) as exc:  # no boundary, a part without a name…
+        detail = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        raise _bad_request(f"the form cannot be read: {detail}") from None
     try:
         return await _transcribe(request, form, *urgency)
     finally:  # aiohttp spools each uploaded file to a temporary file: ours to close

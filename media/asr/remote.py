@@ -260,7 +260,7 @@ class RemoteASR:
                 f"{self.endpoint.base}{wire.PATH.removeprefix('/v1')}", data=form, headers=headers
             ) as response:
                 # A transcription is small; a server sending more is not one of these.
-                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                body = await read_at_most(response.content, MAX_ANSWER_BYTES + 1)
                 status, kind = response.status, response.content_type
         except TimeoutError as exc:
             raise ASRUnavailable(
@@ -290,6 +290,18 @@ class RemoteASR:
 
 
 _HINT = "start it (local-ai-gateway asr-server) or correct --asr-url"
+
+
+async def read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body, or its first ``limit`` bytes: ``read(n)`` alone returns what has
+    arrived so far, which for an answer sent in pieces (chunked, a proxy) is a part."""
+    body = bytearray()
+    while len(body) < limit:
+        piece = await stream.read(limit - len(body))
+        if not piece:
+            break
+        body += piece
+    return bytes(body)
 
 
 def _answer(body: bytes, content_type: str, endpoint: Endpoint) -> Transcription:
