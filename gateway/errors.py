@@ -28,6 +28,7 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     └── TurnModelError                   the --turn-model is missing or corrupt
     gateway.errors.GatewayError
     ├── ConfigError                      a bad flag, variable or TOML key (names the flag)
+    ├── ListenError                      the address or socket cannot be served on
     ├── AuthError                        missing or unacceptable credentials (401)
     └── LLMError                         the language model (Ollama) failed
         ├── LLMUnavailable               Ollama cannot be reached (retryable)
@@ -82,6 +83,7 @@ __all__ = [
     "LLMStreamBroken",
     "LLMTimeout",
     "LLMUnavailable",
+    "ListenError",
     "MediaError",
     "ModelLoadError",
     "OfferError",
@@ -113,6 +115,12 @@ class ConfigError(GatewayError):
     def __init__(self, flag: str, message: str) -> None:
         super().__init__(f"{flag}: {message}")
         self.flag = flag
+
+
+class ListenError(GatewayError):
+    """Start-up could not bind its address (the port is taken, not allowed) or socket."""
+
+    code = "cannot_listen"
 
 
 class AtCapacity(SessionLimitError):

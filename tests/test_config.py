@@ -296,6 +296,8 @@ def test_ollama_host_falls_back_to_ollamas_own_variable() -> None:
     )
     env = {"OLLAMA_HOST": "http://127.0.0.1:11500", "GATEWAY_OLLAMA_HOST": "http://localhost:11600"}
     assert load_config([], env).ollama_host == "http://localhost:11600"
+    for local in ("localhost", "[::1]:11434", "http://127.0.0.1", "127.0.0.1:11434/"):
+        assert load_config(["--ollama-host", local], {}).ollama_host == local
 
 
 # --- bad values ---
@@ -327,6 +329,12 @@ BAD = [
     (["--host", ""], {}, "--host", "expected an IP address or host name"),
     (["--host", "a b"], {}, "--host", "expected an IP address or host name"),
     (["--asr-model", "  "], {}, "--asr-model", "must not be empty"),
+    # As Ollama's client reads it: one that client would refuse, or read as another host.
+    (["--ollama-host", "127.0.0.1:114340"], {}, "--ollama-host", "has a bad port"),
+    (["--ollama-host", "127.0.0.1:11434x"], {}, "--ollama-host", "has a bad port"),
+    (["--ollama-host", "http://127.0.0.1:11434@example.com"], {}, "--ollama-host", "user part"),
+    ([], {"OLLAMA_HOST": ":11434"}, "--ollama-host", "names no host (from OLLAMA_HOST)"),
+    (["--tts-url", "http://127.0.0.1:99999/v1"], {}, "--tts-url", "has a bad port"),
     (["--cert-dir", ""], {}, "--cert-dir", "must not be empty"),
     ([], {"GATEWAY_NO_TLS": "maybe"}, "--no-tls", "expected true or false, got 'maybe'"),
     (["--ollama-temperature", "nan"], {}, "--ollama-temperature", "between 0 and 2"),

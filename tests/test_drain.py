@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bench.soak import gateway_process
+from gateway.errors import ListenError
 from gateway.http.state import DRAIN, SESSIONS
+from gateway.ops.runner import start_site
 from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
 from tests.conftest import GatewayFactory, Ollama
@@ -122,3 +126,18 @@ async def test_sigterm_during_a_reply_lets_it_finish_and_exits_cleanly(tmp_path:
         assert (await peer.next("session.ended"))["reason"] == "shutdown"
         assert await asyncio.wait_for(proc.wait(), 20) == 0, f"see {log}"
     assert "Traceback" not in await asyncio.to_thread(log.read_text)
+
+
+async def test_an_address_in_use_is_a_readable_error() -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    try:
+        with pytest.raises(ListenError, match=rf"cannot listen on http://127.0.0.1:{port}/: "):
+            await start_site(web.TCPSite(runner, "127.0.0.1", port), f"http://127.0.0.1:{port}/")
+    finally:
+        await runner.cleanup()
+        taken.close()

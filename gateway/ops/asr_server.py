@@ -32,7 +32,7 @@ from gateway.ops.children import (
 from gateway.ops.config import ASR_DEVICES, ASR_ENGINES, LOG_LEVELS, is_loopback
 from gateway.ops.logs import configure_logging
 from gateway.ops.memory import freeze_startup_heap, tune_allocator
-from gateway.ops.runner import signal_handlers
+from gateway.ops.runner import signal_handlers, start_site
 
 logger = logging.getLogger("gateway")
 
@@ -119,9 +119,8 @@ def asr_server_command(argv: Sequence[str]) -> int:
     except (ConfigError, *KNOWN_ERRORS) as exc:  # a socket in use, a model that cannot load
         print(f"local-ai-gateway asr-server: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:  # the port is taken, the folder cannot be made
-        print(f"local-ai-gateway asr-server: error: cannot listen on {where}: {exc}",
-              file=sys.stderr)  # fmt: skip
+    except OSError as exc:  # the socket's folder cannot be made, out of file descriptors…
+        print(f"local-ai-gateway asr-server: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # while the model loads
         return 130
@@ -148,12 +147,12 @@ async def _serve(
         if socket_path is not None:
             site = web.UnixSite(runner, str(socket_path))
             with private_files():
-                await site.start()
+                await start_site(site, where)
             bound = True
             os.chmod(socket_path, 0o600)
         else:
             site = web.TCPSite(runner, host, port)
-            await site.start()
+            await start_site(site, where)
         logger.info("Local AI Gateway %s ASR server ready on %s", __version__, where)
         stop = asyncio.Event()
         orphaned = asyncio.get_running_loop().create_task(

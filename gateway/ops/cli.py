@@ -154,13 +154,13 @@ def serve(config: Config, argv: Sequence[str] = ()) -> int:
     except ConfigError as exc:  # the front's key files, read before its workers start
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 2
-    except (*KNOWN_ERRORS, ChildFailed) as exc:  # the ASR model cannot load, a worker died
+    except (*KNOWN_ERRORS, ChildFailed) as exc:  # the port is taken, a model cannot load…
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl+C while the models load, before the drain is armed
         return 130
-    except OSError as exc:  # e.g. the port is taken
-        print(f"local-ai-gateway: error: cannot listen on {config.url}: {exc}", file=sys.stderr)
+    except OSError as exc:  # a private folder cannot be made, out of file descriptors…
+        print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
+from urllib.parse import SplitResult, urlsplit
 
 from gateway.conversation.endofturn import TURN_DETECTIONS, TurnDetection
 from gateway.errors import ConfigError
@@ -389,7 +390,9 @@ def _options() -> tuple[_Option, ...]:
         ),
         _Option("log_level", _choice(LOG_LEVELS), "debug, info (default), warning or error"),
         _Option("log_format", _choice(("text", "json")), "text (default) or json, one per line"),
-        _Option("ollama_host", _nonempty, "Ollama URL (default $OLLAMA_HOST or 127.0.0.1:11434)"),
+        _Option(
+            "ollama_host", _service_url, "Ollama URL (default $OLLAMA_HOST or 127.0.0.1:11434)"
+        ),
         _Option("ollama_model", _nonempty, "Ollama model (default llama3.2)"),
         _Option("system_prompt", _nonempty, "system prompt (default: short spoken answers)"),
         _Option("system_prompt_file", lambda t: Path(_nonempty(t)), "read the system prompt"),
@@ -471,7 +474,7 @@ def _options() -> tuple[_Option, ...]:
             "spoken replies: auto (default: piper if installed, else none), piper, openai, none",
         ),
         _Option("tts_voice", _nonempty, "piper voice name or .onnx path; openai voice name"),
-        _Option("tts_url", _nonempty, "OpenAI-compatible speech server (--tts-engine openai)"),
+        _Option("tts_url", _service_url, "OpenAI-compatible speech server (--tts-engine openai)"),
         _Option("tts_model", _nonempty, "model for --tts-engine openai (default tts-1)"),
         _Option("tts_api_key_file", _path, "file with the API key for the --tts-url server"),
         _Option("allow_remote_tts", _bool, "allow a non-loopback --tts-url", is_flag=True),
@@ -603,13 +606,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _service_split(url: str) -> SplitResult:
+    # Ollama's own reading: a bare "host:port" is http.
+    return urlsplit(url if "://" in url else f"http://{url}")
+
+
 def service_hostname(url: str) -> str:
     """The host part of a local service's address (Ollama, a speech server), with or without
-    a scheme or port, as Ollama itself accepts it."""
-    rest = url.split("://", 1)[-1].split("/", 1)[0]
-    if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+    a scheme or port, as Ollama's client reads it."""
+    return _service_split(url).hostname or ""
+
+
+def _service_url(text: str) -> str:
+    """An address as Ollama's client takes it (``127.0.0.1:11434``, ``http://host:port/``):
+    a host, a port that is a port, and no user part (``a@b`` is b, which nobody means)."""
+    text = _nonempty(text)
+    split = _service_split(text)
+    try:
+        split.port  # noqa: B018 - parsing it is the check
+    except ValueError as exc:
+        raise ValueError(f"{text!r} has a bad port ({exc})") from None
+    if not split.hostname:
+        raise ValueError(f"{text!r} names no host")
+    if "@" in split.netloc:
+        raise ValueError(f"{text!r} has a user part; give only host and port")
+    return text
 
 
 def worker_count(config: Config, cores: int | None = None, platform: str = sys.platform) -> int:

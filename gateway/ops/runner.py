@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.errors import ListenError
 from gateway.http.auth import GatewayAccessLogger
 from gateway.http.state import CONFIG, DRAIN, SESSIONS
 from gateway.ops.children import (
@@ -55,9 +56,10 @@ async def serve_until_signalled(
         if config.worker_socket is not None:  # a media worker: the front reaches it here
             prepare_socket_path(config.worker_socket)
             with private_files():
-                await web.UnixSite(runner, str(config.worker_socket)).start()
+                await start_site(web.UnixSite(runner, str(config.worker_socket)))
         else:
-            await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+            await start_site(site, config.url)
         logger.info("%s", ready_message)
         signalled = asyncio.Event()
         drain = app[DRAIN]
@@ -82,6 +84,16 @@ async def serve_until_signalled(
         await runner.cleanup()
         if config.worker_socket is not None:
             remove_socket(config.worker_socket)
+
+
+async def start_site(site: web.BaseSite, where: str | None = None) -> None:
+    """Binds ``site``; :class:`ListenError` naming ``where`` (else the site's own name) if
+    the address cannot be had."""
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {where or site.name}: {reason}") from exc
 
 
 @contextlib.contextmanager

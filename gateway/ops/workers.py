@@ -24,7 +24,7 @@ from gateway.http.front import Workers, build_front_app
 from gateway.http.state import DRAIN
 from gateway.ops.children import Child, gateway_command, private_folder, remove_folder
 from gateway.ops.config import Config
-from gateway.ops.runner import SHUTDOWN_TIMEOUT_S, signal_handlers
+from gateway.ops.runner import SHUTDOWN_TIMEOUT_S, signal_handlers, start_site
 
 logger = logging.getLogger("gateway")
 
@@ -123,7 +123,8 @@ async def _serve(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context).start()
+        site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
+        await start_site(site, config.url)
         logger.info("%s", ready_message)
         signals = 0
         signalled = asyncio.Event()
