@@ -165,10 +165,18 @@ async def test_a_model_that_fails_falls_back_to_the_text_once(
         assert not judge.uses_model
         assert len([r for r in caplog.records if "turn model failed" in r.message]) == 1
         # The text decides from then on.
-        assert judge.judge("What time is it?", None).decision is TurnDecision.END
-        assert judge.judge("I would like to", None).decision is TurnDecision.WAIT
+        assert judge.judge("What time is it?", None, None).decision is TurnDecision.END
+        assert judge.judge("I would like to", None, None).decision is TurnDecision.WAIT
     finally:
         await judge.close()
+
+
+def test_the_sessions_language_chooses_the_text_rules() -> None:
+    """English words end nothing in German: "an" closes this sentence."""
+    judge = load_turn_judge(Config(turn_detection="text"))
+    german = "Ich komme morgen an."
+    assert judge.judge(german, None, "de").decision is TurnDecision.END
+    assert judge.judge(german, None, None).decision is TurnDecision.WAIT  # read as English
 
 
 def test_fixed_and_text_modes_load_no_model() -> None:

@@ -79,8 +79,10 @@ class TurnJudge:
             logger.exception("turn model failed; the text policy decides turns from now on")
             return None
 
-    def judge(self, text: str, probability: float | None) -> Judgement:
-        return decide(judge_text(text), probability)
+    def judge(self, text: str, probability: float | None, language: str | None) -> Judgement:
+        """``language``: the session's (None: not set, read as English, as the default
+        models are)."""
+        return decide(judge_text(text, language=language or "en"), probability)
 
     async def close(self) -> None:
         if self._executor is not None:

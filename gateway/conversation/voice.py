@@ -342,7 +342,7 @@ class VoicePipeline:
         if isinstance(outcome, ASRError):
             return  # the silence decides; the transcriber reports the error
         text = clean_transcript(outcome)
-        judgement = judge.judge(text, probability)
+        judgement = judge.judge(text, probability, self.conversation.language)
         logger.debug(
             "[%s] pause: %s by %s (model %s)",
             self.session.id,
