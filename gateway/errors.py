@@ -29,6 +29,8 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     gateway.errors.GatewayError
     ├── ConfigError                      a bad flag, variable or TOML key (names the flag)
     ├── ListenError                      the address or socket cannot be served on
+    ├── ChildFailed (gateway.ops.children)  a worker or the ASR server cannot start
+    ├── ResumeError (conversation.resume)   a conversation token that resumes nothing
     ├── AuthError                        missing or unacceptable credentials (401)
     └── LLMError                         the language model (Ollama) failed
         ├── LLMUnavailable               Ollama cannot be reached (retryable)

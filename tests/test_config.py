@@ -281,6 +281,30 @@ def test_system_prompt_file_is_read_and_stripped(tmp_path: Path) -> None:
     assert error.flag == "--system-prompt-file"
 
 
+def test_a_prompt_and_a_prompt_file_rank_as_any_two_values(tmp_path: Path) -> None:
+    """A flag beats the environment, which beats the TOML file, whichever of the two
+    options each place gives; the same place giving both is refused."""
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("From the file.", encoding="utf-8")
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'system_prompt_file = "{prompt}"\n', encoding="utf-8")
+    env = {"GATEWAY_SYSTEM_PROMPT_FILE": str(prompt)}
+    assert load_config(["--system-prompt", "From the flag."], env).system_prompt == (
+        "From the flag."
+    )
+    flag_wins = ["--config", str(toml), "--system-prompt", "From the flag."]
+    assert load_config(flag_wins, {}).system_prompt == "From the flag."
+    env_wins = {"GATEWAY_SYSTEM_PROMPT": "From the environment."}
+    assert load_config(["--config", str(toml)], env_wins).system_prompt == (
+        "From the environment."
+    )
+    assert load_config(["--system-prompt-file", str(prompt)], env_wins).system_prompt == (
+        "From the file."
+    )
+    both = ["--system-prompt", "x", "--system-prompt-file", str(prompt)]
+    assert config_error(both).flag == "--system-prompt-file"
+
+
 def test_a_remote_speech_server_needs_allow_remote_tts() -> None:
     remote = ["--tts-engine", "openai", "--tts-url", "http://192.168.1.5:8000"]
     with pytest.raises(ConfigError, match=r"--tts-url.*--allow-remote-tts"):

@@ -10,12 +10,14 @@ import io
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from certs.authority import CA_KEY_NAME, SERVER_CERT_NAME, SERVER_KEY_NAME, ensure_certificates
 from gateway.conversation.endofturn import TurnJudge
@@ -264,6 +266,22 @@ async def test_ollama_model_missing_fails_with_ollama_pull() -> None:
     assert check.status == "fail"
     assert "does not have the model 'qwen3:8b'" in check.detail
     assert check.fix.startswith("`ollama pull qwen3:8b`")
+
+
+async def test_another_service_on_ollamas_port_is_named_as_such(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a web app</html>")
+
+    app = web.Application()
+    app.router.add_get("/api/tags", page)
+    server = await aiohttp_server(app)
+    config = replace(BASE, ollama_host=f"http://127.0.0.1:{server.port}")
+    [check] = await asyncio.to_thread(check_ollama, config, addresses=no_addresses)
+    assert check.status == "fail"
+    assert check.detail == f"{config.ollama_host} answers, but not as Ollama does"
+    assert "--ollama-host" in check.fix
 
 
 async def test_ollama_model_present() -> None:

@@ -10,8 +10,10 @@ import time
 import aiohttp
 import pytest
 
+from gateway.conversation.dialogue import Conversation
 from gateway.http import ws
 from gateway.http.state import SESSIONS
+from gateway.testing.loopback import LoopbackClient
 from signalling import protocol
 from signalling.errors import TransportClosed
 from signalling.lifecycle import SessionLimits
@@ -253,3 +255,33 @@ async def test_a_long_reply_ends_over_the_data_channel(
         assert (await peer.next_event("pong", within=5))["id"] == 1  # the session goes on
     finally:
         await peer.close()
+
+
+async def test_a_session_whose_start_fails_leaves_no_trace(
+    gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure after registration (a bug, simulated here) ends the session and frees its
+    place, over WebRTC and over /ws, instead of holding it until the idle timeout."""
+    client = await gateway(max_sessions=1)
+
+    def broken(self: Conversation) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(Conversation, "send_ready", broken)
+    peer = LoopbackClient()
+    try:
+        failed = await client.post("/offer", json={"sdp": await peer.offer(), "type": "offer"})
+        assert failed.status == 500
+        assert (await failed.json())["error"]["code"] == "internal"
+    finally:
+        await peer.close()
+    assert len(client.app[SESSIONS]) == 0
+    ws_peer = await client.ws_connect("/ws")
+    closing = await ws_peer.receive(timeout=5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    async with asyncio.timeout(5):  # the socket closes first, then the session is gone
+        while len(client.app[SESSIONS]):  # noqa: ASYNC110 - the gateway's state
+            await asyncio.sleep(0.02)
+    monkeypatch.undo()
+    working = await ws_session(client)  # the one place is free
+    await working.ws.close()

@@ -370,6 +370,9 @@ class Conversation:
                     reply.parts.append(piece)
                     if reply.released is None or reply.released.is_set():
                         self._send_delta(reply, piece)
+                    # Pieces already buffered come without a pause: let the session's
+                    # writer send this one before the next, or the outbox fills and drops.
+                    await asyncio.sleep(0)
         except LLMError as exc:
             if self._held(reply):
                 self._withdraw(reply)  # the real turn will try again

@@ -45,6 +45,7 @@ class LLMStatus:
     model_present: bool
     message: str
     answered_with_error: bool = False  # Ollama answered, but with an error status
+    foreign: bool = False  # something answered that is not Ollama
 
     @property
     def ok(self) -> bool:
@@ -110,6 +111,7 @@ class OllamaChat:
                 False,
                 False,
                 f"{host} does not answer like Ollama ({type(exc).__name__}): check --ollama-host",
+                foreign=True,
             )
         names = [m.model or "" for m in listing.models]
         present = any(_same_model(model, n) for n in names)

@@ -24,6 +24,7 @@ from typing import Literal
 import jwt
 
 from gateway.conversation.history import Turn
+from gateway.errors import GatewayError
 
 AUDIENCE = "local-ai-gateway:conversation"
 ALGORITHM = "HS256"
@@ -35,7 +36,7 @@ INVALID = (
 )
 
 
-class ResumeError(Exception):
+class ResumeError(GatewayError):
     """A token that cannot resume anything; the session goes on with a new conversation."""
 
     def __init__(self, code: ResumeCode, message: str) -> None:

@@ -83,6 +83,28 @@ async def open_session(
         # No data channel offered: none can ever open; events reach subscribers only.
         session.transport_events = transport.pc.sctp is not None
         register(session)
+    try:
+        _start(app, session, transport, offer, conversation, voice, track, receive_only)
+    except BaseException:  # a bug: the client gets no answer, so nothing may stay behind
+        await asyncio.shield(session.close("negotiation-failed"))
+        raise
+    app[keys.METRICS].offer_time.observe(time.perf_counter() - started)
+    logger.info("[%s] WebRTC session for %s", session.id, remote)
+    return session, answer
+
+
+def _start(
+    app: web.Application,
+    session: Session,
+    transport: PeerTransport,
+    offer: Offer,
+    conversation: Conversation,
+    voice: VoicePipeline,
+    track: ReplyAudioTrack | None,
+    receive_only: bool,
+) -> None:
+    """A registered session's voice, replies and first event."""
+    tts = None if receive_only else app.get(keys.TTS)
     if tts is not None and track is not None:
         if sends_audio(transport.pc, track):
             # A microphone that cancels echo itself leaves none for ours to find: start it
@@ -97,12 +119,9 @@ async def open_session(
             conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"
     if receive_only:
         conversation.no_voice_reason = "a WHIP session only receives: replies come as text"
-    app[keys.METRICS].offer_time.observe(time.perf_counter() - started)
     conversation.send_ready()  # the first event on the channel, once it opens
     voice.start()
     session.set_state(SessionState.CONNECTING)
-    logger.info("[%s] WebRTC session for %s", session.id, remote)
-    return session, answer
 
 
 def _speak(

@@ -116,22 +116,22 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         session = Session(new_session_id(config.replica_id, config.worker_id), transport)
         session.owner = principal_of(request)  # its session is its own, as over WebRTC
         register(session)
-    session.set_state(SessionState.CONNECTED)
-    conversation = new_conversation(app, session, overrides, plain_text=True)
-    voice = new_voice(app, session, conversation)
-    audio_in = voice.listen_pcm(SAMPLE_RATE)
-    audio_out = _speak(app, session, conversation, voice, transport)
+    try:  # from here on, whatever happens ends the session and frees its place
+        session.set_state(SessionState.CONNECTED)
+        conversation = new_conversation(app, session, overrides, plain_text=True)
+        voice = new_voice(app, session, conversation)
+        audio_in = voice.listen_pcm(SAMPLE_RATE)
+        audio_out = _speak(app, session, conversation, voice, transport)
 
-    def set_rate(rate: int) -> None:
-        audio_in.set_rate(rate)
-        if audio_out is not None:
-            audio_out.set_rate(rate)
+        def set_rate(rate: int) -> None:
+            audio_in.set_rate(rate)
+            if audio_out is not None:
+                audio_out.set_rate(rate)
 
-    conversation.on_sample_rate = set_rate
-    conversation.send_ready()
-    voice.start()
-    logger.info("[%s] WebSocket session for %s", session.id, remote)
-    try:
+        conversation.on_sample_rate = set_rate
+        conversation.send_ready()
+        voice.start()
+        logger.info("[%s] WebSocket session for %s", session.id, remote)
         async for message in ws:
             if message.type is WSMsgType.TEXT:
                 session.receive(message.data)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.ops.procstat import read_stat
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,10 @@ class Child:
     async def stop(self, timeout_s: float) -> None:
         """SIGTERM (the child drains), then SIGKILL after ``timeout_s``."""
         self._stopping = True
+        # The watcher first: mid-restart, it may have just started the process to stop.
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         process = self.process
         if process is not None and process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -207,10 +211,9 @@ class Child:
                 await process.wait()
         if self._output is not None:  # its last lines (how its drain went) first
             await asyncio.wait({self._output}, timeout=OUTPUT_DRAIN_S)
-        for task in (self._watcher, self._output):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self._output is not None:
+            self._output.cancel()
+            await asyncio.gather(self._output, return_exceptions=True)
         if self._http is not None:
             await self._http.close()
 
@@ -250,8 +253,10 @@ async def leave_with_front(stop: Callable[[], None]) -> None:
     stop()
 
 
-class ChildFailed(Exception):
+class ChildFailed(GatewayError):
     """A child process could not be started or made ready."""
+
+    code = "child_failed"
 
 
 def private_folder(prefix: str) -> Path:

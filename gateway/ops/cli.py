@@ -19,7 +19,6 @@ from gateway import __version__
 from gateway.errors import KNOWN_ERRORS, CertificateError, ConfigError
 from gateway.http.app import build_app
 from gateway.ops.asr_server import asr_server_command
-from gateway.ops.children import ChildFailed
 from gateway.ops.config import Config, load_config, worker_count
 from gateway.ops.doctor import doctor_command
 from gateway.ops.logs import configure_logging
@@ -154,7 +153,7 @@ def serve(config: Config, argv: Sequence[str] = ()) -> int:
     except ConfigError as exc:  # the front's key files, read before its workers start
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 2
-    except (*KNOWN_ERRORS, ChildFailed) as exc:  # the port is taken, a model cannot load…
+    except KNOWN_ERRORS as exc:  # the port is taken, a model cannot load, a worker died…
         print(f"local-ai-gateway: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl+C while the models load, before the drain is armed

@@ -554,6 +554,7 @@ def load_config(
     """Parse ``serve`` arguments; raises :class:`ConfigError` for any bad value."""
     args = vars(build_parser().parse_args(list(argv)))
     values: dict[str, Any] = {}
+    rank: dict[str, int] = {}  # where each value came from: 1 file, 2 environment, 3 flag
 
     config_path = args.pop("config", None) or env.get("GATEWAY_CONFIG")
     if config_path:
@@ -571,16 +572,23 @@ def load_config(
             if opt is None:
                 raise ConfigError("--config", f"unknown key {key!r} in {config_path}")
             values[opt.name] = _convert(opt, raw, config_path)
+            rank[opt.name] = 1
 
     for opt in _options():
         if opt.env in env:
             values[opt.name] = _convert(opt, env[opt.env], opt.env)
+            rank[opt.name] = 2
         raw = args.get(opt.name)
         if raw is not None:
             values[opt.name] = True if opt.is_flag else _convert(opt, raw, "command line")
+            rank[opt.name] = 3
 
     prompt_file = values.pop("system_prompt_file", None)
-    if prompt_file is not None:
+    if prompt_file is not None and rank["system_prompt_file"] == rank.get("system_prompt"):
+        raise ConfigError(
+            "--system-prompt-file", "give the prompt or its file, not both in the same place"
+        )
+    if prompt_file is not None and rank["system_prompt_file"] > rank.get("system_prompt", 0):
         try:
             values["system_prompt"] = read_file(prompt_file).strip()
         except OSError as exc:

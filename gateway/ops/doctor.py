@@ -397,6 +397,15 @@ async def _ollama_checks(
         checks = [Check("ollama", "ok", status.message)]
     elif status.answered_with_error:
         checks = [Check("ollama", "fail", status.message, "see the log of `ollama serve`")]
+    elif status.foreign:
+        checks = [
+            Check(
+                "ollama",
+                "fail",
+                f"{host} answers, but not as Ollama does",
+                "another service listens there: point --ollama-host at Ollama",
+            )
+        ]
     elif status.reachable:
         checks = [
             Check(
