@@ -98,11 +98,11 @@ from gateway.ops.config import AsrEngineName, Config
 from gateway.testing.loopback import RATE, LoopbackClient, MicrophoneTrack, ReceivedAudio
 from gateway.testing.ollama_server import FakeOllama, fake_ollama, split_pieces
 from gateway.testing.speech_server import speech_server
-from media import Float32Array
+from media import Float32Array, Int16Array
 from media.asr.base import ASREngine
 from media.asr.engines import default_cache_dir, load_engine
 from media.playout import ReplyAudioTrack
-from media.tts.base import Int16Array, TTSEngine
+from media.tts.base import TTSEngine
 from media.tts.openai import OpenAISpeechEngine
 from media.tts.piper import PiperEngine
 from media.tts.speakable import SpeechSplitter

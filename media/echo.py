@@ -37,13 +37,10 @@ from collections import deque
 
 import av
 import numpy as np
-import numpy.typing as npt
 from livekit.rtc import AudioFrame, AudioProcessingModule
 
-from media import Float32Array
+from media import Float32Array, Int16Array
 from media.audio import Resampler
-
-Int16Array = npt.NDArray[np.int16]
 
 # Rates the WebRTC module processes natively, each with the delay (samples) AEC3 adds to the
 # microphone once it has a far end, measured with livekit 1.2.1 (band splitting, 4 ms blocks).

@@ -117,7 +117,7 @@ class SpeechPaused:
 
 @dataclass(frozen=True)
 class SpeechDipped:
-    """The voice has just dropped to silence (one chunk of it): perhaps between two words,
+    """The voice has just dropped to silence (``dip_ms`` of it): perhaps between two words,
     perhaps the end. ``audio`` is the utterance so far; ``end_sample`` is where the silence
     began, as in the ``SpeechPaused`` that follows if the silence lasts."""
 

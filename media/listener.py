@@ -28,6 +28,35 @@ logger = logging.getLogger(__name__)
 # 4 frames after the client sent it. The arrival clock takes that out, so that "end of
 # speech" is when the client sent it, as a person would time it.
 JITTER_PREFETCH_FRAMES = 4
+# A failure that persists drops every frame (50 a second): its traceback is logged once,
+# then a count this often (10 s of 20 ms frames) and when frames pass again.
+DROP_SUMMARY_EVERY = 500
+
+
+class DropLog:
+    """Says why frames are being dropped without a traceback per frame: the first of a run
+    of failures is logged with its traceback, the rest are counted."""
+
+    def __init__(self, log: logging.Logger, what: str, prefix: str = "") -> None:
+        self._log = log
+        self._what = what  # "audio frame": the thing dropped, singular
+        self._prefix = prefix
+        self.run = 0  # failures in a row
+
+    def dropped(self) -> None:
+        """Call from the ``except`` block that dropped it."""
+        self.run += 1
+        if self.run == 1:
+            self._log.exception("%s%s dropped", self._prefix, self._what)
+        elif self.run % DROP_SUMMARY_EVERY == 0:
+            self._log.warning("%s%d %ss dropped in a row", self._prefix, self.run, self._what)
+
+    def passed(self) -> None:
+        if self.run > 1:
+            self._log.warning(
+                "%s%ss pass again after %d dropped in a row", self._prefix, self._what, self.run
+            )
+        self.run = 0
 
 
 class AudioListener:
@@ -56,6 +85,7 @@ class AudioListener:
         # Removes the gateway's own voice from the microphone when it speaks: set once the
         # session's canceller is ready (microphone audio before then passes as it is).
         self.echo: EchoCanceller | None = None
+        self._drops = DropLog(logger, "audio frame")
 
     async def run(self, track: MediaStreamTrack) -> None:
         """Reads until the track ends; an utterance in progress is then delivered."""
@@ -79,7 +109,9 @@ class AudioListener:
             except Exception:
                 # Keep reading whatever went wrong with one frame: a track nobody reads
                 # buffers without bound.
-                logger.exception("audio frame dropped")
+                self._drops.dropped()
+            else:
+                self._drops.passed()
         for event in self.endpointer.flush():
             self._on_event(event)
 

@@ -29,9 +29,8 @@ import weakref
 
 import av
 import numpy as np
-import numpy.typing as npt
 
-Int16Array = npt.NDArray[np.int16]
+from media import Int16Array
 
 SAMPLE_RATE = 48_000  # the RTP clock of Opus (RFC 7587), whatever the decoded rate
 CHANNELS = 2

@@ -23,14 +23,11 @@ import enum
 
 import av
 import numpy as np
-import numpy.typing as npt
 
-from media import Float32Array
+from media import Float32Array, Int16Array
 from media.audio import Resampler
 from media.errors import MediaError
 from media.vad import SAMPLE_RATE
-
-Int16Array = npt.NDArray[np.int16]
 
 # One binary frame holds at most this much audio. Devices send 10-100 ms; a second is room
 # for a client that sends what it has buffered in one piece, and bounds what one frame costs.

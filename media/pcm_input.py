@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from media.listener import AudioListener
+from media.listener import AudioListener, DropLog
 from media.pcm import (
     AudioBudget,
     AudioRateLimited,
@@ -61,6 +61,7 @@ class PcmInput:
         self._on_frame = on_frame
         self._clock = clock
         self._prefix = log_prefix
+        self._drops = DropLog(logger, "audio frame", log_prefix)
         # The reader and the gap watcher both feed the listener, whose chunker and
         # endpointer take one stream in order.
         self._feeding = asyncio.Lock()
@@ -77,8 +78,8 @@ class PcmInput:
 
     async def receive(self, data: bytes) -> None:
         """Hear one binary frame. Raises :class:`media.pcm.PcmError` for a frame the client
-        must hear about (it is dropped; the stream goes on); other failures drop it quietly.
-        """
+        must hear about (it is dropped; the stream goes on); other failures drop it too,
+        logged without a traceback per frame (:class:`media.listener.DropLog`)."""
         now = self._clock()
         pcm = pcm_samples(data, self.rate)
         if not len(pcm):
@@ -102,7 +103,9 @@ class PcmInput:
                 # each to now less the rest of the frame, as for a WebRTC frame.
                 await self.listener.hear(samples, now)
             except Exception:  # a bug with one frame must not end the session
-                logger.exception("%saudio frame dropped", self._prefix)
+                self._drops.dropped()
+            else:
+                self._drops.passed()
 
     async def watch_gaps(self) -> None:
         """Feed the silence of a stream that stopped while speech may be in progress."""

@@ -26,14 +26,13 @@ from typing import TypeVar
 
 import av
 import numpy as np
-import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media import Int16Array
 from media.audio import Resampler
 
 logger = logging.getLogger(__name__)
 
-Int16Array = npt.NDArray[np.int16]
 _T = TypeVar("_T")
 
 RATE = 48_000

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import onnxruntime
 
 from media import Float32Array
-from media.errors import ModelLoadError
+from media.errors import MediaError, ModelLoadError
 
 SAMPLE_RATE = 16_000
 CHUNK_SAMPLES = 512  # 32 ms: the only size Silero accepts at 16 kHz
@@ -166,10 +166,14 @@ class VadBatcher:
             rows = np.stack([stream.row(chunk) for stream, chunk, _ in batch])
             states = np.concatenate([stream.state for stream, _, _ in batch], axis=1)
             probs, next_states = self.model.run(rows, states)
-        except Exception as exc:  # onnxruntime's own errors; each waiting stream gets it
+        except Exception as exc:  # onnxruntime's own errors, for each waiting stream
             for _, _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    # One exception per stream: a raised exception's traceback belongs to
+                    # the one task that raises it.
+                    failure = MediaError(f"Silero VAD failed: {type(exc).__name__}: {exc}")
+                    failure.__cause__ = exc
+                    future.set_exception(failure)
             return
         for i, (stream, chunk, future) in enumerate(batch):
             stream.advance(chunk, next_states[:, i : i + 1, :].copy())

@@ -7,6 +7,7 @@ Each job's audio has its own length, so a call's record says which jobs it carri
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Sequence
 
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.errors import ASRError
 from media import Float32Array
+from media.asr import service as service_module
 from media.asr.base import Segment, Transcription
 from media.asr.service import ASRService, Priority
 from media.errors import ASRBusyError, ASRStaleError
@@ -266,6 +268,23 @@ async def test_close_fails_queued_and_running_callers_and_waits_for_the_worker()
     assert engine.lengths() == [BLOCKER]
     with pytest.raises(ASRError, match="closed"):
         await service.transcribe(AUDIO, None)
+
+
+async def test_close_stops_waiting_for_a_hung_worker_after_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(service_module, "SHUTDOWN_GRACE_S", 0.05)
+    engine = GatedEngine()
+    service = ASRService(engine)
+    blocker = await busy(service, engine)
+    try:
+        with caplog.at_level(logging.WARNING, logger="media.asr.service"):
+            await asyncio.wait_for(service.close(), 2)  # not the engine's 10 s
+        assert "still busy after 0.05 s" in caplog.text
+        with pytest.raises(ASRError, match="closed while transcribing"):
+            await blocker
+    finally:
+        engine.release.set()  # the worker thread ends before the test does
 
 
 class Recorder:

@@ -10,12 +10,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from media import Float32Array
+from media import Float32Array, Int16Array
 from media.audio import Chunker, MonoResampler, Resampler, SampleClock
 
 RATE_IN = 48_000
 FRAME = 960  # 20 ms, as aiortc decodes Opus
-Int16Array = npt.NDArray[np.int16]
 
 
 def stereo_frame(left: Int16Array, right: Int16Array, pts: int | None) -> av.AudioFrame:

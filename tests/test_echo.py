@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from gateway.testing.loopback import load_clips, upsample
-from media import Float32Array
-from media.echo import EchoCanceller, Int16Array
+from media import Float32Array, Int16Array
+from media.echo import EchoCanceller
 
 RATE = 16_000
 STEP = 320  # 20 ms of microphone, as the listener gets it from aiortc

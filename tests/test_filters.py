@@ -63,7 +63,8 @@ def test_no_speech_segment_is_dropped() -> None:
     ("avg_logprob", "no_speech_prob", "kept"),
     [
         (-1.01, 0.61, False),  # both over the line
-        (-1.0, 0.61, True),  # logprob exactly at the limit: not below it
+        (-1.0, 0.61, False),  # logprob exactly at the limit: dropped, as Whisper does
+        (-0.99, 0.61, True),  # just above the limit: the words are trusted
         (-1.01, 0.6, True),  # no-speech exactly at the limit: not above it
         (-0.2, 0.99, True),  # sure of the words, whatever the no-speech estimate
         (-3.0, 0.1, True),  # unsure of the words, but there was speech

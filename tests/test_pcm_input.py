@@ -6,6 +6,7 @@ of speech ends its turn with the silence it left."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import numpy as np
@@ -66,6 +67,23 @@ async def test_bad_frames_are_refused_and_the_stream_goes_on() -> None:
     await pcm.receive(bytes(640))
     assert listener.fed[0][0] == 320
     assert listener.heard == 320
+
+
+class Deaf(Listener):
+    async def hear(self, samples: Float32Array, arrived: float) -> None:
+        raise RuntimeError("broken")
+
+
+async def test_frames_that_fail_are_dropped_with_one_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pcm = PcmInput(Deaf(), log_prefix="[s1] ")
+    with caplog.at_level(logging.WARNING, logger="media.pcm_input"):
+        for _ in range(5):
+            await pcm.receive(bytes(640))
+    assert [(r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        ("[s1] audio frame dropped", True)
+    ]
 
 
 async def test_audio_beyond_the_budget_is_dropped_and_reported_once() -> None:

@@ -16,9 +16,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from media import Int16Array
 from media.playout import FRAME, RATE, ReplyAudioTrack
 
-Int16Array = npt.NDArray[np.int16]
 FRAME_S = FRAME / RATE
 EPS = 1e-9
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.testing.speech_server import PCM_RATE, SpeechServerState, pcm_24k, speech_server
-from media.tts.base import Int16Array
+from media import Int16Array
 from media.tts.piper import PiperEngine
 
 Served = tuple[SpeechServerState, str]

@@ -21,8 +21,10 @@ from aiohttp import web
 from gateway.http.app import load_configured_tts
 from gateway.ops.config import load_config
 from gateway.testing.speech_server import SpeechServerState, speech_server
+from media import Int16Array
 from media.errors import TTSError, TTSUnavailable, TTSVoiceMissing
-from media.tts.base import Int16Array, TTSEngine, skip_leading_silence, trim_leading_silence
+from media.tts import service as tts_service
+from media.tts.base import TTSEngine, skip_leading_silence, trim_leading_silence
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.openai import OpenAISpeechEngine
 from media.tts.piper import PiperEngine
@@ -212,6 +214,21 @@ async def test_a_voice_name_is_downloaded_once_and_cached(
         assert not list((tmp_path / "piper").glob("*nobody*"))  # nothing half-written
     finally:
         await runner.cleanup()
+
+
+def test_a_voice_that_cannot_be_saved_names_the_folder(tmp_path: Path) -> None:
+    """Caught before any download: the cache folder cannot be made under a file."""
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("")
+    with pytest.raises(TTSVoiceMissing) as caught:
+        PiperEngine(
+            "en_GB-test-low",
+            cache_dir=not_a_folder,
+            download_url_format="http://127.0.0.1:9/{voice_name}{extension}",
+        )
+    one_line_naming_the_flag(caught.value)
+    assert f"cannot be saved in {not_a_folder / 'piper'}" in str(caught.value)
+    assert isinstance(caught.value.__cause__, OSError)
 
 
 def test_engines_by_name(tmp_path: Path, piper: PiperEngine) -> None:
@@ -648,6 +665,24 @@ async def test_close_ends_open_streams_and_refuses_new_ones() -> None:
     assert len(got) <= engine.produced <= len(got) + 1
     with pytest.raises(TTSUnavailable, match="shut down"):
         await anext(service.stream("again"))
+
+
+async def test_close_gives_up_on_a_hung_engine_after_the_grace_period(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tts_service, "SHUTDOWN_GRACE_S", 0.05)
+    engine = CountingEngine(chunks=1, first_delay_s=1.0)
+    service = TTSService(engine)
+    consumer = asyncio.create_task(drain(service.stream("hello")))
+    await asyncio.sleep(0.05)  # the first chunk is being made
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="media.tts.service"):
+        await service.close()
+    assert time.perf_counter() - started < 0.5  # not the engine's 1 s
+    assert "still busy after 0.05 s" in caplog.text
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    assert await asyncio.to_thread(engine.closed.wait, 5)  # the worker still closes it, alone
 
 
 async def test_service_with_piper(piper: PiperEngine) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.testing.loopback import load_clips
+from media.errors import MediaError
 from media.vad import (
     CHUNK_SAMPLES,
     SETTLE_CHUNKS,
@@ -83,6 +84,23 @@ async def test_a_cancelled_waiter_does_not_break_the_others(model: SileroModel) 
     gone.cancel()
     assert await asyncio.wait_for(kept, 1.0) < 0.1
     assert gone.cancelled()
+
+
+class FailingModel(SileroModel):
+    def run(self, chunks: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise RuntimeError("onnxruntime gave up")
+
+
+async def test_a_failed_batch_gives_each_stream_its_own_exception() -> None:
+    batcher = VadBatcher(FailingModel(), window_s=0.01)
+    waiting = [batcher.probability(batcher.stream(), quiet()) for _ in range(2)]
+    first, second = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(first, MediaError)
+    assert isinstance(second, MediaError)
+    assert first is not second  # each task raises, and so writes the traceback of, its own
+    assert "onnxruntime gave up" in str(first)
+    assert isinstance(first.__cause__, RuntimeError)
+    assert first.__cause__ is second.__cause__
 
 
 async def test_close_cancels_waiters(model: SileroModel) -> None:

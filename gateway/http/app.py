@@ -51,13 +51,14 @@ from gateway.ops.capacity import Usage
 from gateway.ops.config import Config, is_loopback, service_hostname
 from gateway.ops.exposure import exposed_on, local_addresses, ollama_port
 from gateway.ops.metrics import ASRMetrics, Metrics, watch_loop
+from media import Int16Array
 from media.asr.base import ASREngine
 from media.asr.engines import load_engine
 from media.asr.remote import RemoteASR, parse_asr_url
 from media.asr.service import ASRService
 from media.errors import TurnModelError
 from media.smart_turn import SmartTurn, find_turn_model
-from media.tts.base import Int16Array, TTSEngine
+from media.tts.base import TTSEngine
 from media.tts.engines import load_tts_engine, piper_available
 from media.tts.service import TTSService
 from media.vad import SileroModel, VadBatcher

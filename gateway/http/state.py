@@ -18,8 +18,8 @@ from gateway.http.auth import Principal
 from gateway.http.drain import Drain
 from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
+from media import Int16Array
 from media.asr.service import Recogniser
-from media.tts.base import Int16Array
 from media.tts.service import TTSService
 from media.vad import VadBatcher
 from signalling.ice import IcePolicy

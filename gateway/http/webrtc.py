@@ -18,10 +18,10 @@ from gateway.http.relay import gateway_ice_servers
 from gateway.http.sessions import admit
 from gateway.http.state import new_conversation, new_voice
 from gateway.ops.metrics import ReceiverMetrics
+from media import Int16Array
 from media.echo import EchoCanceller
 from media.playout import RATE as PLAYOUT_RATE
 from media.playout import ReplyAudioTrack
-from media.tts.base import Int16Array
 from media.tts.service import TTSService
 from media.vad import SAMPLE_RATE as LISTEN_RATE
 from signalling.audio_receiver import adapt_audio_receivers

@@ -29,6 +29,7 @@ from media.asr.base import (
     default_language,
     resolve_device,
 )
+from media.asr.filters import heard_no_speech
 from media.asr.weights import bundled_model_dir, ensure_openai_checkpoint
 from media.errors import ModelLoadError
 
@@ -110,7 +111,7 @@ class OpenAIWhisperEngine:
         decoded = whisper.decode(model, batch, options)
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
         for i, result in zip(spoken, decoded, strict=True):
-            if _silent_window(result.no_speech_prob, result.avg_logprob):
+            if heard_no_speech(result.no_speech_prob, result.avg_logprob):
                 continue  # model.transcribe skips such a window
             text_tokens = [t for t in result.tokens if t < tokenizer.eot]
             segment = Segment(
@@ -120,16 +121,6 @@ class OpenAIWhisperEngine:
             )
             results[i] = Transcription((segment,))
         return results
-
-
-# Both libraries' rule for a 30 s window that is silence, not speech (their defaults):
-# <|nospeech|> likely and the decoded text unlikely. Their ``transcribe`` drops the window.
-_NO_SPEECH_THRESHOLD = 0.6
-_LOGPROB_THRESHOLD = -1.0
-
-
-def _silent_window(no_speech_prob: float, avg_logprob: float) -> bool:
-    return no_speech_prob > _NO_SPEECH_THRESHOLD and avg_logprob <= _LOGPROB_THRESHOLD
 
 
 def _openai_source(model: str, cache_dir: Path) -> str:
@@ -229,7 +220,7 @@ class FasterWhisperEngine:
             # avg_logprob as faster-whisper recovers it from the length-normalised score.
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             text = tokenizer.decode(tokens)
-            if _silent_window(result.no_speech_prob, avg_logprob) or not text.strip():
+            if heard_no_speech(result.no_speech_prob, avg_logprob) or not text.strip():
                 continue  # transcribe skips a silent window and yields no empty segment
             segment = Segment(text, float(avg_logprob), float(result.no_speech_prob))
             results[i] = Transcription((segment,))

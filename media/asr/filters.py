@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
-from media.asr.base import Segment, Transcription
+from media.asr.base import Transcription
 
+# Both Whisper libraries' defaults for their no-speech rule (see heard_no_speech).
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 # Filler that Whisper emits on near-silence: trusted only when the model was confident.
@@ -46,8 +47,12 @@ def _normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip(" '")  # an apostrophe alone is no word
 
 
-def _is_no_speech(segment: Segment) -> bool:
-    return segment.no_speech_prob > NO_SPEECH_THRESHOLD and segment.avg_logprob < LOGPROB_THRESHOLD
+def heard_no_speech(no_speech_prob: float, avg_logprob: float) -> bool:
+    """Whisper's own rule, as its ``transcribe`` applies it to a 30 s window: <|nospeech|>
+    likely and the decoded text unlikely (a text exactly at the log-probability limit is
+    not trusted either). The engines drop such a window; :func:`clean_transcript` drops
+    such a segment from a server that kept it."""
+    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob <= LOGPROB_THRESHOLD
 
 
 def clean_transcript(transcription: Transcription) -> str:
@@ -55,7 +60,9 @@ def clean_transcript(transcription: Transcription) -> str:
     kept = [
         s
         for s in transcription.segments
-        if not _is_no_speech(s) and _normalise(s.text) and not _ANNOTATIONS.fullmatch(s.text)
+        if not heard_no_speech(s.no_speech_prob, s.avg_logprob)
+        and _normalise(s.text)
+        and not _ANNOTATIONS.fullmatch(s.text)
     ]
     text = " ".join(s.text.strip() for s in kept)
     words = _normalise(text)

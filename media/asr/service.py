@@ -33,6 +33,9 @@ from media.errors import ASRBusyError, ASRError, ASRStaleError
 logger = logging.getLogger(__name__)
 
 GPU_BATCH_SIZE = 8
+# How long close() waits for a running Whisper call. A call takes seconds; one that takes
+# longer is hung (a stuck GPU, a remote file system), and shutdown must not hang with it.
+SHUTDOWN_GRACE_S = 10.0
 
 
 class Priority(enum.IntEnum):
@@ -337,8 +340,9 @@ class ASRService:
 
     async def close(self) -> None:
         """Fails the queued jobs, stops the dispatcher (a running call's callers get
-        :class:`ASRError`), then waits, off the loop, for a running Whisper call to return:
-        it cannot be interrupted."""
+        :class:`ASRError`), then waits, off the loop, up to :data:`SHUTDOWN_GRACE_S` for a
+        running Whisper call to return: it cannot be interrupted. Past that it is left to
+        finish alone."""
         self._closed = True
         for job in list(self._queue):
             self._queue.remove(job)
@@ -346,7 +350,15 @@ class ASRService:
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        shutdown = asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        try:
+            await asyncio.wait_for(shutdown, SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            logger.warning(
+                "ASR engine %s still busy after %g s: closing without waiting for it",
+                self.engine.name,
+                SHUTDOWN_GRACE_S,
+            )
 
 
 @contextlib.contextmanager

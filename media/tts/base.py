@@ -12,11 +12,9 @@ from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
+from media import Int16Array
 from media.errors import TTSVoiceMissing
-
-Int16Array = npt.NDArray[np.int16]  # mono PCM samples
 
 # About -50 dBFS: quieter than any speech, louder than a voice's dithering noise.
 SILENCE_THRESHOLD = 100

@@ -16,8 +16,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import numpy as np
 
+from media import Int16Array
 from media.errors import TTSError, TTSUnavailable, TTSVoiceMissing
-from media.tts.base import Int16Array, skip_leading_silence
+from media.tts.base import skip_leading_silence
 
 OPENAI_PCM_RATE = 24000  # what OpenAI documents for "pcm"; compatible servers follow it
 _CONNECT_TIMEOUT_S = 2.0  # a local or LAN server answers a connect in milliseconds

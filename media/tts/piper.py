@@ -9,6 +9,7 @@ it) or a voice name, downloaded once from Piper's voice repository (the URLs Pip
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -19,8 +20,9 @@ from typing import Any
 
 import httpx
 
+from media import Int16Array
 from media.errors import TTSUnavailable, TTSVoiceMissing
-from media.tts.base import Int16Array, skip_leading_silence
+from media.tts.base import skip_leading_silence
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +127,11 @@ def _download(
 
 
 def _fetch(voice: str, url: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     logger.info("downloading Piper voice %s from %s (once; cached in %s)", voice, url, path.parent)
     started = time.monotonic()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with (
             httpx.Client(timeout=_DOWNLOAD_TIMEOUT, follow_redirects=True) as client,
             client.stream("GET", url) as response,
@@ -153,8 +155,14 @@ def _fetch(voice: str, url: str, path: Path) -> None:
             _voice_hint(voice, f"cannot be downloaded ({type(exc).__name__}: {exc})")
             + "; a voice name needs the network once"
         ) from exc
+    except OSError as exc:  # disk full, a cache folder that is read-only or not a folder
+        raise TTSVoiceMissing(
+            _voice_hint(voice, f"cannot be saved in {path.parent}: {exc}")
+            + "; make that folder writable, with room for the voice"
+        ) from exc
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # where no folder could be made, no part is left
+            partial.unlink(missing_ok=True)
     logger.info("downloaded %s in %.1f s", path.name, time.monotonic() - started)
 
 

@@ -1,11 +1,12 @@
 """Runs one shared speech synthesiser off the event loop, chunk by chunk, bounded and timed.
 
-Each ``next()`` on the engine's generator is its own executor call, made only when the
-consumer asks for the next chunk. That is the simplest handoff that is correct: the bound
-is one chunk in flight per stream with no queue or semaphore to get wrong; a slow consumer
-holds no worker thread (a worker blocked on a full queue would stall every other session
-on a one-worker pool); and streams sharing the pool take turns chunk by chunk. The cost is
-no read-ahead, which a consumer that hands chunks to a playout buffer never notices.
+Each executor call is made only when the consumer asks for the next chunk. That is the
+simplest handoff that is correct: the bound is one call in flight per stream with no queue
+or semaphore to get wrong; a slow consumer holds no worker thread (a worker blocked on a
+full queue would stall every other session on a one-worker pool); and streams sharing the
+pool take turns call by call. A call makes one chunk, or, for an engine whose chunks are
+whole sentences, that chunk and the one after it: one chunk of read-ahead, held by the
+stream, so that the end of a piece is known with its last chunk.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ import threading
 from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from media import Int16Array
 from media.errors import TTSError, TTSUnavailable
-from media.tts.base import Int16Array, TTSEngine
+from media.tts.base import TTSEngine
 
 logger = logging.getLogger(__name__)
+
+# How long close() waits for chunks in flight. An engine's own timeouts end a stalled
+# request well before this; an engine that ignores them must not hang shutdown.
+SHUTDOWN_GRACE_S = 10.0
 
 
 class _Synthesis:
@@ -175,12 +181,20 @@ class TTSService:
 
     async def close(self) -> None:
         """Stops every stream between chunks and waits, off the loop, for chunks in
-        flight (at most one per worker, bounded by the engine's own timeouts)."""
+        flight (at most one per worker, bounded by the engine's own timeouts, and by
+        :data:`SHUTDOWN_GRACE_S`: past that they are left to finish alone)."""
         self._closed = True
         jobs = list(self._live)
         for job in jobs:
             job.stopped.set()
-        await asyncio.to_thread(self._shutdown, jobs)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._shutdown, jobs), SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            logger.warning(
+                "TTS engine %s still busy after %g s: closing without waiting for it",
+                self.engine.name,
+                SHUTDOWN_GRACE_S,
+            )
         self._live.clear()
 
     def _shutdown(self, jobs: list[_Synthesis]) -> None:
