@@ -7,6 +7,7 @@ Third-party exceptions are converted where they are caught, with ``raise ... fro
     certs.errors.CertificateError        the local CA or server certificate
     signalling.errors.SignallingError
     ├── OfferError                       an SDP offer or its envelope (400)
+    │   └── OfferTooLarge                an SDP or offer over its limit (413)
     ├── SessionLimitError                --max-sessions reached (503 + Retry-After)
     │   └── AtCapacity (gateway)         no room measured for one more session (503)
     ├── SessionNotFound                  no session with that id (404)
@@ -60,6 +61,7 @@ from media.errors import (
 from signalling.errors import (
     IcePolicyError,
     OfferError,
+    OfferTooLarge,
     ProtocolError,
     SessionLimitError,
     SessionNotFound,
@@ -89,6 +91,7 @@ __all__ = [
     "MediaError",
     "ModelLoadError",
     "OfferError",
+    "OfferTooLarge",
     "ProtocolError",
     "SessionLimitError",
     "SessionNotFound",

@@ -53,14 +53,12 @@ from aiortc.rtp import RtpPacket
 
 from media import jitter, opus
 from media.jitter import Decoded, Event, Filled, Lost, Packet, ReorderBuffer, Skipped
-from signalling.versions import untested_release
+from signalling.versions import AIORTC_TESTED, Tested, untested_release
 
 logger = logging.getLogger(__name__)
 
 # Versions this adapter was tested against, as [lowest, first untested) (major, minor) pairs.
-TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
-    "aiortc": ((1, 16), (1, 17)),  # 1.16.0
-}
+TESTED: Tested = {"aiortc": AIORTC_TESTED}
 
 _JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
 _CODECS = "_RTCRtpReceiver__codecs"

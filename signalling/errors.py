@@ -18,6 +18,13 @@ class OfferError(SignallingError):
     code = "bad_offer"
 
 
+class OfferTooLarge(OfferError):
+    """An SDP offer over ``signalling.offer.MAX_SDP_BYTES``, or an offer body over its
+    limit: the contract's "too large" (413), though the body fitted the HTTP limit."""
+
+    code = "too_large"
+
+
 class SessionLimitError(SignallingError):
     """Every session slot is taken."""
 

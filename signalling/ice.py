@@ -56,7 +56,8 @@ from aioice.turn import UDP_SOCKET_BUFFER_SIZE
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from signalling.errors import IcePolicyError, OfferError
-from signalling.versions import untested_release
+from signalling.tasks import CANCEL_TIMEOUT_S
+from signalling.versions import AIORTC_TESTED, Tested, untested_release
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +67,9 @@ PORTS_FLAG = "--udp-ports"
 # Versions this adapter was tested against, as [lowest, first untested) (major, minor) pairs.
 # It replaces an aioice method and reads aioice/aiortc private attributes, so an untested
 # release is refused at startup rather than trusted to leak nothing.
-TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+TESTED: Tested = {
     "aioice": ((0, 12), (0, 14)),  # 0.12.0 and 0.13.0
-    "aiortc": ((1, 16), (1, 17)),  # 1.16.0
+    "aiortc": AIORTC_TESTED,
 }
 
 # A port another socket holds (EADDRINUSE), or one we may not bind: below 1024 without
@@ -295,9 +296,13 @@ async def _gather_component(
                 logger.warning("ICE: could not bind a UDP socket on %s: %s", address, exc)
                 failures.append(f"{address} ({exc.strerror or exc})")
                 continue
-            _, protocol = await loop.create_datagram_endpoint(
-                lambda: StunProtocol(connection), sock=sock
-            )
+            try:
+                _, protocol = await loop.create_datagram_endpoint(
+                    lambda: StunProtocol(connection), sock=sock
+                )
+            except BaseException:  # not in protocols yet: the handler below cannot close it
+                sock.close()
+                raise
             # Set before the next await: an early connectivity check reads it.
             protocol.local_candidate = _host_candidate(component, sock.getsockname())
             protocols.append(protocol)
@@ -378,13 +383,21 @@ async def _server_reflexive(
     if connection.stun_server is None:
         return []
     tasks = [
-        asyncio.create_task(server_reflexive_candidate(p, connection.stun_server))
+        asyncio.create_task(
+            server_reflexive_candidate(p, connection.stun_server),
+            name=f"ice-stun:{p.local_candidate.host}:{p.local_candidate.port}",
+        )
         for p in protocols
         if ipaddress.ip_address(p.local_candidate.host).version == 4
     ]
     if not tasks:
         return []
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout)
+    finally:
+        # Late queries, or all of them if the negotiation was cancelled (timed out): none
+        # may outlive the gathering and write on sockets that close() then shuts.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT_S)
     return [t.result()[0] for t in done if t.exception() is None]

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
-from signalling.errors import OfferError
+from signalling.errors import OfferError, OfferTooLarge
+from signalling.jsonvalues import NonStandardConstant, json_type, reject_constant
 
 __all__ = [
     "DIGEST_BYTES",
@@ -40,6 +41,7 @@ __all__ = [
     "Offer",
     "parse_offer",
     "parse_session",
+    "unknown_keys",
 ]
 
 MAX_SDP_BYTES = 64 * 1024
@@ -64,8 +66,9 @@ MAX_LANGUAGE_CHARS = 35  # the longest BCP 47 tag in practical use
 SESSION_KEYS = frozenset(
     {"language", "system_prompt", "tts", "voice", "echo_cancellation", "conversation"}
 )
-"""The keys a client may set in ``"session"`` (those ``session.update`` takes, and the
-conversation to resume)."""
+"""The keys a client may set in an offer's ``"session"``. ``session.update`` takes its own
+set (``signalling.protocol.UPDATE_KEYS``): not ``echo_cancellation`` or ``conversation``,
+but ``sample_rate``."""
 MAX_CONVERSATION_TOKEN_CHARS = 1024  # a signed JWT of a few claims is ~250
 
 DIGEST_BYTES: Mapping[str, int] = MappingProxyType(
@@ -148,14 +151,10 @@ def parse_offer(body: bytes) -> Offer:
 def parse_session(value: object) -> Mapping[str, object]:
     """Check the ``"session"`` overrides object; return a read-only copy."""
     if not isinstance(value, dict):
-        raise OfferError(f'"session" must be a JSON object, got {_json_type(value)}')
-    unknown = sorted(key for key in value if key not in SESSION_KEYS)
+        raise OfferError(f'"session" must be a JSON object, got {json_type(value)}')
+    unknown = unknown_keys(value, SESSION_KEYS, '"session"')
     if unknown:
-        names = ", ".join(_quote_json(key) for key in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        allowed = ", ".join(_quote_json(key) for key in sorted(SESSION_KEYS))
-        plural = "s" if len(unknown) > 1 else ""
-        raise OfferError(f'"session" has unknown key{plural} {names}{more}; allowed: {allowed}')
+        raise OfferError(unknown)
     checked: dict[str, object] = {}
     for key, item in value.items():
         where = f'"session.{key}"'
@@ -196,6 +195,19 @@ def parse_session(value: object) -> Mapping[str, object]:
     return MappingProxyType(checked)
 
 
+def unknown_keys(keys: Iterable[str], allowed: Collection[str], where: str) -> str | None:
+    """What is wrong with ``keys`` that are not ``allowed`` in ``where``, listing those that
+    are; None when every key is allowed."""
+    unknown = sorted(key for key in keys if key not in allowed)
+    if not unknown:
+        return None
+    names = ", ".join(_quote_json(key) for key in unknown[:5])
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    listed = ", ".join(_quote_json(key) for key in sorted(allowed))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"{where} has unknown key{plural} {names}{more}; allowed: {listed}"
+
+
 # --- the JSON envelope -------------------------------------------------------------------
 
 
@@ -205,8 +217,8 @@ def parse_sdp_offer(body: bytes) -> Offer:
     and no other exception."""
     try:
         return Offer(sdp=_check_sdp(_decode(body, MAX_SDP_BYTES, "the SDP offer")))
-    except OfferError as exc:
-        raise OfferError(str(exc).replace('"sdp"', "the SDP offer")) from None
+    except OfferError as exc:  # OfferTooLarge stays itself: WHIP answers it with 413
+        raise type(exc)(str(exc).replace('"sdp"', "the SDP offer")) from None
     except Exception as exc:  # a bug here must still be a 400, never a 500
         raise OfferError(f"the SDP offer could not be checked ({type(exc).__name__})") from exc
 
@@ -219,7 +231,7 @@ def _decode(body: bytes, limit: int, what: str) -> str:
     if not body:
         raise OfferError(f"{what} is empty")
     if len(body) > limit:
-        raise OfferError(f"{what} is too large: {len(body)} bytes, limit {limit}")
+        raise OfferTooLarge(f"{what} is too large: {len(body)} bytes, limit {limit}")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -231,17 +243,19 @@ def _decode(body: bytes, limit: int, what: str) -> str:
 def _parse_offer(body: bytes) -> Offer:
     text = _decode(body, MAX_BODY_BYTES, "offer body")
     try:
-        document = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        document = json.loads(text, parse_constant=reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise OfferError(
             f"offer body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except NonStandardConstant as exc:
+        raise OfferError(f"offer JSON contains {exc.name}, which is not valid JSON") from exc
     except RecursionError as exc:
         raise OfferError("offer JSON is nested too deeply") from exc
     except ValueError as exc:  # e.g. an integer with more digits than int() allows
         raise OfferError(f"offer body is not acceptable JSON: {_quote(str(exc))}") from exc
     if not isinstance(document, dict):
-        raise OfferError(f"offer must be a JSON object, got {_json_type(document)}")
+        raise OfferError(f"offer must be a JSON object, got {json_type(document)}")
 
     if "type" not in document:
         raise OfferError('offer has no "type" (it must be "offer")')
@@ -260,10 +274,6 @@ def _parse_offer(body: bytes) -> Offer:
     if session is None:
         return Offer(sdp=normalised)
     return Offer(sdp=normalised, session=session)
-
-
-def _reject_constant(name: str) -> object:
-    raise OfferError(f"offer JSON contains {name}, which is not valid JSON")
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -311,7 +321,7 @@ def _check_sdp(sdp: str) -> str:
         raise OfferError('"sdp" is empty')
     size = len(sdp.encode("utf-8", "surrogatepass"))
     if size > MAX_SDP_BYTES:
-        raise OfferError(f'"sdp" is too large: {size} bytes, limit {MAX_SDP_BYTES}')
+        raise OfferTooLarge(f'"sdp" is too large: {size} bytes, limit {MAX_SDP_BYTES}')
     texts = _NEWLINE.split(sdp)
     while texts and texts[-1] == "":
         texts.pop()
@@ -755,27 +765,13 @@ def _quote_json(text: str) -> str:
     return json.dumps(text)
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _describe_json(value: object) -> str:
     """A JSON value, briefly: strings quoted, containers by type, scalars as written."""
     if isinstance(value, str):
         return _quote_json(value)
     if value is None or isinstance(value, bool | int | float):
         return _quote_json_scalar(value)
-    return _json_type(value)
+    return json_type(value)
 
 
 def _quote_json_scalar(value: object) -> str:

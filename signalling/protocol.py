@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from signalling.errors import OfferError, ProtocolError
-from signalling.offer import parse_session
+from signalling.jsonvalues import json_type, reject_constant
+from signalling.offer import parse_session, unknown_keys
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024
@@ -191,6 +192,9 @@ class Ping:
 
 ClientMessage = TextMessage | Cancel | SessionUpdate | HistoryClear | Ping
 
+UPDATE_KEYS = frozenset(f.name for f in fields(SessionUpdate))
+"""The keys ``session.update`` takes (besides ``type``)."""
+
 
 def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> ClientMessage:
     """``plain_text``: text that is not JSON is a user message (``/ws``, so that wscat
@@ -199,7 +203,7 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
     if size > MAX_MESSAGE_BYTES:
         raise ProtocolError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        obj = json.loads(data, parse_constant=_reject_constant)
+        obj = json.loads(data, parse_constant=reject_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         if plain_text and isinstance(data, str):
             return TextMessage(
@@ -227,16 +231,20 @@ def parse_client_message(data: str | bytes, *, plain_text: bool = False) -> Clie
     if kind == "session.update":
         # The same rules as the "session" overrides of an offer: one validator for both.
         # null leaves a setting as it is.
-        fields = {k: v for k, v in obj.items() if k != "type" and v is not None}
-        if "echo_cancellation" in fields:
+        given = {k: v for k, v in obj.items() if k != "type" and v is not None}
+        if "echo_cancellation" in given:
             raise ProtocolError('"echo_cancellation" describes the microphone: offer it only')
-        rate = _sample_rate(fields.pop("sample_rate", None))
-        if "conversation" in fields:
+        rate = _sample_rate(given.pop("sample_rate", None))
+        if "conversation" in given:
             raise ProtocolError(
                 '"conversation" resumes a conversation: present it when the session opens'
             )
+        # Checked here, not by parse_session, whose message would list the offer's keys.
+        unknown = unknown_keys(given, UPDATE_KEYS, '"session.update"')
+        if unknown:
+            raise ProtocolError(unknown)
         try:
-            checked = parse_session(fields)
+            checked = parse_session(given)
         except OfferError as exc:
             raise ProtocolError(str(exc).replace('"session', '"session.update', 1)) from None
         language, prompt, tts, voice = (
@@ -260,13 +268,9 @@ def _sample_rate(value: object) -> int | None:
     if not isinstance(value, int) or isinstance(value, bool) or value not in SAMPLE_RATES:
         allowed = ", ".join(str(r) for r in SAMPLE_RATES)
         scalar = isinstance(value, int | float | str)
-        shown = json.dumps(value)[:20] if scalar else f"a JSON {_json_kind(value)}"
+        shown = json.dumps(value)[:20] if scalar else json_type(value)
         raise ProtocolError(f'"sample_rate" must be one of {allowed} (Hz), got {shown}')
     return value
-
-
-def _json_kind(value: object) -> str:
-    return "array" if isinstance(value, list) else "object"
 
 
 def _text(obj: Mapping[str, Any], key: str, limit: int, *, required: bool = False) -> str | None:
@@ -288,7 +292,3 @@ def _check_unicode(value: str, key: str) -> str:
     except UnicodeEncodeError:
         raise ProtocolError(f'"{key}" holds a lone surrogate, which is not text') from None
     return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed")

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from importlib import metadata
 
 # package → [lowest, first untested) as (major, minor)
-Tested = Mapping[str, tuple[tuple[int, int], tuple[int, int]]]
+Release = tuple[int, int]
+Tested = Mapping[str, tuple[Release, Release]]
+
+# The aiortc releases both adapters were tested with: one range, so they move together.
+AIORTC_TESTED: tuple[Release, Release] = ((1, 16), (1, 17))  # 1.16.0
 
 
 @dataclass(frozen=True)

@@ -295,9 +295,7 @@ def test_a_prompt_and_a_prompt_file_rank_as_any_two_values(tmp_path: Path) -> No
     flag_wins = ["--config", str(toml), "--system-prompt", "From the flag."]
     assert load_config(flag_wins, {}).system_prompt == "From the flag."
     env_wins = {"GATEWAY_SYSTEM_PROMPT": "From the environment."}
-    assert load_config(["--config", str(toml)], env_wins).system_prompt == (
-        "From the environment."
-    )
+    assert load_config(["--config", str(toml)], env_wins).system_prompt == ("From the environment.")
     assert load_config(["--system-prompt-file", str(prompt)], env_wins).system_prompt == (
         "From the file."
     )

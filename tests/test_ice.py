@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import os
 import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import NoReturn, cast
 
 import ifaddr
 import pytest
@@ -32,6 +33,7 @@ from signalling.errors import IcePolicyError, OfferError
 from signalling.ice import (
     IcePolicy,
     PolicyPeerConnection,
+    apply_policy,
     check_policy,
     check_versions,
     create_peer_connection,
@@ -272,6 +274,76 @@ async def test_a_free_port_is_found_in_a_partly_occupied_range() -> None:
         finally:
             await pc.close()
             await client.close()
+
+
+# --- nothing outlives a failed or cancelled gathering ---
+
+
+@pytest.mark.parametrize("how", ["raises", "cancelled"])
+async def test_a_socket_is_closed_when_its_endpoint_cannot_be_made(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    bound: list[socket.socket] = []
+    entered = asyncio.Event()
+
+    async def endpoint(factory: object, *, sock: socket.socket) -> NoReturn:
+        bound.append(sock)
+        if how == "raises":
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        entered.set()
+        await asyncio.Event().wait()  # until cancelled
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(loop, "create_datagram_endpoint", endpoint)
+    connection = Connection(ice_controlling=False)
+    apply_policy(connection, IcePolicy(addresses=("127.0.0.1",), ports=free_port_range(3)))
+    gathering = asyncio.create_task(
+        connection.get_component_candidates(component=1, addresses=[], timeout=1)
+    )
+    if how == "cancelled":
+        await entered.wait()
+        gathering.cancel()
+    try:
+        with pytest.raises(OSError if how == "raises" else asyncio.CancelledError):
+            await gathering
+        assert len(bound) == 1
+        assert bound[0].fileno() == -1  # closed, not left to the garbage collector
+    finally:
+        await connection.close()
+
+
+async def test_stun_queries_end_when_the_gathering_is_cancelled() -> None:
+    # A STUN server that never answers: aioice's query would retransmit for seconds.
+    loop = asyncio.get_running_loop()
+    asked = asyncio.Event()
+
+    class Silent(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            asked.set()
+
+    server, _ = await loop.create_datagram_endpoint(Silent, local_addr=("127.0.0.1", 0))
+    connection = Connection(
+        ice_controlling=False, stun_server=("127.0.0.1", server.get_extra_info("sockname")[1])
+    )
+    apply_policy(connection, IcePolicy(addresses=("127.0.0.1",)))
+    gathering = asyncio.create_task(
+        connection.get_component_candidates(component=1, addresses=[], timeout=30)
+    )
+    try:
+        await asyncio.wait_for(asked.wait(), 5)
+        gathering.cancel()  # as a negotiation timeout does
+        with pytest.raises(asyncio.CancelledError):
+            await gathering
+        queries = [
+            task
+            for task in asyncio.all_tasks()
+            if getattr(task.get_coro(), "__name__", "") == "server_reflexive_candidate"
+        ]
+        assert queries == []
+    finally:
+        await connection.close()
+        server.close()
 
 
 # --- without a policy, nothing changes ---

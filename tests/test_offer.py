@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import OfferError
+from signalling.errors import OfferTooLarge
 from signalling.offer import (
     MAX_BODY_BYTES,
     MAX_MEDIA_SECTIONS,
@@ -22,6 +23,7 @@ from signalling.offer import (
     MAX_SDP_LINES,
     Offer,
     parse_offer,
+    parse_sdp_offer,
 )
 
 _FP_CHROME = (
@@ -420,6 +422,30 @@ def test_session_overrides_are_returned() -> None:
     offer = parse_offer(body(CHROME_OFFER, session=overrides))
     assert dict(offer.session) == overrides
     assert dict(parse_offer(body(CHROME_OFFER, session={})).session) == {}
+
+
+def test_an_unknown_session_key_lists_exactly_what_an_offer_takes() -> None:
+    with pytest.raises(OfferError) as caught:
+        parse_offer(body(CHROME_OFFER, session={"sample_rate": 16000}))
+    assert str(caught.value) == (
+        '"session" has unknown key "sample_rate"; allowed: "conversation", '
+        '"echo_cancellation", "language", "system_prompt", "tts", "voice"'
+    )
+
+
+def test_an_oversized_sdp_is_too_large_not_merely_bad() -> None:
+    # Its own type, which the HTTP layer answers with 413 (the contract's "too large"),
+    # though the body carrying it fits the HTTP limit.
+    filler = "a=x-filler:" + "0" * MAX_SDP_BYTES + "\r\n"
+    envelope = body(CHROME_OFFER + filler)
+    assert len(envelope) <= MAX_BODY_BYTES  # it is the SDP that is too large
+    with pytest.raises(OfferTooLarge, match='"sdp" is too large') as caught:
+        parse_offer(envelope)
+    assert caught.value.code == "too_large"
+    with pytest.raises(OfferTooLarge, match="the SDP offer is too large"):
+        parse_sdp_offer((CHROME_OFFER + filler).encode())
+    with pytest.raises(OfferTooLarge, match="offer body is too large"):
+        parse_offer(b" " * (MAX_BODY_BYTES + 1))
 
 
 def test_message_quotes_the_offending_line_briefly() -> None:

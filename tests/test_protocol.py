@@ -378,3 +378,25 @@ def test_session_update_voice() -> None:
 def test_echo_cancellation_is_for_the_offer_only() -> None:
     with pytest.raises(ProtocolError, match="offer it only"):
         protocol.parse_client_message('{"type": "session.update", "echo_cancellation": true}')
+
+
+def test_an_unknown_key_lists_exactly_what_session_update_takes() -> None:
+    # Not the offer's keys: "conversation" and "echo_cancellation" are refused here, and
+    # "sample_rate" (of /ws audio) is taken here only.
+    assert refused('{"type": "session.update", "speed": 2}') == (
+        '"session.update" has unknown key "speed"; allowed: "language", "sample_rate", '
+        '"system_prompt", "tts", "voice"'
+    )
+    assert set(protocol.UPDATE_KEYS) == {"language", "sample_rate", "system_prompt", "tts", "voice"}
+    update = parse_client_message('{"type": "session.update", "sample_rate": 24000}')
+    assert update == SessionUpdate(sample_rate=24_000)
+    assert "present it when the session opens" in refused(
+        '{"type": "session.update", "conversation": "t"}'
+    )
+
+
+def test_a_bad_sample_rate_names_its_json_type() -> None:
+    assert refused('{"type": "session.update", "sample_rate": [16000]}') == (
+        '"sample_rate" must be one of 8000, 16000, 24000, 48000 (Hz), got an array'
+    )
+    assert refused('{"type": "session.update", "sample_rate": 44100}').endswith("got 44100")

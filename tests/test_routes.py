@@ -59,6 +59,13 @@ async def test_page_loads_nothing_from_outside(gateway: GatewayFactory) -> None:
         (b'{"type": "offer", "sdp": "v=0\\r\\n"}', "application/json", 400, "bad_offer"),
         (b'{"type": "answer", "sdp": "v=0"}', "application/json", 400, "bad_offer"),
         (b"x" * (2 * 1024 * 1024), "application/json", 413, "too_large"),
+        # The body fits the HTTP limit; the SDP in it is over its own.
+        (
+            b'{"type": "offer", "sdp": "' + b"v=0 " * 17_500 + b'"}',
+            "application/json",
+            413,
+            "too_large",
+        ),
     ],
 )
 async def test_bad_offers_are_refused_and_leave_nothing(

@@ -28,7 +28,7 @@ from gateway.http.whip import (
     ice_server_links,
 )
 from gateway.testing.loopback import DATA, MicrophoneTrack, load_clips
-from signalling.offer import MAX_SDP_BYTES, parse_sdp_offer
+from signalling.offer import MAX_BODY_BYTES, MAX_SDP_BYTES, parse_sdp_offer
 from signalling.registry import SessionRegistry
 from tests.browser import chromium, fake_microphone_wav, requires_chromium, watch_console
 from tests.conftest import GatewayFactory, Ollama
@@ -226,6 +226,21 @@ async def test_bad_requests_are_clear_4xx_and_leave_the_gateway_unharmed(
         assert (await client.get(location)).status == 404
     finally:
         await publisher.close()
+
+
+async def test_an_sdp_over_its_limit_is_413_though_the_body_fits(
+    gateway: GatewayFactory,
+) -> None:
+    # 70 KB: over MAX_SDP_BYTES (64 KiB), under the app's body limit (a JSON offer's, 80 KiB).
+    client = await gateway()
+    sdp = CHROME_OFFER + "a=x-filler:" + "0" * (70_000 - len(CHROME_OFFER)) + "\r\n"
+    assert MAX_SDP_BYTES < len(sdp) < MAX_BODY_BYTES
+    response = await client.post("/whip", data=sdp.encode(), headers=SDP)
+    assert response.status == 413, await response.text()
+    error = (await response.json())["error"]
+    assert error["code"] == "too_large"
+    assert error["message"].startswith("the SDP offer is too large")
+    assert len(client.app[SESSIONS]) == 0
 
 
 async def test_options_and_cors(gateway: GatewayFactory) -> None:

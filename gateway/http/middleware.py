@@ -23,6 +23,7 @@ from gateway.errors import (
     AuthError,
     InvalidAudio,
     OfferError,
+    OfferTooLarge,
     ProtocolError,
     SessionLimitError,
     SessionNotFound,
@@ -37,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _STATUS: dict[type[Exception], int] = {
     AuthError: 401,
+    OfferTooLarge: 413,  # before OfferError, which it is
     OfferError: 400,
     ProtocolError: 400,
     SessionNotFound: 404,

@@ -128,7 +128,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
     wait = app[keys.OFFER_LIMITER].check(client_key(remote), time.monotonic())
     if wait is not None:
         return rate_limited(wait, "too many offers from your address; try again shortly")
-    offer = parse_sdp_offer(await request.read())
+    offer = parse_sdp_offer(await request.read())  # OfferTooLarge: 413
     session, answer = await open_session(
         app, offer, remote, principal=principal_of(request), receive_only=True
     )
