@@ -65,14 +65,21 @@ def _is_trusted(address: IPAddress, trusted: Sequence[ProxyNetwork]) -> bool:
     return any(address in network for network in trusted)
 
 
+def host_part(text: str) -> str:
+    """A host with or without a port, as Host headers and proxies write it, without the
+    port and IPv6 brackets: ``[2001:db8::1]:4711`` → ``2001:db8::1``, ``lan:8001`` → ``lan``;
+    a bare IPv6 literal stays whole."""
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    if text.count(":") == 1:
+        return text.partition(":")[0]
+    return text
+
+
 def _address(text: str) -> IPAddress | None:
     """An address as proxies write them: bare, or with a port (``192.0.2.1:4711``,
     ``[2001:db8::1]:4711``); None for anything else."""
-    if text.startswith("["):
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:
-        text = text.partition(":")[0]
     try:
-        return ipaddress.ip_address(text)
+        return ipaddress.ip_address(host_part(text))
     except ValueError:
         return None

@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from gateway.http.forwarded import client_address
 from gateway.http.middleware import json_error
 from gateway.ops.logs import loggable
+from signalling.proxies import host_part
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,7 @@ def content_security_policy(host: str, secure: bool) -> str:
 def host_name(host: str) -> str:
     """The name in a Host header, without port or IPv6 brackets, lower case:
     ``[::1]:8001`` → ``::1``, ``Example.LAN:8001`` → ``example.lan``."""
-    if host.startswith("["):
-        name = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        name = host.rsplit(":", 1)[0]
-    else:
-        name = host  # a bare name, or a bare IPv6 literal
-    return name.lower().rstrip(".")
+    return host_part(host).lower().rstrip(".")
 
 
 def _is_localhost(name: str) -> bool:

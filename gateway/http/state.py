@@ -13,6 +13,7 @@ from gateway.conversation.dialogue import Conversation, ConversationSettings
 from gateway.conversation.endofturn import TurnJudge
 from gateway.conversation.llm import OllamaChat
 from gateway.conversation.resume import Conversations
+from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline, endpointer_settings
 from gateway.http.auth import Principal
 from gateway.http.drain import Drain
@@ -20,6 +21,7 @@ from gateway.ops.config import Config
 from gateway.ops.metrics import Metrics
 from media import Int16Array
 from media.asr.service import Recogniser
+from media.playout import ReplyAudioTrack
 from media.tts.service import TTSService
 from media.vad import VadBatcher
 from signalling.ice import IcePolicy
@@ -137,3 +139,20 @@ def new_voice(
         # A probable end never waits longer than the longest silence.
         likely_silence_ms=min(config.turn_likely_silence_ms, config.vad_silence_ms),
     )
+
+
+def new_speaker(
+    app: web.Application,
+    session: Session,
+    conversation: Conversation,
+    voice: VoicePipeline,
+    tts: TTSService,
+    track: ReplyAudioTrack,
+) -> Speaker:
+    """Replies spoken on ``track``, started; the voice pipeline lets the person interrupt
+    them (``--barge-in-min-ms``)."""
+    speaker = Speaker(session, tts, track, app[METRICS])
+    conversation.voice = speaker
+    voice.speak_with(speaker, app[CONFIG].barge_in_min_ms)
+    speaker.start()
+    return speaker

@@ -10,13 +10,12 @@ import time
 from aiohttp import web
 
 from gateway.conversation.dialogue import Conversation
-from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline
 from gateway.http import state as keys
 from gateway.http.auth import Principal
 from gateway.http.relay import gateway_ice_servers
 from gateway.http.sessions import admit
-from gateway.http.state import new_conversation, new_voice
+from gateway.http.state import new_conversation, new_speaker, new_voice
 from gateway.ops.metrics import ReceiverMetrics
 from media import Int16Array
 from media.echo import EchoCanceller
@@ -136,10 +135,7 @@ def _speak(
 ) -> None:
     """The answer sends audio: replies are spoken on ``track``, and the gateway's own voice
     is removed from what the microphone hears."""
-    speaker = Speaker(session, tts, track, app[keys.METRICS])
-    conversation.voice = speaker
-    voice.speak_with(speaker, app[keys.CONFIG].barge_in_min_ms)
-    speaker.start()
+    new_speaker(app, session, conversation, voice, tts, track)
     warm_up = app.get(keys.ECHO_WARM_UP) if warm else None
     session.spawn(_cancel_echo(voice, track, warm_up), "echo")
 

@@ -30,13 +30,12 @@ import logging
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.conversation.dialogue import Conversation
-from gateway.conversation.speech import Speaker
 from gateway.conversation.voice import VoicePipeline
 from gateway.http.auth import WS_SUBPROTOCOL, principal_of
 from gateway.http.cors import websocket_origin_allowed
 from gateway.http.forwarded import client_address
 from gateway.http.sessions import admit
-from gateway.http.state import CONFIG, METRICS, TTS, new_conversation, new_voice
+from gateway.http.state import CONFIG, TTS, new_conversation, new_speaker, new_voice
 from media.pcm import MAX_FRAME_BYTES, AudioRateLimited, PcmError
 from media.pcm_input import PcmInput
 from media.pcm_output import PcmOutput
@@ -167,11 +166,8 @@ def _speak(
     if tts is None:
         return None
     track = ReplyAudioTrack()
-    speaker = Speaker(session, tts, track, app[METRICS])
-    conversation.voice = speaker
+    new_speaker(app, session, conversation, voice, tts, track)
     conversation.speak = False  # a client turns it on with session.update {"tts": true}
-    voice.speak_with(speaker, app[CONFIG].barge_in_min_ms)
-    speaker.start()
 
     async def send(data: bytes) -> None:
         try:
