@@ -43,6 +43,7 @@ from bench.transcript import (
     end_session,
     prepare_sentences,
 )
+from gateway.ops.config import ASR_ENGINES, Config
 from gateway.testing.loopback import LoopbackClient
 from gateway.testing.ollama_server import FakeOllama, fake_ollama
 
@@ -123,7 +124,8 @@ async def run_crowd(
     crowd = Crowd(admission)
     state = FakeOllama(token_interval_s=TOKEN_INTERVAL_S)
     log = args.out / f"capacity-{admission}.log"
-    extra = ("--admission", admission, "--workers", str(args.workers))
+    extra = ("--admission", admission, "--workers", str(args.workers),
+             "--asr-engine", args.asr_engine)  # fmt: skip
     async with (
         fake_ollama(state=state) as (_, ollama_url),
         gateway_process(ollama_url, args.arrivals, log, extra_args=extra) as (_, http),
@@ -187,6 +189,8 @@ def verdict(measured: dict[str, Any]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arrivals", type=int, default=20, help="sessions that try (20)")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers (2)")
+    parser.add_argument("--asr-engine", choices=ASR_ENGINES, default=Config().asr_engine,
+                        help="serve --asr-engine (the gateway's default)")  # fmt: skip
     parser.add_argument("--arrive-every-s", type=float, default=4.0, help="between arrivals")
     parser.add_argument("--alone-s", type=float, default=40.0, help="the lone session first")
     parser.add_argument("--after-s", type=float, default=60.0, help="after the last arrival")
@@ -202,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for admission in ("measured", "off"):
         print(f"{admission}: {args.arrivals} arrivals, one every {args.arrive_every_s:g} s, "
-              f"--workers {args.workers}…", flush=True)  # fmt: skip
+              f"--workers {args.workers}, {args.asr_engine}…", flush=True)  # fmt: skip
         rows.append(summary(asyncio.run(run_crowd(admission, args, sentences))))
     machine = recording.machine_after()
     out_path: Path = args.out / "capacity.json"
@@ -212,7 +216,14 @@ def run(args: argparse.Namespace) -> int:
             **recording.header(machine),
             "settings": {
                 k: getattr(args, k)
-                for k in ("arrivals", "workers", "arrive_every_s", "alone_s", "after_s")
+                for k in (
+                    "arrivals",
+                    "workers",
+                    "asr_engine",
+                    "arrive_every_s",
+                    "alone_s",
+                    "after_s",
+                )
             },
             "rows": rows,
             "verdict": verdict(rows[0]),

@@ -127,4 +127,6 @@ class PcmInput:
                 try:
                     await self.listener.hear(silence, now)
                 except Exception:  # as for a frame: the stream goes on
-                    logger.exception("%ssilence not heard", self._prefix)
+                    self._drops.dropped()
+                else:
+                    self._drops.passed()
