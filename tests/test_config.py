@@ -354,6 +354,7 @@ BAD = [
     # As Ollama's client reads it: one that client would refuse, or read as another host.
     (["--ollama-host", "127.0.0.1:114340"], {}, "--ollama-host", "has a bad port"),
     (["--ollama-host", "127.0.0.1:11434x"], {}, "--ollama-host", "has a bad port"),
+    (["--ollama-host", "::1"], {}, "--ollama-host", "IPv6 address in brackets, [::1]"),
     (["--ollama-host", "http://127.0.0.1:11434@example.com"], {}, "--ollama-host", "user part"),
     ([], {"OLLAMA_HOST": ":11434"}, "--ollama-host", "names no host (from OLLAMA_HOST)"),
     (["--tts-url", "http://127.0.0.1:99999/v1"], {}, "--tts-url", "has a bad port"),

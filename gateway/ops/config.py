@@ -633,6 +633,8 @@ def _service_url(text: str) -> str:
     try:
         split.port  # noqa: B018 - parsing it is the check
     except ValueError as exc:
+        if split.netloc.count(":") > 1 and "[" not in split.netloc:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets, [::1]") from None
         raise ValueError(f"{text!r} has a bad port ({exc})") from None
     if not split.hostname:
         raise ValueError(f"{text!r} names no host")
