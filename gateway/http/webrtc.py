@@ -83,7 +83,7 @@ async def open_session(
         session.transport_events = transport.pc.sctp is not None
         register(session)
     try:
-        _start(app, session, transport, offer, conversation, voice, track, receive_only)
+        _start(app, session, transport, offer, conversation, voice, tts, track, receive_only)
     except BaseException:  # a bug: the client gets no answer, so nothing may stay behind
         await asyncio.shield(session.close("negotiation-failed"))
         raise
@@ -99,20 +99,24 @@ def _start(
     offer: Offer,
     conversation: Conversation,
     voice: VoicePipeline,
+    tts: TTSService | None,
     track: ReplyAudioTrack | None,
     receive_only: bool,
 ) -> None:
-    """A registered session's voice, replies and first event."""
-    tts = None if receive_only else app.get(keys.TTS)
+    """A registered session's voice, replies and first event. The answer sends audio:
+    replies are spoken on ``track``, and the gateway's own voice is removed from what the
+    microphone hears."""
     if tts is not None and track is not None:
         if sends_audio(transport.pc, track):
+            speaker = new_speaker(app, session, conversation, voice, tts, track)
+            voice_name = offer.session.get("voice")
+            if isinstance(voice_name, str):
+                speaker.choose_voice(voice_name)  # checked by the route
             # A microphone that cancels echo itself leaves none for ours to find: start it
             # warm (transparent), or it would suppress the person until it learns so.
             warm = offer.session.get("echo_cancellation") is True
-            voice_name = offer.session.get("voice")
-            _speak(app, session, conversation, voice, tts, track, warm=warm)
-            if isinstance(voice_name, str) and conversation.voice is not None:
-                conversation.voice.choose_voice(voice_name)  # checked by the route
+            warm_up = app.get(keys.ECHO_WARM_UP) if warm else None
+            session.spawn(_cancel_echo(voice, track, warm_up), "echo")
         else:
             track.stop()
             conversation.no_voice_reason = "this session cannot hear replies: its offer only sends"
@@ -121,23 +125,6 @@ def _start(
     conversation.send_ready()  # the first event on the channel, once it opens
     voice.start()
     session.set_state(SessionState.CONNECTING)
-
-
-def _speak(
-    app: web.Application,
-    session: Session,
-    conversation: Conversation,
-    voice: VoicePipeline,
-    tts: TTSService,
-    track: ReplyAudioTrack,
-    *,
-    warm: bool,
-) -> None:
-    """The answer sends audio: replies are spoken on ``track``, and the gateway's own voice
-    is removed from what the microphone hears."""
-    new_speaker(app, session, conversation, voice, tts, track)
-    warm_up = app.get(keys.ECHO_WARM_UP) if warm else None
-    session.spawn(_cancel_echo(voice, track, warm_up), "echo")
 
 
 async def _cancel_echo(
